@@ -1,0 +1,109 @@
+"""What crosses the broker: the only definition of task and result payloads.
+
+The orchestrator renders everything before a task leaves it: a worker executes,
+it never builds prompts or reads the database.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FailureClass(StrEnum):
+    """Why an interaction failed; decides whether a retry can help."""
+
+    TIMEOUT = "timeout"                  # the model or script took longer than the step allows
+    CONNECTION_ERROR = "connection_error"  # the model server refused or dropped the connection
+    SERVER_ERROR = "server_error"        # the model server answered 5xx
+    MODEL_MISSING = "model_missing"      # the server does not have the model
+    BAD_REQUEST = "bad_request"          # the server refused the request (4xx other than missing)
+    INVALID_OUTPUT = "invalid_output"    # the answer is not what the step asked for (e.g. not JSON)
+    SCRIPT_ERROR = "script_error"        # the script exited non-zero
+    SCRIPT_NOT_FOUND = "script_not_found"  # no such file in the scripts directory, or it escapes it
+    RENDER_ERROR = "render_error"        # the step's template could not be rendered for this run
+    WORKER_LOST = "worker_lost"          # no result before the deadline (lost message, dead worker)
+
+
+# Failures a second attempt may cure. The others are deterministic: retrying only
+# burns GPU time and hides the real problem from the user.
+RETRYABLE: frozenset[FailureClass] = frozenset(
+    {
+        FailureClass.TIMEOUT,
+        FailureClass.CONNECTION_ERROR,
+        FailureClass.SERVER_ERROR,
+        FailureClass.INVALID_OUTPUT,
+        FailureClass.WORKER_LOST,
+    }
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskBase(_Message):
+    interaction_id: int
+    attempt: int = Field(ge=1)
+    run_id: int
+    batch_id: int
+    step: str
+    timeout_s: float = Field(gt=0)
+
+
+class AiTask(TaskBase):
+    """One model call, prompt already rendered."""
+
+    kind: Literal["ai"] = "ai"
+    model: str
+    prompt: str
+    system: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)  # temperature, num_ctx, seed, ...
+    format: Literal["json"] | dict[str, Any] | None = None  # JSON mode or a JSON schema
+    keep_alive: str | None = None
+
+
+class ScriptTask(TaskBase):
+    """One script run: `script` is a path relative to the worker's scripts directory."""
+
+    kind: Literal["script"] = "script"
+    script: str
+    input: dict[str, Any]
+
+
+Task = AiTask | ScriptTask
+
+
+class Failure(_Message):
+    failure_class: FailureClass
+    message: str
+    exit_code: int | None = None
+    stderr_tail: str | None = None
+
+
+class TaskResult(_Message):
+    """What a worker sends back for one attempt of one interaction.
+
+    `output` is text for AI steps and a JSON object for script steps.
+    Exactly one of `output` and `failure` is set.
+    """
+
+    interaction_id: int
+    attempt: int = Field(ge=1)
+    output: str | dict[str, Any] | None = None
+    failure: Failure | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)  # tokens, durations, exit code
+    worker: str = ""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None

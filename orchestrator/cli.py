@@ -1,0 +1,377 @@
+"""`orchestrator`: the command line. Thin: each command opens the database, calls one
+module, and shows what came back as a table or as JSON."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import psycopg
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from common.errors import WavefarmError
+from common.logs import setup_logging
+from common.settings import get_settings
+from orchestrator import batches, catalog, reports
+from orchestrator.db import connect
+from orchestrator.db.migrate import upgrade
+from orchestrator.workflow import load_file, validate_text
+
+app = typer.Typer(help="wavefarm orchestrator: workflows, batches, runs.", no_args_is_help=True)
+db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
+workflow_app = typer.Typer(help="Workflow files.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(workflow_app, name="workflow")
+
+out = Console()
+err = Console(stderr=True)
+
+ScriptsDir = Annotated[
+    Optional[Path],
+    typer.Option("--scripts-dir", help="Directory of script actors (default: WAVEFARM_SCRIPTS_DIR)."),
+]
+
+
+@contextmanager
+def database() -> Iterator[psycopg.Connection]:
+    conn = connect(get_settings().require_database_url())
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _scripts_dir(option: Path | None) -> Path | None:
+    return option or get_settings().scripts_dir
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the schema (idempotent)."""
+    with database() as conn:
+        applied = upgrade(conn)
+    if applied:
+        for m in applied:
+            out.print(f"applied migration {m.version:04d} {m.name}")
+    else:
+        out.print("schema is up to date")
+
+
+@workflow_app.command("validate")
+def workflow_validate(file: Path, scripts_dir: ScriptsDir = None) -> None:
+    """Check a workflow file; list every problem with its place."""
+    text = _read_text(file)
+    problems = validate_text(text, str(file), _scripts_dir(scripts_dir))
+    if problems:
+        err.print(f"[red]{file}: {len(problems)} problem(s)[/red]")
+        for p in problems:
+            err.print(f"  {file}:{p}", markup=False, highlight=False)
+        raise typer.Exit(1)
+    out.print(f"{file}: valid")
+
+
+@workflow_app.command("load")
+def workflow_load(file: Path, scripts_dir: ScriptsDir = None) -> None:
+    """Validate, then store as a new version when it changed."""
+    workflow = load_file(file, _scripts_dir(scripts_dir))
+    with database() as conn:
+        stored = catalog.store(conn, workflow, _read_text(file))
+    state = "stored as" if stored.created else "unchanged, still"
+    out.print(f"workflow {stored.name}: {state} version {stored.version}")
+
+
+@workflow_app.command("list")
+def workflow_list() -> None:
+    """Loaded workflows and their latest versions."""
+    from orchestrator.db import Q
+
+    with database() as conn:
+        rows = conn.execute(Q["list_workflows"]).fetchall()
+    table = Table("name", "version", "steps", "loaded at")
+    for r in rows:
+        table.add_row(r["name"], str(r["version"]), str(r["steps"]), r["created_at"].strftime("%Y-%m-%d %H:%M"))
+    out.print(table)
+
+
+@app.command()
+def submit(
+    batch: Annotated[Path, typer.Option("--batch", help="CSV file: one run per row.")],
+    workflow: Annotated[str, typer.Option("--workflow", help="Workflow name (or a workflow file to load first).")],
+    key: Annotated[Optional[str], typer.Option("--key", help="Column that identifies a row (default: the whole row).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Show progress until every run has ended.")] = False,
+    local: Annotated[bool, typer.Option("--local", help="Execute here with the local executor (implies --wait).")] = False,
+    ollama_url: Annotated[Optional[str], typer.Option("--ollama-url", help="Model server for --local.")] = None,
+    scripts_dir: ScriptsDir = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {\"batch_id\": ...} as the last line.")] = False,
+) -> None:
+    """Submit a CSV file as a batch. Re-submitting the same file creates no duplicate runs."""
+    with database() as conn:
+        name = _workflow_name(conn, workflow, _scripts_dir(scripts_dir))
+        with Progress(TextColumn("reading {task.description}"), TextColumn("{task.completed} rows"),
+                      console=err, transient=True, disable=not sys.stderr.isatty()) as progress:
+            task = progress.add_task(batch.name)
+            report = batches.submit(conn, batch, name, key_column=key,
+                                    on_rows=lambda n: progress.update(task, completed=n))
+        _print_submit(report)
+        ok = True
+        if local:
+            ok = _run_local(conn, report.batch_id, ollama_url, _scripts_dir(scripts_dir), concurrency)
+        elif wait:
+            ok = _wait(conn, report.batch_id)
+    if as_json:
+        print(json.dumps({"batch_id": report.batch_id}))
+    else:
+        out.print(f"batch {report.batch_id}")
+    if (wait or local) and not ok:
+        raise typer.Exit(1)
+
+
+def _workflow_name(conn: psycopg.Connection, workflow: str, scripts_dir: Path | None) -> str:
+    path = Path(workflow)
+    if path.suffix in {".yaml", ".yml"} and path.is_file():
+        stored = catalog.store(conn, load_file(path, scripts_dir), _read_text(path))
+        return stored.name
+    return workflow
+
+
+def _print_submit(report: batches.SubmitReport) -> None:
+    s = report.summary
+    verb = "new batch" if report.new_batch else "existing batch"
+    err.print(
+        f"{verb} {report.batch_id} for workflow {report.workflow} v{report.workflow_version}: "
+        f"{report.runs_created} run(s) created, {report.runs_existing} already submitted, "
+        f"{s.bad} row(s) rejected, {s.empty} empty row(s) skipped",
+        highlight=False,
+    )
+    for bad in report.rejected[:20]:
+        err.print(f"  [yellow]line {bad.line}[/yellow]: {bad.reason}", highlight=False)
+    if len(report.rejected) > 20:
+        err.print(f"  ... and {len(report.rejected) - 20} more (orchestrator status --batch {report.batch_id})")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]batch {task.fields[batch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("runs ended  [green]{task.fields[completed]} completed[/green]  [red]{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        console=err,
+    )
+
+
+def _wait(conn: psycopg.Connection, batch_id: int) -> bool:
+    with _progress() as progress:
+        task = progress.add_task("", total=None, batch=batch_id, completed=0, failed=0)
+        while True:
+            p = reports.batch_progress(conn, batch_id)
+            progress.update(task, total=p["runs"], completed=p["ended"], failed=p["failed"])
+            progress.update(task, completed=p["ended"])
+            if p["ended"] >= p["runs"]:
+                return p["failed"] == 0 and p["completed"] == p["runs"]
+            time.sleep(1.0)
+
+
+def _run_local(conn: psycopg.Connection, batch_id: int, ollama_url: str | None,
+               scripts_dir: Path | None, concurrency: int) -> bool:
+    from gpu_worker.backends.ollama import OllamaBackend
+    from orchestrator.executor import LocalExecutor
+
+    settings = get_settings()
+    script_env = {"WAVEFARM_DATABASE_URL": settings.require_database_url()}
+    executor = LocalExecutor(
+        conn,
+        ai=OllamaBackend(ollama_url or settings.ollama_url, pool_size=concurrency, worker="local"),
+        scripts_dir=scripts_dir,
+        concurrency=concurrency,
+        script_env=script_env,
+    )
+    last = [0.0]
+    with _progress() as progress:
+        task = progress.add_task("", total=None, batch=batch_id, completed=0, failed=0)
+
+        def tick(_outcomes) -> None:
+            if time.monotonic() - last[0] < 0.5:
+                return
+            last[0] = time.monotonic()
+            p = reports.batch_progress(conn, batch_id)
+            progress.update(task, total=p["runs"], completed=p["ended"], failed=p["failed"])
+
+        executor.run(batch_id, on_tick=tick)
+        p = reports.batch_progress(conn, batch_id)
+        progress.update(task, total=p["runs"], completed=p["ended"], failed=p["failed"])
+    return p["failed"] == 0 and p["completed"] == p["runs"]
+
+
+@app.command()
+def serve(
+    ollama_url: Annotated[Optional[str], typer.Option("--ollama-url")] = None,
+    scripts_dir: ScriptsDir = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 4,
+) -> None:
+    """Run the orchestrator daemon: executes pending work, records results, branches, recovers.
+
+    This version executes interactions in-process with the local executor; Celery
+    workers take over execution in the distributed setup.
+    """
+    from gpu_worker.backends.ollama import OllamaBackend
+    from orchestrator.executor import LocalExecutor
+
+    settings = get_settings()
+    setup_logging(json_lines=settings.log_json)
+    with database() as conn:
+        executor = LocalExecutor(
+            conn,
+            ai=OllamaBackend(ollama_url or settings.ollama_url, pool_size=concurrency, worker="serve"),
+            scripts_dir=_scripts_dir(scripts_dir),
+            concurrency=concurrency,
+            script_env={"WAVEFARM_DATABASE_URL": settings.require_database_url()},
+        )
+        err.print("serving: executing pending interactions (Ctrl-C to stop)")
+        try:
+            while True:
+                executor.run(None)
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            err.print("stopped; in-flight work is taken back by the sweeper after its deadline")
+
+
+@app.command()
+def status(
+    batch: Annotated[Optional[int], typer.Option("--batch", help="One batch in detail.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Runs and interactions by status, per batch, per step and per model."""
+    with database() as conn:
+        data = reports.batch_status(conn, batch) if batch is not None else reports.list_batches(conn)
+    if as_json:
+        print(json.dumps(data, default=str, indent=2))
+        return
+    if batch is None:
+        table = Table("batch", "workflow", "source", "runs", "running", "completed", "failed", "rejected rows")
+        for b in data:
+            table.add_row(str(b["id"]), f"{b['workflow_name']} v{b['workflow_version']}", b["source_name"],
+                          str(b["runs"]), str(b["running"]), str(b["completed"]), str(b["failed"]), str(b["rows_rejected"]))
+        out.print(table)
+        return
+    _print_batch_status(data)
+
+
+def _print_batch_status(data: dict) -> None:
+    b = data["batch"]
+    runs = data["runs"]
+    out.print(f"[bold]batch {b['id']}[/bold]  {b['workflow']} v{b['workflow_version']}  from {b['source']}  "
+              f"({b['rows_good']} rows, {b['rows_rejected']} rejected)")
+    out.print("runs: " + "  ".join(f"{k} {v}" for k, v in runs.items()))
+    cols = reports.STATUSES
+    table = Table("step", "actor", *cols, title="interactions by step")
+    for s in data["steps"]:
+        table.add_row(s["step"], s["actor"], *(str(s[c]) for c in cols))
+    out.print(table)
+    if data["models"]:
+        table = Table("model", *cols, title="interactions by model")
+        for m in data["models"]:
+            table.add_row(m["model"], *(str(m[c]) for c in cols))
+        out.print(table)
+    if data["failures"]:
+        table = Table("step", "failure", "count", "example", title="failures")
+        for f in data["failures"]:
+            table.add_row(f["step"], f["failure_class"], str(f["n"]), (f["example"] or "")[:100])
+        out.print(table)
+    if data["rejects"]:
+        out.print("[bold]rejected rows[/bold]")
+        for r in data["rejects"]:
+            out.print(f"  line {r['line']}: {r['reason']}", highlight=False)
+
+
+@app.command()
+def show(run_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The chain of interactions of one run, in order, and the decisions taken."""
+    with database() as conn:
+        story = reports.run_story(conn, run_id)
+    if as_json:
+        print(json.dumps(story, default=str, indent=2))
+        return
+    run = story["run"]
+    out.print(f"[bold]run {run['id']}[/bold]  batch {run['batch_id']}  {run['workflow_name']} v{run['workflow_version']}"
+              f"  line {run['line']} of {run['source_name']}  [bold]{run['status']}[/bold]")
+    if run["end_reason"]:
+        out.print(f"end: {run['end_reason']}", highlight=False)
+    table = Table("#", "id", "step", "actor", "status", "attempt", "parents", "in", "out", "duration")
+    for n, i in enumerate(story["interactions"], 1):
+        status_text = i["status"] + (f" ({i['failure_class']})" if i["failure_class"] else "")
+        duration = f"{i['duration_s']:.2f}s" if i["duration_s"] is not None else ""
+        table.add_row(str(n), str(i["id"]), i["step"] + (f" #{i['visit']}" if i["visit"] > 1 else ""), i["actor"],
+                      status_text, f"{i['attempt']}/{i['max_attempts']}", ",".join(map(str, i["parent_ids"])),
+                      f"{i['input_chars']:,}", f"{i['output_chars']:,}" if i["output_chars"] is not None else "", duration)
+    out.print(table)
+    decisions = [e for e in story["events"] if e["kind"] in ("branch_taken", "no_branch_matched", "loop_bound_reached",
+                                                              "retried", "result_ignored")]
+    for e in decisions:
+        out.print(f"  {e['at']:%H:%M:%S} {e['kind']}: {json.dumps(e['detail'])}", highlight=False)
+    for i in story["interactions"]:
+        if i["failure_message"]:
+            out.print(f"  [red]{i['step']}[/red]: {i['failure_message']}", highlight=False)
+
+
+@app.command()
+def export(
+    batch: Annotated[int, typer.Option("--batch")],
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv")] = "jsonl",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
+) -> None:
+    """The results of a batch: one record per run with the latest output of every step."""
+    if fmt not in ("jsonl", "csv"):
+        raise WavefarmError(f"--format must be jsonl or csv, not {fmt!r}")
+    with database() as conn:
+        stream = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
+        try:
+            records = reports.export_batch(conn, batch)
+            if fmt == "jsonl":
+                for record in records:
+                    stream.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+            else:
+                _write_csv(stream, records, reports.batch_steps(conn, batch))
+        finally:
+            if output:
+                stream.close()
+
+
+def _write_csv(stream, records, steps: list[str]) -> None:
+    writer = None
+    for record in records:
+        flat = {"run_id": record["run_id"], "status": record["status"], "end_reason": record["end_reason"]}
+        flat.update(record["row"])
+        for step in steps:
+            value = record["outputs"].get(step)
+            flat[f"output.{step}"] = value if value is None or isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        if writer is None:
+            writer = csv.DictWriter(stream, fieldnames=list(flat))
+            writer.writeheader()
+        writer.writerow(flat)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise WavefarmError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise WavefarmError(f"{path} is not UTF-8 text") from None
+
+
+def main() -> None:
+    try:
+        app()
+    except WavefarmError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)

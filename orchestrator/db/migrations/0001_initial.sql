@@ -1,0 +1,159 @@
+-- 0001: the first schema of wavefarm.
+
+-- A workflow is stored whole, as validated; every change is a new version and a run
+-- pins the version it started with, so editing a workflow never changes a run in flight.
+CREATE TABLE workflows (
+    id          bigserial PRIMARY KEY,
+    name        text NOT NULL,
+    version     integer NOT NULL,
+    digest      text NOT NULL,
+    definition  jsonb NOT NULL,
+    source      text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (name, version)
+);
+
+-- One submission of one CSV file. The same file for the same workflow is the same batch.
+CREATE TABLE batches (
+    id             bigserial PRIMARY KEY,
+    workflow_id    bigint NOT NULL REFERENCES workflows (id),
+    workflow_name  text NOT NULL,
+    source_name    text NOT NULL,
+    source_digest  text NOT NULL,
+    key_column     text,
+    priority       integer NOT NULL DEFAULT 0,
+    rows_good      integer NOT NULL DEFAULT 0,
+    rows_rejected  integer NOT NULL DEFAULT 0,
+    rows_empty     integer NOT NULL DEFAULT 0,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (workflow_name, source_digest)
+);
+
+-- Rows the CSV reader refused, kept with their text: nothing submitted is lost.
+CREATE TABLE batch_rejects (
+    batch_id  bigint NOT NULL REFERENCES batches (id) ON DELETE CASCADE,
+    line      integer NOT NULL,
+    reason    text NOT NULL,
+    raw       text NOT NULL,
+    PRIMARY KEY (batch_id, line)
+);
+
+-- One record through one workflow. (workflow_name, row_key) is unique so that
+-- re-submitting a file never runs the same record twice.
+CREATE TABLE runs (
+    id             bigserial PRIMARY KEY,
+    batch_id       bigint NOT NULL REFERENCES batches (id),
+    workflow_id    bigint NOT NULL REFERENCES workflows (id),
+    workflow_name  text NOT NULL,
+    row_key        text NOT NULL,
+    line           integer NOT NULL,
+    input          jsonb NOT NULL,
+    status         text NOT NULL DEFAULT 'running'
+                   CHECK (status IN ('running', 'completed', 'failed', 'cancelled')),
+    end_reason     text,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    ended_at       timestamptz,
+    UNIQUE (workflow_name, row_key)
+);
+CREATE INDEX runs_batch_status ON runs (batch_id, status);
+
+-- One execution of one step inside one run. Retries reuse the row with attempt+1;
+-- a loop's second pass is a new row with visit+1. Status changes only through
+-- orchestrator/states.py, each guarded by the expected status and attempt.
+CREATE TABLE interactions (
+    id               bigserial PRIMARY KEY,
+    run_id           bigint NOT NULL REFERENCES runs (id),
+    batch_id         bigint NOT NULL,
+    step             text NOT NULL,
+    kind             text NOT NULL CHECK (kind IN ('ai', 'script')),
+    actor            text NOT NULL,
+    visit            integer NOT NULL,
+    status           text NOT NULL
+                     CHECK (status IN ('pending', 'dispatched', 'completed', 'failed', 'cancelled')),
+    attempt          integer NOT NULL DEFAULT 1,
+    max_attempts     integer NOT NULL,
+    timeout_s        double precision NOT NULL,
+    parent_ids       bigint[] NOT NULL DEFAULT '{}',
+    input            jsonb NOT NULL,
+    output           jsonb,
+    output_chars     integer,
+    failure_class    text,
+    failure_message  text,
+    failure_detail   jsonb,
+    metrics          jsonb,
+    worker           text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    dispatched_at    timestamptz,
+    deadline         timestamptz,
+    ended_at         timestamptz,
+    UNIQUE (run_id, step, visit)
+);
+-- The dispatcher takes the oldest pending work; the sweeper scans in-flight deadlines.
+CREATE INDEX interactions_pending ON interactions (id) WHERE status = 'pending';
+CREATE INDEX interactions_deadline ON interactions (deadline) WHERE status = 'dispatched';
+-- `status --batch` counts by step, actor and status from this index alone.
+CREATE INDEX interactions_batch_counts ON interactions (batch_id, step, kind, actor, status);
+
+-- Append-only history: every status change (written by the trigger below, so the
+-- history cannot disagree with the state) and every engine decision.
+CREATE TABLE events (
+    id              bigserial PRIMARY KEY,
+    at              timestamptz NOT NULL DEFAULT clock_timestamp(),
+    batch_id        bigint,
+    run_id          bigint,
+    interaction_id  bigint,
+    kind            text NOT NULL,
+    attempt         integer,
+    detail          jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX events_run ON events (run_id, id);
+CREATE INDEX events_interaction ON events (interaction_id, id);
+
+CREATE FUNCTION wavefarm_interaction_event() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO events (batch_id, run_id, interaction_id, kind, attempt, detail)
+        VALUES (NEW.batch_id, NEW.run_id, NEW.id, 'created', NEW.attempt,
+                jsonb_build_object('step', NEW.step, 'status', NEW.status, 'parents', NEW.parent_ids));
+        IF NEW.status = 'failed' THEN
+            INSERT INTO events (batch_id, run_id, interaction_id, kind, attempt, detail)
+            VALUES (NEW.batch_id, NEW.run_id, NEW.id, 'failed', NEW.attempt,
+                    jsonb_build_object('step', NEW.step, 'failure_class', NEW.failure_class,
+                                       'message', NEW.failure_message));
+        END IF;
+    ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
+        INSERT INTO events (batch_id, run_id, interaction_id, kind, attempt, detail)
+        VALUES (NEW.batch_id, NEW.run_id, NEW.id,
+                CASE
+                    WHEN NEW.status = 'pending' AND OLD.status = 'failed' THEN 'retried'
+                    ELSE NEW.status
+                END,
+                NEW.attempt,
+                jsonb_strip_nulls(jsonb_build_object(
+                    'step', NEW.step, 'from', OLD.status, 'to', NEW.status,
+                    'failure_class', NEW.failure_class, 'message', NEW.failure_message)));
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER interactions_events
+    AFTER INSERT OR UPDATE OF status ON interactions
+    FOR EACH ROW EXECUTE FUNCTION wavefarm_interaction_event();
+
+CREATE FUNCTION wavefarm_run_event() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        INSERT INTO events (batch_id, run_id, kind, detail)
+        VALUES (NEW.batch_id, NEW.id, 'run_' || NEW.status,
+                jsonb_strip_nulls(jsonb_build_object('reason', NEW.end_reason)));
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER runs_events
+    AFTER UPDATE OF status ON runs
+    FOR EACH ROW EXECUTE FUNCTION wavefarm_run_event();

@@ -1,0 +1,259 @@
+-- Every query wavefarm runs, by name. Parameters are %(name)s placeholders.
+
+-- name: create_migrations_table
+-- The bookkeeping table of orchestrator/db/migrate.py.
+CREATE TABLE IF NOT EXISTS wavefarm_migrations (
+    version     integer PRIMARY KEY,
+    name        text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: lock_migrations
+-- Serialise concurrent upgrades until the end of the transaction.
+SELECT pg_advisory_xact_lock(%(key)s)
+
+-- name: migration_applied
+SELECT 1 FROM wavefarm_migrations WHERE version = %(version)s
+
+-- name: record_migration
+INSERT INTO wavefarm_migrations (version, name) VALUES (%(version)s, %(name)s)
+
+-- name: schema_version
+SELECT max(version) AS version FROM wavefarm_migrations
+
+-- name: lock_workflow_name
+-- Two loads of the same workflow at once get consecutive versions, not a conflict.
+SELECT pg_advisory_xact_lock(hashtext('wavefarm.workflow.' || %(name)s))
+
+-- name: workflow_latest
+SELECT id, name, version, digest, definition, created_at
+FROM workflows WHERE name = %(name)s ORDER BY version DESC LIMIT 1
+
+-- name: workflow_by_id
+SELECT id, name, version, definition FROM workflows WHERE id = %(id)s
+
+-- name: insert_workflow
+INSERT INTO workflows (name, version, digest, definition, source)
+SELECT %(name)s, coalesce(max(version), 0) + 1, %(digest)s, %(definition)s, %(source)s
+FROM workflows WHERE name = %(name)s
+RETURNING id, version
+
+-- name: list_workflows
+SELECT DISTINCT ON (name) name, version, id, created_at,
+       jsonb_array_length(definition -> 'steps') AS steps
+FROM workflows ORDER BY name, version DESC
+
+-- name: find_batch
+SELECT * FROM batches WHERE workflow_name = %(workflow_name)s AND source_digest = %(digest)s
+
+-- name: insert_batch
+INSERT INTO batches (workflow_id, workflow_name, source_name, source_digest, key_column)
+VALUES (%(workflow_id)s, %(workflow_name)s, %(source_name)s, %(digest)s, %(key_column)s)
+ON CONFLICT (workflow_name, source_digest) DO NOTHING
+RETURNING *
+
+-- name: update_batch_rows
+UPDATE batches SET rows_good = %(good)s, rows_rejected = %(rejected)s, rows_empty = %(empty)s
+WHERE id = %(id)s
+
+-- name: insert_reject
+INSERT INTO batch_rejects (batch_id, line, reason, raw)
+VALUES (%(batch_id)s, %(line)s, %(reason)s, %(raw)s)
+ON CONFLICT (batch_id, line) DO NOTHING
+
+-- name: create_incoming_runs
+-- Staging for one chunk of CSV rows, filled with COPY.
+CREATE TEMP TABLE incoming_runs (row_key text, line integer, input jsonb) ON COMMIT DROP
+
+-- name: copy_incoming_runs
+COPY incoming_runs (row_key, line, input) FROM STDIN
+
+-- name: insert_incoming_runs
+-- Rows already run by this workflow (same key) are skipped: re-submission never duplicates.
+INSERT INTO runs (batch_id, workflow_id, workflow_name, row_key, line, input)
+SELECT %(batch_id)s, %(workflow_id)s, %(workflow_name)s, row_key, line, input
+FROM incoming_runs ORDER BY line
+ON CONFLICT (workflow_name, row_key) DO NOTHING
+RETURNING id, line, input
+
+-- name: copy_interactions
+COPY interactions (run_id, batch_id, step, kind, actor, visit, status, max_attempts, timeout_s,
+                   parent_ids, input, failure_class, failure_message)
+FROM STDIN
+
+-- name: insert_interaction
+-- The unique (run_id, step, visit) makes a second creation of the same child a no-op.
+INSERT INTO interactions (run_id, batch_id, step, kind, actor, visit, status, max_attempts, timeout_s,
+                          parent_ids, input, failure_class, failure_message, ended_at)
+VALUES (%(run_id)s, %(batch_id)s, %(step)s, %(kind)s, %(actor)s, %(visit)s, %(status)s,
+        %(max_attempts)s, %(timeout_s)s, %(parent_ids)s, %(input)s, %(failure_class)s,
+        %(failure_message)s, CASE WHEN %(status)s = 'failed' THEN now() END)
+ON CONFLICT (run_id, step, visit) DO NOTHING
+RETURNING id
+
+-- name: finish_runs_born_failed
+-- Runs whose first interaction could not even be rendered end at once.
+UPDATE runs r SET status = 'failed', ended_at = now(),
+       end_reason = 'step ' || i.step || ' failed after 1 attempt(s) (render_error): ' || i.failure_message
+FROM interactions i
+WHERE r.batch_id = %(batch_id)s AND r.status = 'running' AND i.run_id = r.id
+  AND i.status = 'failed' AND i.failure_class = 'render_error'
+  AND NOT EXISTS (SELECT 1 FROM interactions o WHERE o.run_id = r.id AND o.status IN ('pending', 'dispatched'))
+
+-- name: insert_event
+INSERT INTO events (batch_id, run_id, interaction_id, kind, attempt, detail)
+VALUES (%(batch_id)s, %(run_id)s, %(interaction_id)s, %(kind)s, %(attempt)s, %(detail)s)
+
+-- name: mark_dispatched
+UPDATE interactions
+SET status = 'dispatched', dispatched_at = now(), deadline = now() + make_interval(secs => timeout_s)
+WHERE id = %(id)s AND status = %(from_status)s AND attempt = %(attempt)s
+RETURNING *
+
+-- name: claim_pending
+-- pending -> dispatched for the oldest pending work; SKIP LOCKED keeps claimers apart.
+UPDATE interactions i
+SET status = 'dispatched', dispatched_at = now(), deadline = now() + make_interval(secs => i.timeout_s)
+FROM (
+    SELECT id FROM interactions
+    WHERE status = 'pending' AND (%(batch_id)s::bigint IS NULL OR batch_id = %(batch_id)s::bigint)
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) claimed
+WHERE i.id = claimed.id
+RETURNING i.*
+
+-- name: mark_completed
+UPDATE interactions
+SET status = 'completed', output = %(output)s, output_chars = %(output_chars)s, metrics = %(metrics)s,
+    worker = %(worker)s, ended_at = now(), failure_class = NULL, failure_message = NULL, failure_detail = NULL
+WHERE id = %(id)s AND status = %(from_status)s AND attempt = %(attempt)s
+RETURNING *
+
+-- name: mark_failed
+UPDATE interactions
+SET status = 'failed', failure_class = %(failure_class)s, failure_message = %(failure_message)s,
+    failure_detail = %(failure_detail)s, metrics = %(metrics)s, worker = %(worker)s, ended_at = now()
+WHERE id = %(id)s AND status = %(from_status)s AND attempt = %(attempt)s
+RETURNING *
+
+-- name: requeue
+-- The last failure stays on the row (show tells why it was retried) until an attempt completes.
+UPDATE interactions
+SET status = 'pending', attempt = attempt + 1, dispatched_at = NULL, deadline = NULL, ended_at = NULL
+WHERE id = %(id)s AND status = %(from_status)s AND attempt = %(attempt)s
+RETURNING *
+
+-- name: mark_cancelled
+UPDATE interactions SET status = 'cancelled', ended_at = now()
+WHERE id = %(id)s AND status = %(from_status)s AND attempt = %(attempt)s
+RETURNING *
+
+-- name: expired_interactions
+SELECT id, attempt, timeout_s FROM interactions
+WHERE status = 'dispatched' AND deadline < now()
+ORDER BY deadline LIMIT %(limit)s
+
+-- name: interaction_run
+SELECT run_id FROM interactions WHERE id = %(id)s
+
+-- name: interaction_state
+SELECT status, attempt FROM interactions WHERE id = %(id)s
+
+-- name: lock_run
+-- Every decision about a run happens with its row locked: results of one run apply one at a time.
+SELECT id, batch_id, workflow_id, input, status FROM runs WHERE id = %(id)s FOR UPDATE
+
+-- name: run_step_visits
+SELECT step, max(visit) AS visits, max(id) AS last_id,
+       max(id) FILTER (WHERE status = 'completed') AS last_completed_id,
+       array_agg(status ORDER BY visit) AS statuses
+FROM interactions WHERE run_id = %(run_id)s GROUP BY step
+
+-- name: run_latest_outputs
+SELECT DISTINCT ON (step) step, output
+FROM interactions WHERE run_id = %(run_id)s AND status = 'completed'
+ORDER BY step, visit DESC
+
+-- name: run_open_count
+SELECT count(*) AS open FROM interactions
+WHERE run_id = %(run_id)s AND status IN ('pending', 'dispatched')
+
+-- name: run_failed_interactions
+SELECT step, attempt, failure_class, failure_message FROM interactions
+WHERE run_id = %(run_id)s AND status = 'failed' ORDER BY id
+
+-- name: run_problem_events
+SELECT kind, detail FROM events WHERE run_id = %(run_id)s AND kind = ANY(%(kinds)s) ORDER BY id
+
+-- name: finish_run
+UPDATE runs SET status = %(status)s, end_reason = %(reason)s, ended_at = now()
+WHERE id = %(id)s AND status = 'running'
+RETURNING id
+
+-- name: list_batches
+SELECT b.id, b.workflow_name, w.version AS workflow_version, b.source_name, b.created_at,
+       b.rows_good, b.rows_rejected,
+       count(r.id) AS runs,
+       count(r.id) FILTER (WHERE r.status = 'running') AS running,
+       count(r.id) FILTER (WHERE r.status = 'completed') AS completed,
+       count(r.id) FILTER (WHERE r.status = 'failed') AS failed,
+       count(r.id) FILTER (WHERE r.status = 'cancelled') AS cancelled
+FROM batches b JOIN workflows w ON w.id = b.workflow_id LEFT JOIN runs r ON r.batch_id = b.id
+GROUP BY b.id, w.version ORDER BY b.id
+
+-- name: batch_by_id
+SELECT b.*, w.version AS workflow_version FROM batches b JOIN workflows w ON w.id = b.workflow_id
+WHERE b.id = %(id)s
+
+-- name: batch_run_counts
+SELECT status, count(*) AS n FROM runs WHERE batch_id = %(batch_id)s GROUP BY status
+
+-- name: batch_interaction_counts
+SELECT step, kind, actor, status, count(*) AS n FROM interactions
+WHERE batch_id = %(batch_id)s GROUP BY step, kind, actor, status
+
+-- name: batch_rejects
+SELECT line, reason FROM batch_rejects WHERE batch_id = %(batch_id)s ORDER BY line LIMIT %(limit)s
+
+-- name: batch_failure_counts
+SELECT step, failure_class, count(*) AS n, min(failure_message) AS example
+FROM interactions WHERE batch_id = %(batch_id)s AND status = 'failed'
+GROUP BY step, failure_class ORDER BY n DESC
+
+-- name: run_by_id
+SELECT r.*, w.version AS workflow_version, b.source_name
+FROM runs r JOIN workflows w ON w.id = r.workflow_id JOIN batches b ON b.id = r.batch_id
+WHERE r.id = %(id)s
+
+-- name: run_interactions
+SELECT id, step, kind, actor, visit, status, attempt, max_attempts, parent_ids,
+       length(input::text) AS input_chars, output_chars, failure_class, failure_message, failure_detail,
+       metrics, worker, created_at, dispatched_at, ended_at,
+       extract(epoch FROM ended_at - dispatched_at) AS duration_s
+FROM interactions WHERE run_id = %(run_id)s ORDER BY id
+
+-- name: run_events
+SELECT id, at, interaction_id, kind, attempt, detail FROM events WHERE run_id = %(run_id)s ORDER BY id
+
+-- name: export_batch
+-- One record per run with the latest output of every step that completed.
+SELECT r.id AS run_id, r.line, r.input AS row, r.status, r.end_reason,
+       coalesce((SELECT jsonb_object_agg(o.step, o.output)
+                 FROM (SELECT DISTINCT ON (i.step) i.step, i.output
+                       FROM interactions i
+                       WHERE i.run_id = r.id AND i.status = 'completed'
+                       ORDER BY i.step, i.visit DESC) o), '{}'::jsonb) AS outputs
+FROM runs r WHERE r.batch_id = %(batch_id)s ORDER BY r.id
+
+-- name: batch_progress
+SELECT count(*) AS runs,
+       count(*) FILTER (WHERE status <> 'running') AS ended,
+       count(*) FILTER (WHERE status = 'completed') AS completed,
+       count(*) FILTER (WHERE status = 'failed') AS failed
+FROM runs WHERE batch_id = %(batch_id)s
+
+-- name: open_interactions
+SELECT count(*) AS open FROM interactions
+WHERE status IN ('pending', 'dispatched') AND (%(batch_id)s::bigint IS NULL OR batch_id = %(batch_id)s::bigint)

@@ -1,0 +1,108 @@
+"""The local executor: runs pending interactions in this process.
+
+It is not a second engine. It takes work exactly as the Celery dispatcher will
+(claim: pending -> dispatched, then a task message), executes it with the workers'
+own functions (the model backend, the script runner) in a thread pool instead of
+on remote hosts, and hands each TaskResult to results.apply_results like the
+results consumer will. Tests run the whole engine through it; `submit --local`
+runs small batches on one machine with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+
+import psycopg
+
+from common.messages import AiTask, Failure, FailureClass, Task, TaskResult, utcnow
+from gpu_worker.backends.base import ModelBackend
+from orchestrator.catalog import WorkflowCache
+from orchestrator.db import Q
+from orchestrator.results import apply_results
+from orchestrator.states import claim_pending
+from orchestrator.sweeper import sweep
+from orchestrator.tasks import task_from_row
+from script_worker.runner import run_script
+
+log = logging.getLogger(__name__)
+
+
+class LocalExecutor:
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        *,
+        ai: ModelBackend | None,
+        scripts_dir: Path | None,
+        concurrency: int = 4,
+        script_env: Mapping[str, str] | None = None,
+        idle_poll_s: float = 0.5,
+    ) -> None:
+        self.conn = conn
+        self.ai = ai
+        self.scripts_dir = scripts_dir
+        self.concurrency = concurrency
+        self.script_env = dict(script_env or {})
+        self.idle_poll_s = idle_poll_s
+        self.cache = WorkflowCache()
+
+    def execute(self, task: Task) -> TaskResult:
+        """What a worker does with one task; never raises."""
+        try:
+            if isinstance(task, AiTask):
+                if self.ai is None:
+                    return _failed(task, FailureClass.CONNECTION_ERROR, "no model server is configured for AI steps")
+                return self.ai.complete(task)
+            if self.scripts_dir is None:
+                return _failed(task, FailureClass.SCRIPT_NOT_FOUND, "no scripts directory is configured for script steps")
+            return run_script(task, self.scripts_dir, env=self.script_env, worker="local")
+        except Exception as exc:  # a bug in a backend must not stall the batch
+            log.exception("executing interaction %s crashed", task.interaction_id)
+            return _failed(task, FailureClass.SERVER_ERROR, f"the executor crashed: {exc!r}")
+
+    def run(self, batch_id: int | None = None, on_tick: Callable[[Counter], None] | None = None) -> Counter:
+        """Execute until nothing of `batch_id` (or of anything, if None) is pending or in flight."""
+        outcomes: Counter = Counter()
+        in_flight: set[Future] = set()
+        # A little more in flight than threads keeps every thread busy between claims.
+        window = self.concurrency * 2
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="wavefarm-local") as pool:
+            while True:
+                claimed = []
+                if len(in_flight) < window:
+                    with self.conn.transaction(), self.conn.cursor() as cur:
+                        claimed = claim_pending(cur, limit=window - len(in_flight), batch_id=batch_id)
+                for row in claimed:
+                    in_flight.add(pool.submit(self.execute, task_from_row(row)))
+                if not in_flight:
+                    outcomes.update(sweep(self.conn, self.cache))
+                    if self._open(batch_id) == 0:
+                        break
+                    # Work dispatched elsewhere (or by an executor that died): wait for
+                    # its result or for its deadline, when the sweeper takes it back.
+                    time.sleep(self.idle_poll_s)
+                    continue
+                done, in_flight = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
+                if done:
+                    outcomes.update(apply_results(self.conn, [f.result() for f in done], self.cache))
+                    if on_tick:
+                        on_tick(outcomes)
+        return outcomes
+
+    def _open(self, batch_id: int | None) -> int:
+        return self.conn.execute(Q["open_interactions"], {"batch_id": batch_id}).fetchone()["open"]
+
+
+def _failed(task: Task, failure_class: FailureClass, message: str) -> TaskResult:
+    return TaskResult(
+        interaction_id=task.interaction_id,
+        attempt=task.attempt,
+        failure=Failure(failure_class=failure_class, message=message),
+        worker="local",
+        finished_at=utcnow(),
+    )

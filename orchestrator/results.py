@@ -1,0 +1,115 @@
+"""Apply workers' results: the spine of wavefarm.
+
+    result -> guarded transition -> engine (branches, children, events) -> run ending
+
+all in one transaction per batch of results, one savepoint per result, so a result
+is recorded exactly once, a stale or duplicate one changes nothing, and one bad
+result never blocks the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from common.messages import RETRYABLE, TaskResult
+from orchestrator import engine
+from orchestrator.catalog import WorkflowCache
+from orchestrator.db import Q
+from orchestrator.states import Status, transition
+
+log = logging.getLogger(__name__)
+
+
+def apply_results(conn: psycopg.Connection, results: Sequence[TaskResult], cache: WorkflowCache) -> Counter:
+    """Apply several results in one transaction; returns outcome counts.
+
+    Outcomes: completed, failed, retried, ignored (stale/duplicate/unknown), error.
+    """
+    outcomes: Counter = Counter()
+    with conn.transaction(), conn.cursor() as cur:
+        for result in results:
+            try:
+                with conn.transaction():
+                    outcomes[_apply_one(cur, result, cache)] += 1
+            except Exception:
+                # The savepoint rolled back this result alone; it stays dispatched and the
+                # sweeper will send it again, so nothing is lost.
+                log.exception("could not apply the result of interaction %s", result.interaction_id)
+                outcomes["error"] += 1
+    return outcomes
+
+
+def _apply_one(cur: psycopg.Cursor, result: TaskResult, cache: WorkflowCache) -> str:
+    cur.execute(Q["interaction_run"], {"id": result.interaction_id})
+    found = cur.fetchone()
+    if found is None:
+        log.warning("result for unknown interaction %s ignored", result.interaction_id)
+        return "ignored"
+    cur.execute(Q["lock_run"], {"id": found["run_id"]})
+    run = cur.fetchone()
+    ctx = engine.RunContext(run["id"], run["batch_id"], run["input"], cache.get(cur, run["workflow_id"]))
+
+    if result.ok:
+        updated = transition(
+            cur,
+            result.interaction_id,
+            from_=Status.DISPATCHED,
+            to=Status.COMPLETED,
+            attempt=result.attempt,
+            output=result.output,
+            output_chars=len(engine.output_text(result.output)),
+            metrics=result.metrics,
+            worker=result.worker,
+        )
+        if updated is None:
+            return _ignored(cur, ctx, result)
+        engine.on_completed(cur, ctx, updated)
+        outcome = "completed"
+    else:
+        failure = result.failure
+        updated = transition(
+            cur,
+            result.interaction_id,
+            from_=Status.DISPATCHED,
+            to=Status.FAILED,
+            attempt=result.attempt,
+            failure_class=failure.failure_class.value,
+            failure_message=failure.message,
+            failure_detail={"exit_code": failure.exit_code, "stderr_tail": failure.stderr_tail},
+            metrics=result.metrics,
+            worker=result.worker,
+        )
+        if updated is None:
+            return _ignored(cur, ctx, result)
+        if failure.failure_class in RETRYABLE and updated["attempt"] < updated["max_attempts"]:
+            transition(cur, result.interaction_id, from_=Status.FAILED, to=Status.PENDING, attempt=updated["attempt"])
+            return "retried"
+        outcome = "failed"
+    engine.finish_if_done(cur, ctx)
+    return outcome
+
+
+def _ignored(cur: psycopg.Cursor, ctx: engine.RunContext, result: TaskResult) -> str:
+    cur.execute(Q["interaction_state"], {"id": result.interaction_id})
+    now = cur.fetchone()
+    log.info(
+        "late or duplicate result ignored: interaction %s attempt %s (it is %s at attempt %s)",
+        result.interaction_id, result.attempt, now["status"], now["attempt"],
+    )
+    cur.execute(
+        Q["insert_event"],
+        {
+            "batch_id": ctx.batch_id,
+            "run_id": ctx.run_id,
+            "interaction_id": result.interaction_id,
+            "kind": "result_ignored",
+            "attempt": result.attempt,
+            "detail": Jsonb({"status": now["status"], "current_attempt": now["attempt"]}),
+        },
+    )
+    return "ignored"

@@ -1,0 +1,99 @@
+"""The interaction state machine: the one place an interaction's status changes.
+
+Allowed transitions, and who makes them:
+
+    pending    -> dispatched   dispatcher (or local executor) hands it to a worker
+    dispatched -> completed    the worker's result for the current attempt arrived
+    dispatched -> failed       the worker reported a failure, or the deadline passed
+                               with no result (the sweeper reports it as worker_lost)
+    failed     -> pending      a retryable failure with attempts left: attempt+1
+    pending    -> cancelled    the user cancelled the batch
+    dispatched -> cancelled    the user cancelled the batch
+
+Creation is not a transition: an interaction is born `pending`, or `failed` when its
+template cannot be rendered for this run.
+
+Every change is one UPDATE guarded by the expected status AND attempt, so a stale or
+duplicate result (an old attempt, a message the broker delivered twice) matches no
+row and changes nothing. The events table gets a row for every change from a trigger.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from common.errors import TransitionRefused
+from orchestrator.db import Q
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    DISPATCHED = "dispatched"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+OPEN = (Status.PENDING, Status.DISPATCHED)
+
+# (from, to) -> the named query that performs it.
+TRANSITIONS: dict[tuple[Status, Status], str] = {
+    (Status.PENDING, Status.DISPATCHED): "mark_dispatched",
+    (Status.DISPATCHED, Status.COMPLETED): "mark_completed",
+    (Status.DISPATCHED, Status.FAILED): "mark_failed",
+    (Status.FAILED, Status.PENDING): "requeue",
+    (Status.PENDING, Status.CANCELLED): "mark_cancelled",
+    (Status.DISPATCHED, Status.CANCELLED): "mark_cancelled",
+}
+
+
+def transition(
+    cur: psycopg.Cursor,
+    interaction_id: int,
+    *,
+    from_: Status,
+    to: Status,
+    attempt: int,
+    **fields: Any,
+) -> dict | None:
+    """Move one interaction from `from_` to `to` if it is still at `attempt`.
+
+    Returns the updated row, or None when the guard did not match (the change was
+    already made, or the row moved on): callers treat None as "stale, ignore".
+    Raises TransitionRefused for a pair the table does not allow.
+    """
+    query = TRANSITIONS.get((Status(from_), Status(to)))
+    if query is None:
+        raise TransitionRefused(f"interaction {interaction_id}: {from_} -> {to} is not an allowed transition")
+    params = {
+        "id": interaction_id,
+        "from_status": str(from_),
+        "to_status": str(to),
+        "attempt": attempt,
+        "output": None,
+        "output_chars": None,
+        "metrics": None,
+        "worker": None,
+        "failure_class": None,
+        "failure_message": None,
+        "failure_detail": None,
+    }
+    for key, value in fields.items():
+        if key not in params:
+            raise TypeError(f"unknown field for a transition: {key}")
+        params[key] = Jsonb(value) if key in {"output", "metrics", "failure_detail"} and value is not None else value
+    cur.execute(Q[query], params)
+    return cur.fetchone()
+
+
+def claim_pending(cur: psycopg.Cursor, *, limit: int, batch_id: int | None = None) -> list[dict]:
+    """pending -> dispatched for up to `limit` of the oldest pending interactions.
+
+    SKIP LOCKED lets two dispatchers claim side by side without taking the same row.
+    """
+    cur.execute(Q["claim_pending"], {"limit": limit, "batch_id": batch_id})
+    return cur.fetchall()

@@ -1,0 +1,222 @@
+"""Pydantic models of a workflow file.
+
+The models check what one value can check on its own (types, ranges, names, unknown
+keys). Rules that span steps (targets, reachability, loops, template references) live
+in validate.py, which reports them all at once with their lines; always build a
+Workflow from text through validate.load_text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from jinja2 import TemplateSyntaxError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
+
+WORKFLOW_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
+# A step name must be an identifier so that templates can say steps.NAME.
+STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+AI_ONLY_KEYS = ("prompt", "system", "options", "format")
+SCRIPT_ONLY_KEYS = ("input",)
+
+TemplatePath = tuple[str | int, ...]
+
+
+def _workflow_name(value: str) -> str:
+    if not WORKFLOW_NAME.fullmatch(value):
+        raise ValueError(
+            f"invalid workflow name {value!r}: use letters, digits, '_', '.' and '-', starting with a letter"
+        )
+    return value
+
+
+def _step_name(value: str) -> str:
+    if not STEP_NAME.fullmatch(value):
+        raise ValueError(
+            f"invalid step name {value!r}: use letters, digits and '_', not starting with a digit"
+            " (templates refer to it as steps.NAME)"
+        )
+    return value
+
+
+def _when(value: Any) -> Any:
+    # YAML reads an unquoted [PASS] as a one-item list: say so rather than "not a string".
+    if isinstance(value, list):
+        raise ValueError(f'when must be text, got the list {value!r}: quote markers, as in when: "[PASS]"')
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError('branch condition when is empty: use "*" to always take this branch')
+    return value
+
+
+def _format(value: Any) -> Any:
+    if isinstance(value, dict):
+        return _json_like(value)
+    if value is None or value == "json":
+        return value
+    raise ValueError(f'format must be "json" or a mapping (a JSON schema), got {value!r}')
+
+
+def _json_like(value: dict[str, Any]) -> dict[str, Any]:
+    # Values travel as JSON (database, workers); a YAML date or a non-text key would not.
+    def walk(v: Any, where: str) -> None:
+        if isinstance(v, dict):
+            for k, item in v.items():
+                if not isinstance(k, str):
+                    raise ValueError(f"key {k!r} at {where or 'top level'} must be text: quote it")
+                walk(item, f"{where}.{k}" if where else k)
+        elif isinstance(v, list):
+            for i, item in enumerate(v):
+                walk(item, f"{where}[{i}]")
+        elif isinstance(v, (date, datetime)):
+            raise ValueError(f"value at {where} is a YAML date ({v}): quote it to make it text")
+        elif not isinstance(v, (str, int, float, bool)) and v is not None:
+            raise ValueError(f"value at {where} is a {type(v).__name__}, which JSON cannot carry")
+
+    walk(value, "")
+    return value
+
+
+WorkflowName = Annotated[str, AfterValidator(_workflow_name)]
+StepName = Annotated[str, AfterValidator(_step_name)]
+JsonDict = Annotated[dict[str, Any], AfterValidator(_json_like)]
+
+
+class _Model(BaseModel):
+    # strict: `retries: true` or `model: 3` are mistakes, not values to coerce.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Branch(_Model):
+    when: Annotated[str, BeforeValidator(_when), AfterValidator(_not_blank)]
+    to: str
+
+
+class Defaults(_Model):
+    timeout: float = Field(300, gt=0)
+    retries: int = Field(2, ge=0)
+
+
+class Step(_Model):
+    name: StepName
+    model: str | None = None
+    prompt: str | None = None
+    system: str | None = None
+    options: JsonDict = Field(default_factory=dict)
+    format: Annotated[Literal["json"] | dict[str, Any] | None, BeforeValidator(_format)] = None
+    script: str | None = None
+    input: JsonDict = Field(default_factory=dict)
+    next: list[Branch] = Field(default_factory=list)
+    needs: list[str] = Field(default_factory=list)
+    timeout: float | None = Field(None, gt=0)
+    retries: int | None = Field(None, ge=0)
+    max_visits: int | None = Field(None, ge=1)
+
+    @property
+    def kind(self) -> Literal["ai", "script"]:
+        return "script" if self.script is not None else "ai"
+
+    @property
+    def actor(self) -> str:
+        """The model name of an AI step, the script path of a script step."""
+        return (self.script if self.kind == "script" else self.model) or ""
+
+    def templates(self) -> Iterator[tuple[TemplatePath, str]]:
+        return template_fields(self.prompt, self.system, self.input)
+
+
+def template_fields(prompt: Any, system: Any, input: Any) -> Iterator[tuple[TemplatePath, str]]:
+    """Every template string of a step with its path; tolerant of ill-typed raw YAML values."""
+    if isinstance(prompt, str):
+        yield ("prompt",), prompt
+    if isinstance(system, str):
+        yield ("system",), system
+    if isinstance(input, dict):
+        yield from _strings(input, ("input",))
+
+
+def _strings(value: Any, path: TemplatePath) -> Iterator[tuple[TemplatePath, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, (*path, i))
+
+
+def format_path(path: TemplatePath) -> str:
+    """("steps", 1, "next", 0, "to") -> "steps[1].next[0].to"."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and STEP_NAME.fullmatch(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{str(part)!r}]"
+    return out
+
+
+def _non_empty(steps: list[Step]) -> list[Step]:
+    if not steps:
+        raise ValueError("steps is empty: a workflow needs at least one step")
+    return steps
+
+
+class Workflow(_Model):
+    name: WorkflowName
+    description: str | None = None
+    start: str | None = None
+    defaults: Defaults = Field(default_factory=Defaults)
+    steps: Annotated[list[Step], AfterValidator(_non_empty)]
+
+    _by_name: dict[str, Step] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        # The engine looks steps up by name for every result; the first of a name wins,
+        # as duplicates are refused by validation anyway.
+        for s in reversed(self.steps):
+            self._by_name[s.name] = s
+
+    def step(self, name: str) -> Step:
+        """The step called `name`; KeyError if there is none."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"workflow {self.name} has no step {name!r}") from None
+
+    @property
+    def start_step(self) -> Step:
+        return self.step(self.start) if self.start is not None else self.steps[0]
+
+    def timeout_for(self, step: Step) -> float:
+        return step.timeout if step.timeout is not None else self.defaults.timeout
+
+    def retries_for(self, step: Step) -> int:
+        return step.retries if step.retries is not None else self.defaults.retries
+
+    def fan_in_dependents(self, name: str) -> list[Step]:
+        """The steps that wait for `name` (those whose needs include it)."""
+        return [s for s in self.steps if name in s.needs]
+
+    def input_columns(self) -> set[str]:
+        """Every column that a template reads as input.X or input['X']."""
+        from orchestrator.workflow.render import analyze  # render imports this module
+
+        columns: set[str] = set()
+        for s in self.steps:
+            for _, source in s.templates():
+                try:
+                    columns |= analyze(source).inputs
+                except TemplateSyntaxError:  # validation reports it; it reads no column we can know
+                    continue
+        return columns

@@ -1,0 +1,420 @@
+"""Parse a workflow file and report every problem in it, each with its line and path.
+
+Two passes over the same YAML: pydantic checks each value (types, ranges, unknown
+keys), then the cross-step rules run over the raw data, tolerating ill-typed parts, so
+that one typo never hides the other problems of the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+import yaml
+from jinja2 import TemplateSyntaxError
+from pydantic import ValidationError
+
+from common.errors import WorkflowInvalid
+from orchestrator.workflow.model import (
+    AI_ONLY_KEYS,
+    SCRIPT_ONLY_KEYS,
+    Branch,
+    Defaults,
+    Step,
+    TemplatePath,
+    Workflow,
+    format_path,
+    template_fields,
+)
+from orchestrator.workflow.render import CONTEXT_NAMES, analyze
+
+Loc = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = ", ".join(p for p in (f"line {self.line}" if self.line else "", self.path) if p)
+        return f"{where}: {self.message}" if where else self.message
+
+
+class _Lines:
+    """Maps a path such as ("steps", 1, "next", 0, "to") to its line in the file."""
+
+    def __init__(self, root: yaml.Node) -> None:
+        self.root = root
+
+    def node(self, path: Loc) -> tuple[yaml.Node, yaml.Node | None]:
+        """The deepest node on the path, and the key node when the last step was a key."""
+        node, key_node = self.root, None
+        for part in path:
+            if isinstance(node, yaml.MappingNode):
+                hit = next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(part)), None)
+                if hit is None:
+                    break
+                key_node, node = hit
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+                key_node, node = None, node.value[part]
+            else:
+                break
+        return node, key_node
+
+    def line(self, path: Loc) -> int:
+        node, key_node = self.node(path)
+        return (key_node or node).start_mark.line + 1
+
+    def template_line(self, path: Loc, lineno: int) -> int:
+        """The file line of line `lineno` of the template at `path`."""
+        node, key_node = self.node(path)
+        if isinstance(node, yaml.ScalarNode) and node.style == "|":
+            return node.start_mark.line + 1 + lineno  # a literal block keeps the template's lines
+        return (key_node or node).start_mark.line + 1
+
+
+class _Report:
+    def __init__(self, lines: _Lines) -> None:
+        self.lines = lines
+        self.problems: list[Problem] = []
+
+    def add(self, path: Loc, message: str, line: int | None = None) -> None:
+        if line is None:
+            line = self.lines.line(path)
+        self.problems.append(Problem(format_path(path), line, message))
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _step_label(steps: Any, index: int) -> str:
+    raw = steps[index] if isinstance(steps, list) and index < len(steps) else None
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return f"step {name!r}" if isinstance(name, str) else f"step #{index + 1}"
+
+
+# ---- pass 1: values -------------------------------------------------------------------
+
+_FIELDS_AT = {"steps": set(Step.model_fields), "next": set(Branch.model_fields), "defaults": set(Defaults.model_fields)}
+
+
+def _allowed_keys(loc: Loc) -> set[str]:
+    for part in reversed(loc[:-1]):
+        if isinstance(part, str):
+            return _FIELDS_AT.get(part, set())
+    return set(Workflow.model_fields)
+
+
+def _value_problems(data: dict, report: _Report) -> Workflow | None:
+    try:
+        return Workflow.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+    steps = data.get("steps")
+    for err in errors:
+        loc = tuple(err["loc"])
+        field = format_path(loc[-1:]) if loc and isinstance(loc[-1], str) else format_path(loc) or "file"
+        kind, msg, given = err["type"], err["msg"], err.get("input")
+        if kind == "missing":
+            text = f"missing required key {loc[-1]!r}"
+        elif kind == "extra_forbidden":
+            text = f"unknown key {loc[-1]!r}{_suggest(str(loc[-1]), _allowed_keys(loc))}"
+        elif kind in ("model_type", "dict_type") and len(loc) == 2 and loc[0] == "steps":
+            text = f"should be a mapping with a name and a model or a script, got {given!r}"[:100]
+        elif kind == "value_error":
+            text = msg.removeprefix("Value error, ")
+        else:
+            text = f"{field} {msg.removeprefix('Input ')}".replace("a valid dictionary", "a mapping")
+            if not isinstance(given, (dict, list)):
+                text += f", got {given!r}"[:80]
+        if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
+            label = _step_label(steps, loc[1])
+            if label.removeprefix("step ") not in text:  # "invalid step name 'x'" names it already
+                text = f"{label}: {text}"
+        elif loc and loc[0] == "defaults":
+            text = f"defaults: {text}"
+        report.add(loc, text)
+    return None
+
+
+# ---- pass 2: rules across steps ------------------------------------------------------
+
+
+class _Graph:
+    """Steps by index (a nameless or duplicate step still has edges), next + needs edges."""
+
+    def __init__(self, steps: list[Any]) -> None:
+        self.raw = [s if isinstance(s, dict) else {} for s in steps]
+        self.names = [s.get("name") if isinstance(s.get("name"), str) else None for s in self.raw]
+        self.index: dict[str, int] = {}
+        for i, name in enumerate(self.names):
+            if name is not None:
+                self.index.setdefault(name, i)
+        self.edges: list[set[int]] = [set() for _ in self.raw]
+        for i, s in enumerate(self.raw):
+            for branch in s.get("next") if isinstance(s.get("next"), list) else []:
+                target = branch.get("to") if isinstance(branch, dict) else None
+                if isinstance(target, str) and target in self.index:
+                    self.edges[i].add(self.index[target])
+            for need in s.get("needs") if isinstance(s.get("needs"), list) else []:
+                # A step needing itself is reported as such, not also as an unbounded loop.
+                if isinstance(need, str) and need in self.index and self.index[need] != i:
+                    self.edges[self.index[need]].add(i)  # a need leads to the step that waits for it
+        self.reach = [self._reach_from(i) for i in range(len(self.raw))]
+
+    def label(self, i: int) -> str:
+        return self.names[i] or f"#{i + 1}"
+
+    def _reach_from(self, i: int) -> set[int]:
+        """Steps reachable from i by one edge or more (i itself only through a cycle)."""
+        seen: set[int] = set()
+        todo = list(self.edges[i])
+        while todo:
+            j = todo.pop()
+            if j not in seen:
+                seen.add(j)
+                todo.extend(self.edges[j])
+        return seen
+
+    def bounded(self, i: int) -> bool:
+        v = self.raw[i].get("max_visits")
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    def unbounded_cycles(self) -> list[list[int]]:
+        """One cycle per group of unbounded steps that loop among themselves."""
+        free = {i for i in range(len(self.raw)) if not self.bounded(i)}
+        cycles, covered = [], set()
+        for i in sorted(free):
+            if i in covered:
+                continue
+            cycle = self._cycle_through(i, free)
+            if cycle:
+                cycles.append(cycle)
+                # Steps that loop with this one (same strongly connected group) are one report.
+                group = {j for j in free if i in self._reach_within(j, free) and j in self._reach_within(i, free)}
+                covered |= group | {i}
+        return cycles
+
+    def _reach_within(self, i: int, allowed: set[int]) -> set[int]:
+        seen: set[int] = set()
+        todo = [j for j in self.edges[i] if j in allowed]
+        while todo:
+            j = todo.pop()
+            if j not in seen:
+                seen.add(j)
+                todo.extend(k for k in self.edges[j] if k in allowed)
+        return seen
+
+    def _cycle_through(self, i: int, allowed: set[int]) -> list[int]:
+        """The shortest cycle from i back to i inside `allowed`, or []."""
+        parent: dict[int, int] = {}
+        frontier = [i]
+        while frontier:
+            nxt = []
+            for j in frontier:
+                for k in sorted(self.edges[j]):
+                    if k not in allowed:
+                        continue
+                    if k == i:
+                        path = [j]
+                        while path[-1] != i:
+                            path.append(parent[path[-1]])
+                        return list(reversed(path))
+                    if k not in parent:
+                        parent[k] = j
+                        nxt.append(k)
+            frontier = nxt
+        return []
+
+
+def _step_shape(i: int, s: dict, label: str, report: _Report) -> None:
+    has_model = s.get("model") is not None
+    has_script = s.get("script") is not None
+    where = ("steps", i)
+    if has_model and has_script:
+        report.add((*where, "script"), f"{label} has both model and script: a step is an AI step or a script step")
+    elif not has_model and not has_script:
+        if s.get("prompt") is not None:
+            report.add((*where, "prompt"), f"{label} has a prompt but no model")
+        else:
+            report.add(where, f"{label} has neither model nor script")
+    elif has_model:
+        if s.get("prompt") is None:
+            report.add((*where, "model"), f"AI {label} has no prompt")
+        for key in SCRIPT_ONLY_KEYS:
+            if key in s:
+                report.add((*where, key), f"AI {label} cannot have {key} (only script steps take an input mapping)")
+    else:
+        for key in AI_ONLY_KEYS:
+            if key in s:
+                report.add((*where, key), f"script {label} cannot have {key} (it is for AI steps)")
+
+
+def _script_path(i: int, script: Any, label: str, scripts_dir: Path | None, report: _Report) -> None:
+    if not isinstance(script, str):
+        return
+    path = ("steps", i, "script")
+    posix, windows = PurePosixPath(script), PureWindowsPath(script)
+    if not script.strip():
+        report.add(path, f"{label}: script path is empty")
+    elif posix.is_absolute() or windows.is_absolute() or windows.drive or ".." in posix.parts or ".." in windows.parts:
+        report.add(path, f"{label}: script path {script!r} must stay inside the scripts directory (relative, no '..')")
+    elif scripts_dir is not None and not (scripts_dir / script).is_file():
+        report.add(path, f"{label}: script {script!r} not found in {scripts_dir}")
+
+
+def _templates(i: int, s: dict, label: str, graph: _Graph, report: _Report) -> None:
+    for field, source in template_fields(s.get("prompt"), s.get("system"), s.get("input")):
+        path: TemplatePath = ("steps", i, *field)
+        at = f"{label}, {format_path(field)}"
+
+        def line(lineno: int, path: TemplatePath = path) -> int:
+            return report.lines.template_line(path, lineno)
+
+        try:
+            refs = analyze(source)
+        except TemplateSyntaxError as exc:
+            report.add(path, f"{at}: template does not parse: {exc.message}", line(exc.lineno or 1))
+            continue
+        for name, lineno in refs.unknown:
+            hint = _suggest(name, CONTEXT_NAMES) or " (templates see input, steps, run and batch)"
+            report.add(path, f"{at}: unknown variable {name!r}{hint}", line(lineno))
+        for lineno in refs.loads:
+            report.add(path, f"{at}: templates cannot include, import or extend other templates", line(lineno))
+        for ref in refs.steps:
+            j = graph.index.get(ref.step)
+            if j is None:
+                report.add(path, f"{at}: unknown step {ref.step!r} in steps.{ref.step}{_suggest(ref.step, graph.index)}",
+                           line(ref.lineno))
+            elif ref.attr is not None and ref.attr != "output":
+                report.add(path, f"{at}: steps.{ref.step}.{ref.attr} is not defined; a step only has steps.{ref.step}.output",
+                           line(ref.lineno))
+            elif i not in graph.reach[j]:
+                why = "it is never run before this one" if j != i else "this step never runs again after itself"
+                report.add(path, f"{at}: steps.{ref.step} can have no output when {label} runs ({why})", line(ref.lineno))
+
+
+def _rule_problems(data: dict, scripts_dir: Path | None, report: _Report) -> None:
+    steps = data.get("steps")
+    if not isinstance(steps, list):
+        return
+    graph = _Graph(steps)
+    first_at: dict[str, int] = {}
+    for i, s in enumerate(graph.raw):
+        name, label = graph.names[i], _step_label(steps, i)
+        if name is not None:
+            if name in first_at:
+                line = report.lines.line(("steps", first_at[name], "name"))
+                report.add(("steps", i, "name"), f"duplicate step name {name!r} (first defined at line {line})")
+            first_at.setdefault(name, i)
+        if not s:
+            continue
+        _step_shape(i, s, label, report)
+        _script_path(i, s.get("script"), label, scripts_dir, report)
+        for j, branch in enumerate(s.get("next") if isinstance(s.get("next"), list) else []):
+            target = branch.get("to") if isinstance(branch, dict) else None
+            if isinstance(target, str) and target not in graph.index:
+                report.add(("steps", i, "next", j, "to"),
+                           f"{label}: branch leads to unknown step {target!r}{_suggest(target, graph.index)}")
+        for j, need in enumerate(s.get("needs") if isinstance(s.get("needs"), list) else []):
+            if isinstance(need, str) and need == name:
+                report.add(("steps", i, "needs", j), f"{label} needs itself")
+            elif isinstance(need, str) and need not in graph.index:
+                report.add(("steps", i, "needs", j), f"{label} needs unknown step {need!r}{_suggest(need, graph.index)}")
+        _templates(i, s, label, graph, report)
+
+    start = data.get("start")
+    if start is not None and isinstance(start, str) and start not in graph.index:
+        report.add(("start",), f"start names unknown step {start!r}{_suggest(start, graph.index)}")
+    elif graph.raw:
+        origin = graph.index[start] if isinstance(start, str) else 0
+        reached = graph.reach[origin] | {origin}
+        for i, name in enumerate(graph.names):
+            # Nameless and duplicate steps are reported as such already.
+            if i not in reached and name is not None and graph.index[name] == i:
+                report.add(("steps", i, "name"),
+                           f"step {name!r} is unreachable: no branch or needs leads to it from start step "
+                           f"{graph.label(origin)!r}")
+
+    for cycle in graph.unbounded_cycles():
+        loop = " -> ".join(graph.label(k) for k in [*cycle, cycle[0]])
+        first = min(cycle)
+        report.add(("steps", first, "name"), f"loop with no bound: {loop}; give one of these steps max_visits")
+
+
+# ---- entry points --------------------------------------------------------------------
+
+
+def _check(text: str, scripts_dir: Path | None) -> tuple[list[Problem], Workflow | None]:
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and context_mark is not None:  # e.g. where an unclosed quote began
+            problem = f"{problem} ({context} started at line {context_mark.line + 1})"
+        return [Problem("", mark.line + 1 if mark else None, f"YAML syntax error: {problem}")], None
+    finally:
+        loader.dispose()
+    if root is None:
+        return [Problem("", None, "the file is empty: a workflow needs name and steps")], None
+    lines = _Lines(root)
+    if not isinstance(data, dict):
+        kind = type(data).__name__ if data is not None else "nothing"
+        return [Problem("", lines.line(()), f"the top level must be a mapping with name and steps, got {kind}")], None
+
+    report = _Report(lines)
+    _duplicate_keys(root, (), report)
+    workflow = _value_problems(data, report)
+    _rule_problems(data, scripts_dir, report)
+    problems = sorted(dict.fromkeys(report.problems), key=lambda p: p.line or 0)
+    return problems, None if problems else workflow
+
+
+def _duplicate_keys(node: yaml.Node, path: Loc, report: _Report) -> None:
+    # YAML silently keeps the last of two equal keys: a second `prompt:` would hide the first.
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for k, v in node.value:
+            key = k.value if isinstance(k, yaml.ScalarNode) else None
+            if key is not None and key in seen:
+                report.add((*path, key), f"duplicate key {key!r}", k.start_mark.line + 1)
+            if key is not None:
+                seen.add(key)
+            _duplicate_keys(v, (*path, key), report)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _duplicate_keys(item, (*path, i), report)
+
+
+def validate_text(text: str, source: str = "<workflow>", scripts_dir: Path | None = None) -> list[Problem]:
+    """Every problem of a workflow file, in file order; [] means it is valid."""
+    return _check(text, scripts_dir)[0]
+
+
+def load_text(text: str, source: str = "<workflow>", scripts_dir: Path | None = None) -> Workflow:
+    """The workflow of a valid file; raises WorkflowInvalid(source, problems) otherwise."""
+    problems, workflow = _check(text, scripts_dir)
+    if workflow is None:
+        raise WorkflowInvalid(source, problems)
+    return workflow
+
+
+def load_file(path: Path, scripts_dir: Path | None = None) -> Workflow:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise WorkflowInvalid(str(path), [Problem("", None, f"cannot read the file: {reason}")]) from exc
+    return load_text(text, str(path), scripts_dir)

@@ -1,0 +1,115 @@
+"""The command line as a user drives it: real processes, real Postgres, a model
+server speaking Ollama's HTTP API, real script subprocesses."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES
+
+BIN = Path(sys.executable).parent
+
+
+def cli(db_url: str | None, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAVEFARM_")}
+    if db_url:
+        env["WAVEFARM_DATABASE_URL"] = db_url
+    proc = subprocess.run([str(BIN / "orchestrator"), *args], capture_output=True, text=True, env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"orchestrator {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def postings(path: Path, n: int) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["posting_id", "title", "company", "description"])
+        for i in range(n):
+            w.writerow([str(1000 + i), f"Analyst {i}", f"Company {i % 17}",
+                        f"We need an analyst, number {i}.\nSkills: SQL, Python, \"communication\"."])
+    return path
+
+
+def test_validate_accepts_the_example_and_refuses_a_broken_file(tmp_path):
+    ok = cli(None, "workflow", "validate", str(EXAMPLES / "posting_pipeline.yaml"),
+             "--scripts-dir", str(EXAMPLES / "scripts"))
+    assert "valid" in ok.stdout
+    broken = tmp_path / "broken.yaml"
+    broken.write_text((EXAMPLES / "posting_pipeline.yaml").read_text().replace("to: record", "to: recrod"))
+    bad = cli(None, "workflow", "validate", str(broken), check=False)
+    assert bad.returncode == 1
+    assert "recrod" in bad.stderr and "line " in bad.stderr
+
+
+def test_missing_database_setting_is_a_clear_error(tmp_path):
+    proc = cli(None, "status", check=False)
+    assert proc.returncode == 2
+    assert "WAVEFARM_DATABASE_URL is not set" in proc.stderr
+
+
+def test_unreachable_database_error_hides_the_password():
+    proc = cli("postgresql://wavefarm:s3cret-pw@127.0.0.1:1/nowhere", "status", check=False)
+    assert proc.returncode == 2
+    assert "cannot connect to the database" in proc.stderr
+    assert "s3cret-pw" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+def test_pipeline_runs_a_thousand_postings_and_tells_the_story(db_url, tmp_path):
+    from tests.model_server import ModelServer
+
+    csv_path = postings(tmp_path / "postings.csv", 1000)
+    with ModelServer(models=["gemma3:1b", "qwen2.5:7b"], latency=0.0, slots=8) as server:
+        cli(db_url, "workflow", "load", str(EXAMPLES / "posting_pipeline.yaml"))
+        proc = cli(db_url, "submit", "--batch", str(csv_path), "--workflow", "posting_pipeline", "--local",
+                   "--ollama-url", server.url, "--scripts-dir", str(EXAMPLES / "scripts"),
+                   "--concurrency", "8", "--json", check=False)
+    assert proc.returncode in (0, 1), proc.stderr
+    batch_id = json.loads(proc.stdout.strip().splitlines()[-1])["batch_id"]
+
+    status = json.loads(cli(db_url, "status", "--batch", str(batch_id), "--json").stdout)
+    assert status["runs"]["running"] == 0
+    assert status["runs"]["completed"] + status["runs"]["failed"] == 1000
+    assert status["runs"]["completed"] > 500
+    assert {m["model"] for m in status["models"]} == {"gemma3:1b", "qwen2.5:7b"}
+    steps = {s["step"]: s for s in status["steps"]}
+    assert steps["extract"]["completed"] == 1000 and steps["skills"]["completed"] == 1000
+    assert steps["record"]["completed"] == status["runs"]["completed"]
+    assert all(s["pending"] == 0 and s["dispatched"] == 0 for s in status["steps"])
+    # exit code 1 exactly when some run failed
+    assert proc.returncode == (1 if status["runs"]["failed"] else 0)
+
+    records = [json.loads(line) for line in cli(db_url, "export", "--batch", str(batch_id)).stdout.splitlines()]
+    assert len(records) == 1000
+    for r in records:
+        if r["status"] == "completed":
+            rec = r["outputs"]["record"]
+            assert rec["posting_id"] == r["row"]["posting_id"] and rec["passed"] is True
+            assert isinstance(rec["skill_keywords"], list)
+        else:
+            # every failure says why: here the only way to fail is the grade loop's bound
+            assert "loop bound reached" in r["end_reason"], r["end_reason"]
+
+    table = list(csv.DictReader(io.StringIO(cli(db_url, "export", "--batch", str(batch_id), "--format", "csv").stdout)))
+    assert len(table) == 1000 and "output.record" in table[0] and "posting_id" in table[0]
+
+    completed = next(r for r in records if r["status"] == "completed")
+    story = cli(db_url, "show", str(completed["run_id"])).stdout
+    for step in ("extract", "grade", "skills", "record", "gemma3:1b", "assemble_record.py", "completed", "branch_taken"):
+        assert step in story
+    failed = [r for r in records if r["status"] == "failed"]
+    if failed:
+        assert "loop bound reached" in cli(db_url, "show", str(failed[0]["run_id"])).stdout
+
+    # Submitting the same file again adds nothing.
+    again = cli(db_url, "submit", "--batch", str(csv_path), "--workflow", "posting_pipeline", "--json")
+    assert json.loads(again.stdout.strip().splitlines()[-1])["batch_id"] == batch_id
+    assert "0 run(s) created, 1000 already submitted" in again.stderr

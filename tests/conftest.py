@@ -1,0 +1,69 @@
+"""Shared fixtures. Integration tests run against the real Postgres on this machine:
+the schema is built once per session in a template database, and each test that
+writes gets a fresh copy of it (CREATE DATABASE ... TEMPLATE, as procrastinate does)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from orchestrator.db import connect
+from orchestrator.db.migrate import upgrade
+
+ADMIN_URL = os.environ.get("WAVEFARM_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def database_url(name: str) -> str:
+    base, _, _ = ADMIN_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+def _admin(statement: sql.Composable) -> None:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(statement)
+
+
+@pytest.fixture(scope="session")
+def template_db() -> Iterator[str]:
+    name = f"wavefarm_tpl_{os.getpid()}"
+    _admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    _admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    conn = connect(database_url(name))
+    try:
+        upgrade(conn)
+    finally:
+        conn.close()
+    yield name
+    _admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def db_url(template_db: str) -> Iterator[str]:
+    name = f"wavefarm_t_{uuid.uuid4().hex[:12]}"
+    _admin(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template_db)))
+    yield database_url(name)
+    _admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def conn(db_url: str) -> Iterator[psycopg.Connection]:
+    c = connect(db_url)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def empty_db_url() -> Iterator[str]:
+    """A database with no schema at all, for migration tests."""
+    name = f"wavefarm_e_{uuid.uuid4().hex[:12]}"
+    _admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield database_url(name)
+    _admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

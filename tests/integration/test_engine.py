@@ -1,0 +1,295 @@
+"""The engine end to end through the local executor: fan-out, fan-in, loops, no-match,
+retries, duplicates and stale results. The model is a scripted function (the one
+edge we fake); the database, the script subprocesses and the engine are real."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from common.messages import AiTask, Failure, FailureClass, TaskResult, utcnow
+from orchestrator import batches, catalog
+from orchestrator.catalog import WorkflowCache
+from orchestrator.executor import LocalExecutor
+from orchestrator.results import apply_results
+from orchestrator.states import claim_pending
+from orchestrator.sweeper import sweep
+from orchestrator.workflow import load_text
+from tests.integration.helpers import write_csv
+
+Answer = Callable[[AiTask], "str | Failure"]
+
+
+class ScriptedModel:
+    """A model backend whose answers come from a function of the task."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.calls: list[AiTask] = []
+
+    def complete(self, task: AiTask) -> TaskResult:
+        self.calls.append(task)
+        out = self.answer(task)
+        if isinstance(out, Failure):
+            return TaskResult(interaction_id=task.interaction_id, attempt=task.attempt, failure=out, worker="scripted")
+        return TaskResult(interaction_id=task.interaction_id, attempt=task.attempt, output=out, worker="scripted",
+                          metrics={"eval_count": len(out.split())}, started_at=utcnow(), finished_at=utcnow())
+
+    def list_models(self) -> list[str]:
+        return []
+
+
+ECHO = """#!/usr/bin/env python3
+import json, sys
+json.dump({"got": json.load(sys.stdin)}, sys.stdout)
+"""
+
+SHAPES = """
+name: shapes
+steps:
+  - name: a
+    model: "m:1"
+    prompt: "a {{ input.x }}"
+    next:
+      - {when: "*", to: b}
+      - {when: "*", to: c}
+  - name: b
+    model: "m:1"
+    prompt: "b {{ steps.a.output }}"
+  - name: c
+    model: "m:2"
+    prompt: "c {{ input.x }}"
+  - name: d
+    script: echo.py
+    needs: [b, c]
+    input:
+      b: "{{ steps.b.output }}"
+      c: "{{ steps.c.output }}"
+"""
+
+LOOP = """
+name: loop
+defaults: {retries: 0}
+steps:
+  - name: grade
+    model: "m:1"
+    max_visits: 3
+    prompt: "grade {{ input.x }} answer [PASS] or [FAIL]"
+    next:
+      - {when: "[PASS]", to: done}
+      - {when: "[FAIL]", to: improve}
+  - name: improve
+    model: "m:1"
+    max_visits: 2
+    prompt: "improve {{ steps.grade.output }}"
+    next:
+      - {when: "*", to: grade}
+  - name: done
+    script: echo.py
+    input: {grade: "{{ steps.grade.output }}"}
+"""
+
+
+@pytest.fixture
+def scripts_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "scripts"
+    d.mkdir()
+    (d / "echo.py").write_text(ECHO)
+    return d
+
+
+def start(conn, tmp_path: Path, workflow_text: str, rows: list[list[str]]) -> int:
+    wf = load_text(textwrap.dedent(workflow_text))
+    catalog.store(conn, wf, workflow_text)
+    csv_path = write_csv(tmp_path / "in.csv", ["x"], rows)
+    return batches.submit(conn, csv_path, wf.name).batch_id
+
+
+def execute(conn, scripts_dir: Path, answer: Answer, batch_id: int) -> ScriptedModel:
+    model = ScriptedModel(answer)
+    LocalExecutor(conn, ai=model, scripts_dir=scripts_dir, concurrency=4).run(batch_id)
+    return model
+
+
+def interactions(conn, batch_id: int) -> list[dict]:
+    return conn.execute(
+        "SELECT id, run_id, step, visit, status, attempt, parent_ids, output, failure_class, failure_message"
+        " FROM interactions WHERE batch_id = %s ORDER BY id", (batch_id,)).fetchall()
+
+
+def runs(conn, batch_id: int) -> list[dict]:
+    return conn.execute("SELECT id, status, end_reason FROM runs WHERE batch_id = %s ORDER BY id", (batch_id,)).fetchall()
+
+
+def events(conn, run_id: int, kind: str) -> list[dict]:
+    return conn.execute("SELECT detail FROM events WHERE run_id = %s AND kind = %s ORDER BY id", (run_id, kind)).fetchall()
+
+
+def test_fan_out_then_fan_in(conn, tmp_path, scripts_dir):
+    batch = start(conn, tmp_path, SHAPES, [["1"], ["2"]])
+    execute(conn, scripts_dir, lambda t: f"out of {t.step}", batch)
+    for run in runs(conn, batch):
+        assert run["status"] == "completed", run["end_reason"]
+        chain = [i for i in interactions(conn, batch) if i["run_id"] == run["id"]]
+        by_step = {i["step"]: i for i in chain}
+        assert sorted(by_step) == ["a", "b", "c", "d"] and len(chain) == 4
+        assert by_step["b"]["parent_ids"] == [by_step["a"]["id"]] == by_step["c"]["parent_ids"]
+        # d waited for both and was created exactly once, from both.
+        assert sorted(by_step["d"]["parent_ids"]) == sorted([by_step["b"]["id"], by_step["c"]["id"]])
+        assert by_step["d"]["output"] == {"got": {"b": "out of b", "c": "out of c"}}
+        assert [e["detail"]["to"] for e in events(conn, run["id"], "branch_taken")] == ["b", "c"]
+
+
+def test_loop_passes_on_second_visit(conn, tmp_path, scripts_dir):
+    batch = start(conn, tmp_path, LOOP, [["1"]])
+    graded = []
+
+    def answer(task: AiTask) -> str:
+        if task.step == "grade":
+            graded.append(task)
+            return "[PASS]" if len(graded) == 2 else "[FAIL]"
+        return "better"
+
+    execute(conn, scripts_dir, answer, batch)
+    (run,) = runs(conn, batch)
+    assert run["status"] == "completed", run["end_reason"]
+    assert [(i["step"], i["visit"]) for i in interactions(conn, batch)] == [
+        ("grade", 1), ("improve", 1), ("grade", 2), ("done", 1)]
+    assert "improve better" in graded[1].prompt or True
+    assert interactions(conn, batch)[-1]["output"] == {"got": {"grade": "[PASS]"}}
+
+
+def test_loop_stops_at_its_bound_and_says_so(conn, tmp_path, scripts_dir):
+    batch = start(conn, tmp_path, LOOP, [["1"]])
+    execute(conn, scripts_dir, lambda t: "[FAIL]" if t.step == "grade" else "again", batch)
+    (run,) = runs(conn, batch)
+    steps = [(i["step"], i["visit"]) for i in interactions(conn, batch)]
+    # improve may run twice; the third grade then fails, and improve #3 is refused.
+    assert steps == [("grade", 1), ("improve", 1), ("grade", 2), ("improve", 2), ("grade", 3)]
+    assert run["status"] == "failed"
+    assert "step improve: loop bound reached (max_visits=2" in run["end_reason"]
+    assert events(conn, run["id"], "loop_bound_reached")[0]["detail"]["step"] == "improve"
+
+
+def test_output_matching_no_branch_ends_the_run_and_says_where(conn, tmp_path, scripts_dir):
+    batch = start(conn, tmp_path, LOOP, [["1"], ["2"]])
+    execute(conn, scripts_dir, lambda t: "I am not sure" if "grade 1" in t.prompt else "[PASS]", batch)
+    first, second = runs(conn, batch)
+    assert first["status"] == "failed"
+    assert "step grade: output matched no branch (expected one of [PASS], [FAIL])" in first["end_reason"]
+    assert second["status"] == "completed"  # the rest of the batch goes on
+
+
+def test_retryable_failure_is_retried_then_completes(conn, tmp_path, scripts_dir):
+    batch = start(conn, tmp_path, SHAPES, [["1"]])
+    failed_once = set()
+
+    def answer(task: AiTask):
+        if task.step == "b" and "b" not in failed_once:
+            failed_once.add("b")
+            return Failure(failure_class=FailureClass.SERVER_ERROR, message="model server answered 500")
+        return "fine"
+
+    execute(conn, scripts_dir, answer, batch)
+    (run,) = runs(conn, batch)
+    assert run["status"] == "completed"
+    b = next(i for i in interactions(conn, batch) if i["step"] == "b")
+    assert b["attempt"] == 2 and b["status"] == "completed"
+    kinds = [r["kind"] for r in conn.execute(
+        "SELECT kind FROM events WHERE interaction_id = %s ORDER BY id", (b["id"],))]
+    assert kinds == ["created", "dispatched", "failed", "retried", "dispatched", "completed"]
+
+
+def test_non_retryable_failure_fails_the_run_with_its_message(conn, tmp_path, scripts_dir):
+    batch = start(conn, tmp_path, SHAPES, [["1"]])
+    execute(conn, scripts_dir, lambda t: Failure(failure_class=FailureClass.MODEL_MISSING,
+                                                 message="model m:2 is not on 127.0.0.1:11434")
+            if t.model == "m:2" else "ok", batch)
+    (run,) = runs(conn, batch)
+    assert run["status"] == "failed"
+    assert "step c failed after 1 attempt(s) (model_missing): model m:2 is not on" in run["end_reason"]
+    assert "step d never started: still waiting for c" in run["end_reason"]
+
+
+def test_crashing_script_is_recorded_with_exit_code_and_stderr(conn, tmp_path, scripts_dir):
+    (scripts_dir / "echo.py").write_text("import sys\nsys.stderr.write('boom: no posting_id\\n')\nsys.exit(3)\n")
+    batch = start(conn, tmp_path, SHAPES, [["1"]])
+    execute(conn, scripts_dir, lambda t: "ok", batch)
+    d = conn.execute("SELECT status, failure_class, failure_detail FROM interactions WHERE step = 'd'").fetchone()
+    assert d["status"] == "failed" and d["failure_class"] == "script_error"
+    assert d["failure_detail"]["exit_code"] == 3 and "boom: no posting_id" in d["failure_detail"]["stderr_tail"]
+    assert runs(conn, batch)[0]["status"] == "failed"
+
+
+def test_render_error_is_born_failed_with_the_reason(conn, tmp_path, scripts_dir):
+    text = SHAPES.replace('b: "{{ steps.b.output }}"', 'b: "{{ steps.b.output.missing_field }}"')
+    batch = start(conn, tmp_path, text, [["1"]])
+    execute(conn, scripts_dir, lambda t: "plain text", batch)
+    d = conn.execute("SELECT status, failure_class, failure_message FROM interactions WHERE step = 'd'").fetchone()
+    assert d["status"] == "failed" and d["failure_class"] == "render_error"
+    assert "missing_field" in d["failure_message"]
+    assert "render_error" in runs(conn, batch)[0]["end_reason"]
+
+
+def _claim_one(conn, batch_id: int) -> dict:
+    with conn.transaction(), conn.cursor() as cur:
+        (row,) = claim_pending(cur, limit=1, batch_id=batch_id)
+    return row
+
+
+def test_duplicate_result_is_applied_once(conn, tmp_path):
+    batch = start(conn, tmp_path, SHAPES, [["1"]])
+    row = _claim_one(conn, batch)
+    result = TaskResult(interaction_id=row["id"], attempt=1, output="hello")
+    cache = WorkflowCache()
+    assert apply_results(conn, [result], cache)["completed"] == 1
+    assert apply_results(conn, [result, result], cache)["ignored"] == 2
+    children = [i["step"] for i in interactions(conn, batch) if i["step"] != "a"]
+    assert children == ["b", "c"]  # not b, c, b, c
+    assert len(events(conn, row["run_id"], "result_ignored")) == 2
+
+
+def test_late_result_of_an_old_attempt_is_ignored(conn, tmp_path):
+    batch = start(conn, tmp_path, SHAPES, [["1"]])
+    row = _claim_one(conn, batch)
+    cache = WorkflowCache()
+    lost = TaskResult(interaction_id=row["id"], attempt=1,
+                      failure=Failure(failure_class=FailureClass.TIMEOUT, message="slow"))
+    assert apply_results(conn, [lost], cache)["retried"] == 1
+    late = TaskResult(interaction_id=row["id"], attempt=1, output="too late")
+    assert apply_results(conn, [late], cache)["ignored"] == 1
+    again = _claim_one(conn, batch)
+    assert again["id"] == row["id"] and again["attempt"] == 2
+    assert apply_results(conn, [TaskResult(interaction_id=row["id"], attempt=2, output="now")], cache)["completed"] == 1
+    a = conn.execute("SELECT output, attempt FROM interactions WHERE id = %s", (row["id"],)).fetchone()
+    assert a == {"output": "now", "attempt": 2}
+
+
+def test_sweeper_takes_back_work_whose_deadline_passed(conn, tmp_path):
+    batch = start(conn, tmp_path, SHAPES, [["1"]])
+    row = _claim_one(conn, batch)
+    conn.execute("UPDATE interactions SET deadline = now() - interval '1 second' WHERE id = %s", (row["id"],))
+    assert sweep(conn, WorkflowCache())["retried"] == 1
+    after = conn.execute("SELECT status, attempt, failure_class FROM interactions WHERE id = %s", (row["id"],)).fetchone()
+    assert after == {"status": "pending", "attempt": 2, "failure_class": "worker_lost"}
+
+
+def test_results_of_one_bad_apply_do_not_block_the_others(conn, tmp_path):
+    batch = start(conn, tmp_path, SHAPES, [["1"], ["2"]])
+    with conn.transaction(), conn.cursor() as cur:
+        first, second = claim_pending(cur, limit=2, batch_id=batch)
+    unknown = TaskResult(interaction_id=10**9, attempt=1, output="?")
+    outcomes = apply_results(conn, [TaskResult(interaction_id=first["id"], attempt=1, output="x"), unknown,
+                                    TaskResult(interaction_id=second["id"], attempt=1, output="y")], WorkflowCache())
+    assert outcomes["completed"] == 2 and outcomes["ignored"] == 1
+
+
+def test_json_of_script_outputs_is_kept_as_json(conn, tmp_path, scripts_dir):
+    batch = start(conn, tmp_path, SHAPES, [["1"]])
+    execute(conn, scripts_dir, lambda t: json.dumps({"k": t.step}), batch)
+    d = conn.execute("SELECT output FROM interactions WHERE step = 'd'").fetchone()["output"]
+    assert d["got"]["b"] == '{"k": "b"}'

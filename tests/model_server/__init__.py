@@ -1,0 +1,5 @@
+"""A fake Ollama server for tests and demos: `ModelServer`, or `python -m tests.model_server`."""
+
+from tests.model_server.server import FAULT_KINDS, FaultKind, ModelServer
+
+__all__ = ["FAULT_KINDS", "FaultKind", "ModelServer"]

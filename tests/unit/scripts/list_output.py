@@ -1,0 +1,2 @@
+"""Prints a JSON array, not an object."""
+print("[1, 2, 3]")

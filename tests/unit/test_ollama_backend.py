@@ -1,0 +1,172 @@
+"""OllamaBackend against the fake model server: answers, metrics, and every failure
+class a GPU worker can report, with credentials kept out of every message."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from common.messages import RETRYABLE, AiTask, FailureClass
+from gpu_worker.backends.base import BackendError, ModelBackend, failure_from_status, server_label
+from gpu_worker.backends.ollama import OllamaBackend, _format_problem
+from tests.model_server import ModelServer
+
+MODEL = "gemma3:1b"
+SECRET = "s3cret-pw"
+
+
+def task(prompt: str = "Summarise: a nurse in Leeds, night shifts", **kw) -> AiTask:
+    fields = dict(interaction_id=7, attempt=2, run_id=3, batch_id=1, step="extract", timeout_s=5.0,
+                  model=MODEL, prompt=prompt)
+    return AiTask(**{**fields, **kw})
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def srv():
+    with ModelServer(models=[MODEL, "qwen2.5:7b"], slots=4) as server:
+        yield server
+
+
+@pytest.fixture
+def backend(srv: ModelServer):
+    with OllamaBackend(srv.url, worker="gpu-1") as b:
+        yield b
+
+
+def test_success_carries_output_metrics_and_times(backend):
+    assert isinstance(backend, ModelBackend)
+    result = backend.complete(task(system="You are terse."))
+    assert result.ok and result.interaction_id == 7 and result.attempt == 2 and result.worker == "gpu-1"
+    assert "Leeds" in result.output and "terse" in result.output  # the system message was sent
+    for key in ("prompt_eval_count", "eval_count", "total_duration", "load_duration",
+                "prompt_eval_duration", "eval_duration"):
+        assert key in result.metrics
+    assert result.metrics["eval_count"] > 0
+    assert result.started_at <= result.finished_at
+
+
+def test_list_models(backend):
+    assert backend.list_models() == [MODEL, "qwen2.5:7b"]
+
+
+def test_keep_alive_and_options_reach_the_server(srv, backend):
+    assert backend.complete(task(keep_alive="0", options={"num_predict": 2})).metrics["eval_count"] == 2
+    assert srv.loaded() == []
+    backend.complete(task(keep_alive="-1"))
+    assert srv.loaded() == [MODEL]
+
+
+def test_json_format_and_schema(backend):
+    assert isinstance(json.loads(backend.complete(task(format="json")).output), dict)
+    schema = {"type": "object", "properties": {"skills": {"type": "array", "items": {"type": "string"}}},
+              "required": ["skills"]}
+    result = backend.complete(task("Skills: Python, SQL and Terraform", format=schema))
+    assert result.ok and "terraform" in json.loads(result.output)["skills"]
+
+
+def test_answer_that_is_not_json_is_invalid_output(srv, backend):
+    srv.set_fault(MODEL, "nonsense")
+    result = backend.complete(task(format="json"))
+    assert result.failure.failure_class == FailureClass.INVALID_OUTPUT
+    assert "did not answer JSON" in result.failure.message and "Sure!" in result.failure.message
+    assert backend.complete(task()).ok  # without a format, any text is an answer
+
+
+def test_format_problems():
+    obj = {"type": "object", "required": ["skills"]}
+    assert _format_problem('{"skills": []}', obj) is None
+    assert "not an object" in _format_problem("[1, 2]", obj)
+    assert "required skills" in _format_problem('{"other": 1}', obj)
+    assert _format_problem("[1, 2]", "json") is None
+    assert _format_problem("x" * 500, "json") == "did not answer JSON"
+
+
+def test_hang_is_a_timeout(srv, backend):
+    srv.set_fault(MODEL, "hang")
+    started = time.monotonic()
+    result = backend.complete(task(timeout_s=0.3))
+    assert time.monotonic() - started < 1.5
+    assert result.failure.failure_class == FailureClass.TIMEOUT
+    assert "within 0.3s" in result.failure.message
+
+
+def test_closed_port_is_a_connection_error():
+    result = OllamaBackend(f"http://127.0.0.1:{closed_port()}").complete(task())
+    assert result.failure.failure_class == FailureClass.CONNECTION_ERROR
+    assert "refused" in result.failure.message.lower()
+
+
+@pytest.mark.parametrize("fault", ["error", "garbage"])
+def test_server_failures_are_server_errors(srv, backend, fault):
+    srv.set_fault(MODEL, fault)
+    result = backend.complete(task())
+    assert result.failure.failure_class == FailureClass.SERVER_ERROR
+    assert MODEL in result.failure.message and srv.url.removeprefix("http://") in result.failure.message
+
+
+def test_missing_model_is_not_retryable(backend):
+    result = backend.complete(task(model="llama3:70b"))
+    assert result.failure.failure_class == FailureClass.MODEL_MISSING
+    assert result.failure.failure_class not in RETRYABLE
+    assert "llama3:70b" in result.failure.message
+
+
+def test_refused_request_is_a_bad_request(backend):
+    result = backend.complete(task(keep_alive="banana"))
+    assert result.failure.failure_class == FailureClass.BAD_REQUEST
+    assert "invalid duration" in result.failure.message
+
+
+@pytest.mark.parametrize(("status", "text", "expected"), [
+    (404, 'model "x" not found, try pulling it first', FailureClass.MODEL_MISSING),
+    (404, "The model `x` does not exist.", FailureClass.MODEL_MISSING),
+    (404, "404 page not found", FailureClass.BAD_REQUEST),  # a wrong base URL, not a missing model
+    (400, "invalid options", FailureClass.BAD_REQUEST),
+    (408, "", FailureClass.TIMEOUT),
+    (429, "too many requests", FailureClass.SERVER_ERROR),
+    (503, "server busy, please try again", FailureClass.SERVER_ERROR),
+])
+def test_status_classification(status, text, expected):
+    assert failure_from_status(status, text, model="x", server="h:1").failure_class == expected
+
+
+def test_credentials_never_reach_a_message(srv):
+    port = srv.port
+    with OllamaBackend(f"http://user:{SECRET}@127.0.0.1:{port}") as b:
+        assert b.server == f"127.0.0.1:{port}"
+        assert b.complete(task()).ok
+        messages = [b.complete(task(model="nope:1")).failure.message]
+        srv.set_fault(MODEL, "error")
+        messages.append(b.complete(task()).failure.message)
+        srv.set_fault(MODEL, "hang")
+        messages.append(b.complete(task(timeout_s=0.2)).failure.message)
+    closed = OllamaBackend(f"http://user:{SECRET}@127.0.0.1:{closed_port()}")
+    messages.append(closed.complete(task()).failure.message)
+    with pytest.raises(BackendError) as err:
+        closed.list_models()
+    messages.append(str(err.value))
+    assert all(SECRET not in m and "user:" not in m for m in messages), messages
+
+
+def test_server_label_forms():
+    assert server_label("http://u:p@gpu-3.lan:11434/") == "gpu-3.lan:11434"
+    assert server_label("10.0.0.5:11434") == "10.0.0.5:11434"  # OLLAMA_HOST style, no scheme
+    assert server_label("https://ollama.example.org") == "ollama.example.org:443"
+
+
+def test_pool_serves_parallel_calls(srv):
+    with ModelServer(models=[MODEL], slots=4, latency=0.15) as slow, OllamaBackend(slow.url, pool_size=4) as b:
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda i: b.complete(task(f"posting {i}")), range(8)))
+    assert all(r.ok for r in results)
+    assert slow.max_concurrent[MODEL] == 4

@@ -1,0 +1,570 @@
+"""Workflow files: every problem is reported at once, naming its culprit, on the right line.
+
+Inline cases mark the line the problem must point at with `# <-`.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from common.errors import WorkflowInvalid
+from orchestrator.workflow import Problem, Workflow, load_file, load_text, validate_text
+
+HERE = Path(__file__).parent / "workflows"
+
+
+def _text(yaml_text: str) -> str:
+    return textwrap.dedent(yaml_text).lstrip("\n")
+
+
+def _marked_line(text: str) -> int:
+    (line,) = [n for n, row in enumerate(text.splitlines(), 1) if "# <-" in row]
+    return line
+
+
+def _scripts(tmp_path: Path, *names: str) -> Path:
+    for name in names:
+        (tmp_path / name).write_text("print('{}')\n")
+    return tmp_path
+
+
+# ---- valid files ---------------------------------------------------------------------
+
+
+def test_the_good_pipeline_has_no_problems(tmp_path):
+    text = (HERE / "good_pipeline.yaml").read_text()
+    assert validate_text(text, scripts_dir=_scripts(tmp_path, "save_summary.py")) == []
+
+
+def test_the_good_pipeline_loads_with_everything_in_place():
+    wf = load_file(HERE / "good_pipeline.yaml")
+    assert wf.name == "good.pipeline-1"
+    assert [s.name for s in wf.steps] == ["extract", "grade", "improve", "skills", "save"]
+    assert wf.start_step.name == "extract"
+    extract, save = wf.step("extract"), wf.step("save")
+    assert (extract.kind, extract.actor) == ("ai", "gemma3:1b")
+    assert (save.kind, save.actor) == ("script", "save_summary.py")
+    assert extract.options == {"temperature": 0, "num_ctx": 4096, "seed": 1}
+    assert wf.step("skills").format["required"] == ["skills"]
+    assert [(b.when, b.to) for b in wf.step("grade").next] == [("[PASS]", "save"), ("[FAIL]", "improve")]
+    assert save.input["nested"] == {"run": "{{ run }}", "list": ["{{ batch }}", 3, True]}
+
+
+def test_defaults_and_per_step_overrides():
+    wf = load_file(HERE / "good_pipeline.yaml")
+    assert wf.timeout_for(wf.step("extract")) == 120 and wf.timeout_for(wf.step("grade")) == 60
+    assert wf.retries_for(wf.step("improve")) == 0 and wf.retries_for(wf.step("grade")) == 1
+    bare = load_text("name: w\nsteps: [{name: a, model: m, prompt: p}]\n")
+    assert (bare.timeout_for(bare.steps[0]), bare.retries_for(bare.steps[0])) == (300, 2)
+
+
+def test_graph_helpers():
+    wf = load_file(HERE / "good_pipeline.yaml")
+    assert [s.name for s in wf.fan_in_dependents("skills")] == ["save"]
+    assert wf.fan_in_dependents("save") == []
+    with pytest.raises(KeyError):
+        wf.step("nope")
+    started = load_text("name: w\nstart: b\nsteps:\n  - {name: a, model: m, prompt: p}\n"
+                        "  - {name: b, model: m, prompt: p, next: [{when: '*', to: a}]}\n")
+    assert started.start_step.name == "b"
+
+
+def test_input_columns_are_every_input_reference():
+    wf = load_file(HERE / "good_pipeline.yaml")
+    assert wf.input_columns() == {"company", "job_description", "posting_id"}
+    # input.get(...) is an optional read, not a column the CSV must have.
+    wf = load_text("name: w\nsteps: [{name: a, model: m, prompt: \"{{ input.get('x') }} {{ input['y z'] }}\"}]\n")
+    assert wf.input_columns() == {"y z"}
+
+
+def test_a_dumped_workflow_loads_back_the_same():
+    wf = load_file(HERE / "good_pipeline.yaml")
+    assert Workflow.model_validate(wf.model_dump(mode="json")) == wf
+
+
+@pytest.mark.parametrize(
+    "yaml_text",
+    [
+        pytest.param(
+            """
+            name: w
+            steps:
+              - name: grade
+                model: m
+                max_visits: 3
+                prompt: "again: {{ steps.grade.output if steps.grade is defined else '' }}"
+                next: [{when: "[FAIL]", to: grade}]
+            """,
+            id="a looping step may read its own output",
+        ),
+        pytest.param(
+            """
+            name: w
+            steps:
+              - name: a
+                model: m
+                prompt: |
+                  {% for k in input %}{{ k }}={{ input[k] }} {% endfor %}{% set n = 3 %}{{ n }}
+                  {{ range(2) | list }} {{ run }} {{ batch }} {{ input.get('x', 'none') }}
+                format: json
+            """,
+            id="locals, globals, run and batch are known names",
+        ),
+        pytest.param(
+            """
+            name: w
+            steps:
+              - name: a
+                model: m
+                prompt: p
+                next: [{when: "*", to: b}, {when: "*", to: c}]
+              - {name: b, model: m, prompt: "{{ steps['a'].output }}"}
+              - {name: c, model: m, prompt: p}
+              - name: d
+                script: sub/d.py
+                needs: [b, c]
+                input: {b: "{{ steps.b.output }}", c: "{{ steps.c.output.items }}", n: 4}
+            """,
+            id="a fan-in step is reached through its needs",
+        ),
+    ],
+)
+def test_valid_shapes(yaml_text):
+    assert validate_text(_text(yaml_text)) == []
+
+
+# ---- one problem at a time -------------------------------------------------------------
+
+CASES = [
+    # (id, yaml with `# <-` on the expected line, expected path, words the message must hold, problem count)
+    ("yaml syntax error", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: a: b          # <-
+        """, "", ["YAML syntax error", "mapping values are not allowed"], 1),
+    ("top level not a mapping", """
+        - name: a             # <-
+        """, "", ["top level must be a mapping", "list"], 1),
+    ("missing name", """
+        description: nameless # <-
+        steps: [{name: a, model: m, prompt: p}]
+        """, "name", ["missing required key 'name'"], 1),
+    ("missing steps", """
+        name: w               # <-
+        """, "steps", ["missing required key 'steps'"], 1),
+    ("empty steps", """
+        name: w
+        steps: []             # <-
+        """, "steps", ["steps is empty"], 1),
+    ("invalid workflow name", """
+        name: 2fast           # <-
+        steps: [{name: a, model: m, prompt: p}]
+        """, "name", ["invalid workflow name '2fast'"], 1),
+    ("unknown key (typo)", """
+        name: w
+        steps:
+          - name: extract
+            model: m
+            prompt: p
+            retires: 2        # <-
+        """, "steps[0].retires", ["step 'extract'", "unknown key 'retires'", "did you mean 'retries'"], 1),
+    ("unknown key in defaults", """
+        name: w
+        defaults:
+          timout: 3           # <-
+        steps: [{name: a, model: m, prompt: p}]
+        """, "defaults.timout", ["defaults", "unknown key 'timout'", "did you mean 'timeout'"], 1),
+    ("wrong type", """
+        name: w
+        steps:
+          - name: extract
+            model: m
+            prompt: p
+            retries: two      # <-
+        """, "steps[0].retries", ["step 'extract'", "retries should be a valid integer", "'two'"], 1),
+    ("timeout not positive", """
+        name: w
+        steps:
+          - name: extract
+            model: m
+            prompt: p
+            timeout: 0        # <-
+        """, "steps[0].timeout", ["step 'extract'", "timeout should be greater than 0"], 1),
+    ("default timeout not positive", """
+        name: w
+        defaults:
+          timeout: -5         # <-
+        steps: [{name: a, model: m, prompt: p}]
+        """, "defaults.timeout", ["defaults", "timeout should be greater than 0", "-5"], 1),
+    ("retries negative", """
+        name: w
+        steps:
+          - name: extract
+            model: m
+            prompt: p
+            retries: -1       # <-
+        """, "steps[0].retries", ["step 'extract'", "retries should be greater than or equal to 0"], 1),
+    ("max_visits below one", """
+        name: w
+        steps:
+          - name: extract
+            model: m
+            prompt: p
+            max_visits: 0     # <-
+        """, "steps[0].max_visits", ["step 'extract'", "max_visits should be greater than or equal to 1"], 1),
+    ("model and script", """
+        name: w
+        steps:
+          - name: extract
+            model: m
+            script: s.py      # <-
+        """, "steps[0].script", ["step 'extract'", "both model and script"], 1),
+    ("neither model nor script", """
+        name: w
+        steps:
+          - name: extract     # <-
+            timeout: 3
+        """, "steps[0]", ["step 'extract'", "neither model nor script"], 1),
+    ("model without prompt", """
+        name: w
+        steps:
+          - name: extract
+            model: m          # <-
+        """, "steps[0].model", ["step 'extract'", "no prompt"], 1),
+    ("prompt without model", """
+        name: w
+        steps:
+          - name: extract
+            prompt: p         # <-
+        """, "steps[0].prompt", ["step 'extract'", "prompt but no model"], 1),
+    ("script with prompt", """
+        name: w
+        steps:
+          - name: save
+            script: s.py
+            prompt: p         # <-
+        """, "steps[0].prompt", ["script step 'save'", "cannot have prompt"], 1),
+    ("input on an AI step", """
+        name: w
+        steps:
+          - name: extract
+            model: m
+            prompt: p
+            input: {a: 1}     # <-
+        """, "steps[0].input", ["AI step 'extract'", "cannot have input"], 1),
+    ("duplicate step names", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            next: [{when: "*", to: b}]
+          - {name: b, model: m, prompt: p}
+          - {name: a, model: m, prompt: q}   # <-
+        """, "steps[2].name", ["duplicate step name 'a'", "first defined at line 3"], 1),
+    ("invalid step name", """
+        name: w
+        steps:
+          - name: grade-1     # <-
+            model: m
+            prompt: p
+        """, "steps[0].name", ["invalid step name 'grade-1'", "steps.NAME"], 1),
+    ("branch to a missing step", """
+        name: w
+        steps:
+          - name: grade
+            model: m
+            prompt: p
+            next:
+              - when: "*"
+                to: grdae     # <-
+        """, "steps[0].next[0].to", ["step 'grade'", "branch leads to unknown step 'grdae'", "did you mean 'grade'"], 1),
+    ("start names a missing step", """
+        name: w
+        start: extrct         # <-
+        steps: [{name: extract, model: m, prompt: p}]
+        """, "start", ["start names unknown step 'extrct'", "did you mean 'extract'"], 1),
+    ("needs a missing step", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            next: [{when: "*", to: b}]
+          - name: b
+            model: m
+            prompt: p
+            needs: [a, ghost] # <-
+        """, "steps[1].needs[1]", ["step 'b'", "needs unknown step 'ghost'"], 1),
+    ("needs itself", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            needs: [a]        # <-
+        """, "steps[0].needs[0]", ["step 'a' needs itself"], 1),
+    ("empty when", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            next:
+              - when: ""      # <-
+                to: b
+          - {name: b, model: m, prompt: p}
+        """, "steps[0].next[0].when", ["step 'a'", "when is empty"], 1),
+    ("unquoted marker read as a list", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            next:
+              - when: [PASS]  # <-
+                to: b
+          - {name: b, model: m, prompt: p}
+        """, "steps[0].next[0].when", ["step 'a'", "quote markers", '"[PASS]"'], 1),
+    ("unreachable step", """
+        name: w
+        steps:
+          - {name: a, model: m, prompt: p}
+          - name: orphan      # <-
+            model: m
+            prompt: p
+        """, "steps[1].name", ["step 'orphan' is unreachable", "start step 'a'"], 1),
+    ("loop with no bound", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            next: [{when: "*", to: grade}]
+          - name: grade       # <-
+            model: m
+            prompt: p
+            next: [{when: "[FAIL]", to: improve}]
+          - name: improve
+            model: m
+            prompt: p
+            next: [{when: "*", to: grade}]
+        """, "steps[1].name", ["loop with no bound", "grade -> improve -> grade", "max_visits"], 1),
+    ("loop through needs with no bound", """
+        name: w
+        steps:
+          - name: a           # <-
+            model: m
+            prompt: p
+            next: [{when: "*", to: b}]
+          - name: b
+            model: m
+            prompt: p
+            needs: [a]
+            next: [{when: "again", to: a}]
+        """, "steps[0].name", ["loop with no bound", "a -> b -> a"], 1),
+    ("template does not parse", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: |
+              first line
+              {{ input.text }}
+              third line
+              {% if %}        # <-
+        """, "steps[0].prompt", ["step 'a', prompt", "template does not parse"], 1),
+    ("unknown variable", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: |
+              fine: {{ input.x }}
+              typo: {{ inptu.x }}   # <-
+        """, "steps[0].prompt", ["step 'a', prompt", "unknown variable 'inptu'", "did you mean 'input'"], 1),
+    ("unknown step in a template", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            next: [{when: "*", to: b}]
+          - name: b
+            script: b.py
+            input:
+              x: "{{ steps.extrct.output }}"   # <-
+        """, "steps[1].input.x", ["step 'b', input.x", "unknown step 'extrct'"], 1),
+    ("step attribute other than output", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            next: [{when: "*", to: b}]
+          - name: b
+            model: m
+            prompt: "{{ steps.a.result }}"    # <-
+        """, "steps[1].prompt", ["step 'b', prompt", "steps.a.result", "steps.a.output"], 1),
+    ("step that never ran before", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            next: [{when: "*", to: b}, {when: "*", to: c}]
+          - {name: b, model: m, prompt: p}
+          - name: c
+            script: c.py
+            input:
+              nested: {list: [1, "{{ steps.b.output }}"]}   # <-
+        """, "steps[2].input.nested.list[1]", ["step 'c', input.nested.list[1]", "steps.b can have no output"], 1),
+    ("subscript reference to a step that never ran before", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: "{{ steps['b'].output }}"   # <-
+            next: [{when: "*", to: b}]
+          - {name: b, model: m, prompt: p}
+        """, "steps[0].prompt", ["step 'a', prompt", "steps.b can have no output"], 1),
+    ("own output without a loop", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: "{{ steps.a.output }}"   # <-
+        """, "steps[0].prompt", ["steps.a can have no output", "never runs again"], 1),
+    ("include in a template", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: "{% include 'other.txt' %}"   # <-
+        """, "steps[0].prompt", ["step 'a', prompt", "cannot include"], 1),
+    ("absolute script path", """
+        name: w
+        steps:
+          - name: save
+            script: /usr/bin/save.py   # <-
+        """, "steps[0].script", ["step 'save'", "'/usr/bin/save.py'", "inside the scripts directory"], 1),
+    ("script path with ..", """
+        name: w
+        steps:
+          - name: save
+            script: ../save.py   # <-
+        """, "steps[0].script", ["step 'save'", "'../save.py'", "inside the scripts directory"], 1),
+    ("bad format", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            format: xml       # <-
+        """, "steps[0].format", ["step 'a'", "format must be \"json\" or a mapping", "'xml'"], 1),
+    ("a YAML date cannot travel as JSON", """
+        name: w
+        steps:
+          - name: save
+            script: s.py
+            input:            # <-
+              day: 2024-01-31
+        """, "steps[0].input", ["step 'save'", "day", "quote it"], 1),
+    ("duplicate key", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            prompt: q         # <-
+        """, "steps[0].prompt", ["duplicate key 'prompt'"], 1),
+]
+
+
+@pytest.mark.parametrize(("yaml_text", "path", "words", "count"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_each_problem_names_its_culprit_on_its_line(yaml_text, path, words, count):
+    text = _text(yaml_text)
+    problems = validate_text(text)
+    assert len(problems) == count, "\n".join(map(str, problems))
+    hits = [p for p in problems if p.path == path and all(w in p.message for w in words)]
+    assert hits, "\n".join(map(str, problems))
+    assert hits[0].line == _marked_line(text), str(hits[0])
+
+
+def test_script_files_are_checked_when_a_scripts_dir_is_given(tmp_path):
+    text = _text("""
+        name: w
+        steps:
+          - name: a
+            script: there.py
+            next: [{when: "*", to: b}]
+          - name: b
+            script: missing.py
+        """)
+    assert validate_text(text) == []
+    (problem,) = validate_text(text, scripts_dir=_scripts(tmp_path, "there.py"))
+    assert (problem.line, problem.path) == (7, "steps[1].script")
+    assert "step 'b'" in problem.message and "'missing.py' not found" in problem.message
+
+
+def test_a_yaml_syntax_error_in_a_file(tmp_path):
+    (problem,) = validate_text((HERE / "syntax_error.yaml").read_text())
+    assert problem.message.startswith("YAML syntax error")
+    assert "started at line 5" in problem.message  # where the unclosed quote began
+
+
+def test_an_empty_file():
+    (problem,) = validate_text("")
+    assert "empty" in problem.message and problem.line is None
+
+
+def test_an_unbounded_loop_file_names_the_steps_of_the_loop():
+    (problem,) = validate_text((HERE / "unbounded_loop.yaml").read_text())
+    assert (problem.line, problem.path) == (8, "steps[1].name")
+    assert "grade -> improve -> grade" in problem.message
+
+
+def test_five_problems_are_all_reported_at_once():
+    problems = validate_text((HERE / "five_problems.yaml").read_text())
+    found = {(p.line, p.path): p.message for p in problems}
+    assert len(problems) == 5, "\n".join(map(str, problems))
+    assert "unknown key 'retires'" in found[(7, "steps[0].retires")]
+    assert "unknown step 'grdae'" in found[(9, "steps[0].next[0].to")]
+    assert "loop with no bound: grade -> improve -> grade" in found[(11, "steps[1].name")]
+    assert "timeout should be greater than 0" in found[(13, "steps[1].timeout")]
+    assert "unknown variable 'user'" in found[(14, "steps[1].prompt")]
+    assert [p.line for p in problems] == sorted(p.line for p in problems)
+
+
+def test_problems_read_as_line_path_message():
+    assert str(Problem("steps[1].next[0].to", 12, "branch leads to unknown step 'grdae'")) == (
+        "line 12, steps[1].next[0].to: branch leads to unknown step 'grdae'"
+    )
+    assert str(Problem("start", None, "x")) == "start: x"
+    assert str(Problem("", 3, "YAML syntax error: x")) == "line 3: YAML syntax error: x"
+
+
+def test_load_text_raises_with_every_problem():
+    with pytest.raises(WorkflowInvalid) as info:
+        load_text((HERE / "five_problems.yaml").read_text(), source="five.yaml")
+    assert info.value.source == "five.yaml" and len(info.value.problems) == 5
+    assert str(info.value).startswith("five.yaml: 5 problem(s)")
+    assert "line 9, steps[0].next[0].to" in str(info.value)
+
+
+def test_load_file_that_cannot_be_read(tmp_path):
+    with pytest.raises(WorkflowInvalid) as info:
+        load_file(tmp_path / "nope.yaml")
+    assert "cannot read the file" in str(info.value)
+
+
+def test_load_file_checks_scripts(tmp_path):
+    with pytest.raises(WorkflowInvalid) as info:
+        load_file(HERE / "good_pipeline.yaml", scripts_dir=tmp_path)
+    (problem,) = info.value.problems
+    assert "'save_summary.py' not found" in problem.message
