@@ -31,8 +31,17 @@ workflow_app = typer.Typer(help="Workflow files.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(workflow_app, name="workflow")
 
-out = Console()
-err = Console(stderr=True)
+# When piped (to a file, a test, grep) rich would assume 80 columns and cut cells
+# short; a wide console keeps every name and id whole.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+
+def _table(*columns: str, title: str | None = None) -> Table:
+    table = Table(title=title)
+    for name in columns:
+        table.add_column(name, overflow="fold")
+    return table
 
 ScriptsDir = Annotated[
     Optional[Path],
@@ -95,7 +104,7 @@ def workflow_list() -> None:
 
     with database() as conn:
         rows = conn.execute(Q["list_workflows"]).fetchall()
-    table = Table("name", "version", "steps", "loaded at")
+    table = _table("name", "version", "steps", "loaded at")
     for r in rows:
         table.add_row(r["name"], str(r["version"]), str(r["steps"]), r["created_at"].strftime("%Y-%m-%d %H:%M"))
     out.print(table)
@@ -163,7 +172,7 @@ def _progress() -> Progress:
         TextColumn("[bold]batch {task.fields[batch]}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("runs ended  [green]{task.fields[completed]} completed[/green]  [red]{task.fields[failed]} failed"),
+        TextColumn("runs ended  [green]{task.fields[ok]} completed[/green]  [red]{task.fields[failed]} failed"),
         TimeElapsedColumn(),
         console=err,
     )
@@ -171,11 +180,10 @@ def _progress() -> Progress:
 
 def _wait(conn: psycopg.Connection, batch_id: int) -> bool:
     with _progress() as progress:
-        task = progress.add_task("", total=None, batch=batch_id, completed=0, failed=0)
+        task = progress.add_task("", total=None, batch=batch_id, ok=0, failed=0)
         while True:
             p = reports.batch_progress(conn, batch_id)
-            progress.update(task, total=p["runs"], completed=p["ended"], failed=p["failed"])
-            progress.update(task, completed=p["ended"])
+            progress.update(task, total=p["runs"], completed=p["ended"], ok=p["completed"], failed=p["failed"])
             if p["ended"] >= p["runs"]:
                 return p["failed"] == 0 and p["completed"] == p["runs"]
             time.sleep(1.0)
@@ -197,18 +205,18 @@ def _run_local(conn: psycopg.Connection, batch_id: int, ollama_url: str | None,
     )
     last = [0.0]
     with _progress() as progress:
-        task = progress.add_task("", total=None, batch=batch_id, completed=0, failed=0)
+        task = progress.add_task("", total=None, batch=batch_id, ok=0, failed=0)
 
         def tick(_outcomes) -> None:
             if time.monotonic() - last[0] < 0.5:
                 return
             last[0] = time.monotonic()
             p = reports.batch_progress(conn, batch_id)
-            progress.update(task, total=p["runs"], completed=p["ended"], failed=p["failed"])
+            progress.update(task, total=p["runs"], completed=p["ended"], ok=p["completed"], failed=p["failed"])
 
         executor.run(batch_id, on_tick=tick)
         p = reports.batch_progress(conn, batch_id)
-        progress.update(task, total=p["runs"], completed=p["ended"], failed=p["failed"])
+        progress.update(task, total=p["runs"], completed=p["ended"], ok=p["completed"], failed=p["failed"])
     return p["failed"] == 0 and p["completed"] == p["runs"]
 
 
@@ -257,7 +265,7 @@ def status(
         print(json.dumps(data, default=str, indent=2))
         return
     if batch is None:
-        table = Table("batch", "workflow", "source", "runs", "running", "completed", "failed", "rejected rows")
+        table = _table("batch", "workflow", "source", "runs", "running", "completed", "failed", "rejected rows")
         for b in data:
             table.add_row(str(b["id"]), f"{b['workflow_name']} v{b['workflow_version']}", b["source_name"],
                           str(b["runs"]), str(b["running"]), str(b["completed"]), str(b["failed"]), str(b["rows_rejected"]))
@@ -273,17 +281,17 @@ def _print_batch_status(data: dict) -> None:
               f"({b['rows_good']} rows, {b['rows_rejected']} rejected)")
     out.print("runs: " + "  ".join(f"{k} {v}" for k, v in runs.items()))
     cols = reports.STATUSES
-    table = Table("step", "actor", *cols, title="interactions by step")
+    table = _table("step", "actor", *cols, title="interactions by step")
     for s in data["steps"]:
         table.add_row(s["step"], s["actor"], *(str(s[c]) for c in cols))
     out.print(table)
     if data["models"]:
-        table = Table("model", *cols, title="interactions by model")
+        table = _table("model", *cols, title="interactions by model")
         for m in data["models"]:
             table.add_row(m["model"], *(str(m[c]) for c in cols))
         out.print(table)
     if data["failures"]:
-        table = Table("step", "failure", "count", "example", title="failures")
+        table = _table("step", "failure", "count", "example", title="failures")
         for f in data["failures"]:
             table.add_row(f["step"], f["failure_class"], str(f["n"]), (f["example"] or "")[:100])
         out.print(table)
@@ -306,7 +314,7 @@ def show(run_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) 
               f"  line {run['line']} of {run['source_name']}  [bold]{run['status']}[/bold]")
     if run["end_reason"]:
         out.print(f"end: {run['end_reason']}", highlight=False)
-    table = Table("#", "id", "step", "actor", "status", "attempt", "parents", "in", "out", "duration")
+    table = _table("#", "id", "step", "actor", "status", "attempt", "parents", "in", "out", "duration")
     for n, i in enumerate(story["interactions"], 1):
         status_text = i["status"] + (f" ({i['failure_class']})" if i["failure_class"] else "")
         duration = f"{i['duration_s']:.2f}s" if i["duration_s"] is not None else ""

@@ -284,6 +284,6 @@ def finish_if_done(cur: psycopg.Cursor, ctx: RunContext) -> str | None:
         status, reason = "failed", "; ".join(problems)
     else:
         ended_at = [s.name for s in ctx.workflow.steps if s.name in visits and not s.next]
-        status, reason = "completed", f"ended at {', '.join(ended_at) or 'the last step'}"
+        status, reason = "completed", f"every path reached a terminal step ({', '.join(ended_at) or 'the last step'})"
     cur.execute(Q["finish_run"], {"id": ctx.run_id, "status": status, "reason": reason})
     return status
