@@ -30,7 +30,7 @@ class WorkflowInvalid(WavefarmError):
     def __init__(self, source: str, problems: list) -> None:
         self.source = source
         self.problems = problems
-        lines = "\n".join(f"  {p}" for p in problems)
+        lines = "\n".join(f"  {p.located(source)}" for p in problems)
         super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
 
 

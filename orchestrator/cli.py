@@ -82,7 +82,7 @@ def workflow_validate(file: Path, scripts_dir: ScriptsDir = None) -> None:
     if problems:
         err.print(f"[red]{file}: {len(problems)} problem(s)[/red]")
         for p in problems:
-            err.print(f"  {file}:{p}", markup=False, highlight=False)
+            err.print(f"  {p.located(str(file))}", markup=False, highlight=False)
         raise typer.Exit(1)
     out.print(f"{file}: valid")
 
@@ -294,6 +294,11 @@ def _print_batch_status(data: dict) -> None:
         table = _table("step", "failure", "count", "example", title="failures")
         for f in data["failures"]:
             table.add_row(f["step"], f["failure_class"], str(f["n"]), (f["example"] or "")[:100])
+        out.print(table)
+    if data["failed_runs"]:
+        table = _table("runs", "why they failed", title="failed runs (orchestrator show RUN_ID for one)")
+        for f in data["failed_runs"]:
+            table.add_row(str(f["n"]), f["end_reason"] or "")
         out.print(table)
     if data["rejects"]:
         out.print("[bold]rejected rows[/bold]")

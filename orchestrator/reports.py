@@ -50,6 +50,7 @@ def batch_status(conn: psycopg.Connection, batch_id: int, *, rejects_limit: int 
         "steps": sorted(steps.values(), key=lambda r: (r["step"], r["actor"])),
         "models": [{"model": m, **counts} for m, counts in sorted(models.items())],
         "failures": conn.execute(Q["batch_failure_counts"], {"batch_id": batch_id}).fetchall(),
+        "failed_runs": conn.execute(Q["batch_failed_run_reasons"], {"batch_id": batch_id, "limit": 10}).fetchall(),
         "rejects": conn.execute(Q["batch_rejects"], {"batch_id": batch_id, "limit": rejects_limit}).fetchall(),
     }
 

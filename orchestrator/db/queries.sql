@@ -222,6 +222,12 @@ SELECT step, failure_class, count(*) AS n, min(failure_message) AS example
 FROM interactions WHERE batch_id = %(batch_id)s AND status = 'failed'
 GROUP BY step, failure_class ORDER BY n DESC
 
+-- name: batch_failed_run_reasons
+-- Why runs failed, most common first: the first thing a user asks after a batch.
+SELECT end_reason, count(*) AS n FROM runs
+WHERE batch_id = %(batch_id)s AND status = 'failed'
+GROUP BY end_reason ORDER BY n DESC, end_reason LIMIT %(limit)s
+
 -- name: run_by_id
 SELECT r.*, w.version AS workflow_version, b.source_name
 FROM runs r JOIN workflows w ON w.id = r.workflow_id JOIN batches b ON b.id = r.batch_id

@@ -44,6 +44,11 @@ class Problem:
         where = ", ".join(p for p in (f"line {self.line}" if self.line else "", self.path) if p)
         return f"{where}: {self.message}" if where else self.message
 
+    def located(self, source: str) -> str:
+        """`FILE:LINE: path: message`, the form editors and CI logs jump to."""
+        place = f"{source}:{self.line}" if self.line else source
+        return f"{place}: {self.path}: {self.message}" if self.path else f"{place}: {self.message}"
+
 
 class _Lines:
     """Maps a path such as ("steps", 1, "next", 0, "to") to its line in the file."""

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +47,8 @@ def test_validate_accepts_the_example_and_refuses_a_broken_file(tmp_path):
     broken.write_text((EXAMPLES / "posting_pipeline.yaml").read_text().replace("to: record", "to: recrod"))
     bad = cli(None, "workflow", "validate", str(broken), check=False)
     assert bad.returncode == 1
-    assert "recrod" in bad.stderr and "line " in bad.stderr
+    # FILE:LINE: path: message, naming the culprit
+    assert re.search(rf"{re.escape(str(broken))}:\d+: steps\[\d\]\.next\[\d\]\.to: .*'recrod'", bad.stderr), bad.stderr
 
 
 def test_missing_database_setting_is_a_clear_error(tmp_path):
@@ -84,6 +86,9 @@ def test_pipeline_runs_a_thousand_postings_and_tells_the_story(db_url, tmp_path)
     assert steps["extract"]["completed"] == 1000 and steps["skills"]["completed"] == 1000
     assert steps["record"]["completed"] == status["runs"]["completed"]
     assert all(s["pending"] == 0 and s["dispatched"] == 0 for s in status["steps"])
+    # status says why runs failed, grouped: here only the grade loop's bound can end one
+    assert sum(f["n"] for f in status["failed_runs"]) == status["runs"]["failed"]
+    assert all("loop bound reached" in f["end_reason"] for f in status["failed_runs"])
     # exit code 1 exactly when some run failed
     assert proc.returncode == (1 if status["runs"]["failed"] else 0)
 

@@ -554,7 +554,7 @@ def test_load_text_raises_with_every_problem():
         load_text((HERE / "five_problems.yaml").read_text(), source="five.yaml")
     assert info.value.source == "five.yaml" and len(info.value.problems) == 5
     assert str(info.value).startswith("five.yaml: 5 problem(s)")
-    assert "line 9, steps[0].next[0].to" in str(info.value)
+    assert "five.yaml:9: steps[0].next[0].to" in str(info.value)
 
 
 def test_load_file_that_cannot_be_read(tmp_path):
