@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from common.cli import run_app
 from gpu_worker.backends.ollama import OllamaBackend
 
 app = typer.Typer(add_completion=False)
@@ -37,4 +38,4 @@ def run(
 
 
 def main() -> None:
-    app()
+    run_app(app)

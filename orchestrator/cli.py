@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from common.cli import run_app
 from common.errors import WavefarmError
 from common.logs import setup_logging
 from common.settings import get_settings
@@ -383,8 +384,4 @@ def _read_text(path: Path) -> str:
 
 
 def main() -> None:
-    try:
-        app()
-    except WavefarmError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        sys.exit(2)
+    run_app(app, err)

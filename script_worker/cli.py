@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from common.cli import run_app
 from common.messages import ScriptTask
 from script_worker.runner import run_script
 
@@ -39,4 +40,4 @@ def run(
 
 
 def main() -> None:
-    app()
+    run_app(app)

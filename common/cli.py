@@ -1,0 +1,20 @@
+"""What every wavefarm command does at its outer edge: a WavefarmError is a message
+for a person (exit 2), never a traceback."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from common.errors import WavefarmError
+
+
+def run_app(app: typer.Typer, err: Console | None = None) -> None:
+    err = err or Console(stderr=True)
+    try:
+        app()
+    except WavefarmError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)
