@@ -55,40 +55,28 @@ def _apply_one(cur: psycopg.Cursor, result: TaskResult, cache: WorkflowCache) ->
     ctx = engine.RunContext(run["id"], run["batch_id"], run["input"], cache.get(cur, run["workflow_id"]))
 
     if result.ok:
-        updated = transition(
-            cur,
-            result.interaction_id,
-            from_=Status.DISPATCHED,
-            to=Status.COMPLETED,
-            attempt=result.attempt,
-            output=result.output,
-            output_chars=len(engine.output_text(result.output)),
-            metrics=result.metrics,
-            worker=result.worker,
-        )
-        if updated is None:
-            return _ignored(cur, ctx, result)
-        engine.on_completed(cur, ctx, updated)
-        outcome = "completed"
+        to = Status.COMPLETED
+        fields = {"output": result.output, "output_chars": len(engine.output_text(result.output))}
     else:
         failure = result.failure
-        updated = transition(
-            cur,
-            result.interaction_id,
-            from_=Status.DISPATCHED,
-            to=Status.FAILED,
-            attempt=result.attempt,
-            failure_class=failure.failure_class.value,
-            failure_message=failure.message,
-            failure_detail={"exit_code": failure.exit_code, "stderr_tail": failure.stderr_tail},
-            metrics=result.metrics,
-            worker=result.worker,
-        )
-        if updated is None:
-            return _ignored(cur, ctx, result)
-        if failure.failure_class in RETRYABLE and updated["attempt"] < updated["max_attempts"]:
-            transition(cur, result.interaction_id, from_=Status.FAILED, to=Status.PENDING, attempt=updated["attempt"])
-            return "retried"
+        to = Status.FAILED
+        fields = {
+            "failure_class": failure.failure_class.value,
+            "failure_message": failure.message,
+            "failure_detail": {"exit_code": failure.exit_code, "stderr_tail": failure.stderr_tail},
+        }
+    updated = transition(cur, result.interaction_id, from_=Status.DISPATCHED, to=to, attempt=result.attempt,
+                         metrics=result.metrics, worker=result.worker, **fields)
+    if updated is None:
+        return _ignored(cur, ctx, result)
+
+    if result.ok:
+        engine.on_completed(cur, ctx, updated)
+        outcome = "completed"
+    elif result.failure.failure_class in RETRYABLE and updated["attempt"] < updated["max_attempts"]:
+        transition(cur, result.interaction_id, from_=Status.FAILED, to=Status.PENDING, attempt=updated["attempt"])
+        return "retried"
+    else:
         outcome = "failed"
     engine.finish_if_done(cur, ctx)
     return outcome
