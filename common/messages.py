@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 
 class FailureClass(StrEnum):
@@ -56,6 +56,12 @@ class TaskBase(_Message):
     batch_id: int
     step: str
     timeout_s: float = Field(gt=0)
+    # After this the orchestrator has given the attempt up (the sweeper re-dispatches
+    # it): a worker that receives the message later drops it instead of running it.
+    deadline: datetime | None = None
+
+    def expired(self) -> bool:
+        return self.deadline is not None and utcnow() > self.deadline
 
 
 class AiTask(TaskBase):
@@ -107,3 +113,36 @@ class TaskResult(_Message):
     @property
     def ok(self) -> bool:
         return self.failure is None
+
+
+class WorkerStatus(_Message):
+    """A worker's heartbeat: what it consumes and how much it can take at once.
+
+    The orchestrator's admission control sizes each queue's in-flight window from
+    these (about twice the live consumers' concurrency), and `status` shows them.
+    """
+
+    name: str
+    kind: Literal["ai", "script"]
+    queues: list[str]               # consuming now (after the readiness gate and breaker)
+    concurrency: int = Field(ge=1)
+    server: str | None = None       # host:port of the model server, never a URL with credentials
+    models: list[str] = Field(default_factory=list)  # what the server has
+    circuit: Literal["closed", "open"] = "closed"
+    stopping: bool = False
+    at: datetime = Field(default_factory=utcnow)
+
+
+class ResultReport(_Message):
+    type: Literal["result"] = "result"
+    result: TaskResult
+
+
+class WorkerReport(_Message):
+    type: Literal["worker"] = "worker"
+    status: WorkerStatus
+
+
+# Everything the orchestrator reads from its reports queue.
+Report = Annotated[ResultReport | WorkerReport, Field(discriminator="type")]
+REPORT = TypeAdapter(Report)

@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     ollama_url: str = "http://127.0.0.1:11434"
     db_pool_size: int = 8
     log_json: bool = False
+    # Redis re-delivers an unacknowledged task after this long; it must exceed the
+    # longest step timeout, or a slow model call would be handed to a second worker
+    # while the first still works on it (docs/operations.md).
+    broker_visibility_timeout_s: int = 6 * 3600
 
     def require_database_url(self) -> str:
         if self.database_url is None:
@@ -33,6 +37,15 @@ class Settings(BaseSettings):
                 "e.g. postgresql://user@127.0.0.1:5432/wavefarm"
             )
         return self.database_url.get_secret_value()
+
+
+    def require_broker_url(self) -> str:
+        if self.broker_url is None:
+            raise ConfigError(
+                "WAVEFARM_BROKER_URL is not set: point it at RabbitMQ (amqp://user:pass@host:5672//) "
+                "or Redis (redis://host:6379/0)"
+            )
+        return self.broker_url.get_secret_value()
 
 
 @lru_cache(maxsize=1)

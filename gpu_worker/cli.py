@@ -1,40 +1,71 @@
-"""`gpu-worker`: the Celery worker that sits next to a model server.
-
-The Celery side (per-model queues, readiness gate, circuit breaker) is the next
-milestone; until then this command checks a model server the way the worker will
-(it lists the models the server has), so a GPU host can be verified today.
-"""
+"""`gpu-worker`: the Celery worker that sits next to a model server (Ollama, or an
+OpenAI-compatible server such as vLLM or llama.cpp's). It needs the broker only:
+no database credentials on GPU hosts."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
+from common.celery_app import make_app
 from common.cli import run_app
+from common.logs import setup_logging
+from common.settings import get_settings
+from common.worker_runtime import default_name, run_worker
+from gpu_worker.backends.base import ModelBackend, server_label
 from gpu_worker.backends.ollama import OllamaBackend
 
 app = typer.Typer(add_completion=False)
 
 
+def make_backend(ollama_url: str | None, openai_url: str | None, *, pool_size: int, worker: str,
+                 api_key: str | None = None) -> tuple[ModelBackend, str]:
+    if openai_url:
+        from gpu_worker.backends.openai import OpenAIBackend
+
+        return OpenAIBackend(openai_url, pool_size=pool_size, worker=worker, api_key=api_key), server_label(openai_url)
+    url = ollama_url or get_settings().ollama_url
+    return OllamaBackend(url, pool_size=pool_size, worker=worker), server_label(url)
+
+
 @app.command()
 def run(
-    ollama_url: Annotated[str, typer.Option("--ollama-url", help="The model server next to this worker.")] = "http://127.0.0.1:11434",
-    models: Annotated[str, typer.Option("--models", help="Comma-separated models, or auto.")] = "auto",
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 1,
+    ollama_url: Annotated[Optional[str], typer.Option("--ollama-url", help="Ollama next to this worker (default: WAVEFARM_OLLAMA_URL).")] = None,
+    openai_url: Annotated[Optional[str], typer.Option("--openai-url", help="An OpenAI-compatible server instead (vLLM, llama.cpp).", envvar="WAVEFARM_OPENAI_URL")] = None,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="WAVEFARM_OPENAI_API_KEY", help="Bearer token for --openai-url.", show_default=False)] = None,
+    models: Annotated[str, typer.Option("--models", help="Comma-separated models, or auto: whatever the server has.")] = "auto",
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Parallel calls: match the server's parallel slots (OLLAMA_NUM_PARALLEL).")] = 1,
+    name: Annotated[Optional[str], typer.Option("--name", help="Worker name (default: gpu@HOSTNAME).")] = None,
+    metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve Prometheus metrics on this port.")] = None,
+    probe_interval: Annotated[float, typer.Option("--probe-interval", help="Seconds between asking the server what it has.")] = 5.0,
     check: Annotated[bool, typer.Option("--check", help="List what the server has and exit.")] = False,
 ) -> None:
-    backend = OllamaBackend(ollama_url)
-    available = backend.list_models()
-    wanted = available if models == "auto" else [m.strip() for m in models.split(",") if m.strip()]
-    missing = sorted(set(wanted) - set(available))
-    typer.echo(f"models on the server: {', '.join(available) or 'none'}")
-    if missing:
-        typer.echo(f"not on the server (would not be consumed): {', '.join(missing)}", err=True)
-    if not check:
-        typer.echo("distributed execution is not available yet: use `orchestrator submit --local` "
-                   "or `orchestrator serve`, which execute with this same backend", err=True)
-        raise typer.Exit(2)
+    settings = get_settings()
+    setup_logging(json_lines=settings.log_json)
+    worker_name = name or default_name("gpu")
+    # +1: the readiness probe shares the pool with the calls.
+    backend, server = make_backend(ollama_url, openai_url, pool_size=concurrency + 1, worker=worker_name,
+                                   api_key=api_key)
+    wanted = None if models.strip() == "auto" else [m.strip() for m in models.split(",") if m.strip()]
+    if check:
+        available = backend.list_models()
+        typer.echo(f"models on {server}: {', '.join(available) or 'none'}")
+        missing = sorted(set(wanted or []) - set(available))
+        if missing:
+            typer.echo(f"not on the server (would not be consumed until they are): {', '.join(missing)}", err=True)
+        return
+
+    from gpu_worker.worker import GpuWorker
+
+    celery_app = make_app(name="wavefarm-gpu")
+    worker = GpuWorker(celery_app, backend, server=server, wanted=wanted, concurrency=concurrency,
+                       name=worker_name, probe_interval_s=probe_interval)
+    worker.watch.start()
+    try:
+        run_worker(celery_app, worker.runtime, metrics_port=metrics_port)
+    finally:
+        worker.watch.stop()
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from rich.table import Table
 from common.cli import run_app
 from common.errors import WavefarmError
 from common.logs import setup_logging
-from common.settings import get_settings
+from common.settings import get_settings, redact_url
 from orchestrator import batches, catalog, reports
 from orchestrator.db import connect
 from orchestrator.db.migrate import upgrade
@@ -223,29 +223,65 @@ def _run_local(conn: psycopg.Connection, batch_id: int, ollama_url: str | None,
 
 @app.command()
 def serve(
-    ollama_url: Annotated[Optional[str], typer.Option("--ollama-url")] = None,
+    local: Annotated[bool, typer.Option("--local", help="Execute in this process instead of through Celery workers.")] = False,
+    ollama_url: Annotated[Optional[str], typer.Option("--ollama-url", help="With --local: the model server.")] = None,
     scripts_dir: ScriptsDir = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 4,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="With --local: parallel executions.")] = 4,
+    metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve Prometheus metrics on this port.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Results applied per transaction at most.")] = 200,
 ) -> None:
-    """Run the orchestrator daemon: executes pending work, records results, branches, recovers.
+    """Run the orchestrator daemon: records results, branches, dispatches, recovers.
 
-    This version executes interactions in-process with the local executor; Celery
-    workers take over execution in the distributed setup.
+    Reads results and worker heartbeats from the broker (WAVEFARM_BROKER_URL) and
+    publishes work to per-model queues; with --local it executes in-process instead.
     """
+    settings = get_settings()
+    setup_logging(json_lines=settings.log_json)
+    if local:
+        _serve_local(ollama_url, _scripts_dir(scripts_dir), concurrency)
+        return
+
+    import signal
+    import threading
+
+    from prometheus_client import REGISTRY, start_http_server
+
+    from common.celery_app import make_app
+    from orchestrator.db import open_pool
+    from orchestrator.dispatch import STALE_S
+    from orchestrator.metrics import FarmCollector
+    from orchestrator.service import Service
+
+    celery_app = make_app(settings.require_broker_url())
+    pool = open_pool(settings.require_database_url(), size=settings.db_pool_size)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if metrics_port:
+        REGISTRY.register(FarmCollector(pool, STALE_S))
+        start_http_server(metrics_port)
+    err.print(f"serving: results from {redact_url(settings.require_broker_url())}, Ctrl-C to stop", highlight=False)
+    try:
+        Service(pool, celery_app, batch_size=batch_size).run(stop)
+    finally:
+        pool.close()
+    err.print("stopped; work in flight is taken back by the sweeper after its deadline")
+
+
+def _serve_local(ollama_url: str | None, scripts_dir: Path | None, concurrency: int) -> None:
     from gpu_worker.backends.ollama import OllamaBackend
     from orchestrator.executor import LocalExecutor
 
     settings = get_settings()
-    setup_logging(json_lines=settings.log_json)
     with database() as conn:
         executor = LocalExecutor(
             conn,
             ai=OllamaBackend(ollama_url or settings.ollama_url, pool_size=concurrency, worker="serve"),
-            scripts_dir=_scripts_dir(scripts_dir),
+            scripts_dir=scripts_dir,
             concurrency=concurrency,
             script_env={"WAVEFARM_DATABASE_URL": settings.require_database_url()},
         )
-        err.print("serving: executing pending interactions (Ctrl-C to stop)")
+        err.print("serving: executing pending interactions in this process (Ctrl-C to stop)")
         try:
             while True:
                 executor.run(None)

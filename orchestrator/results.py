@@ -36,6 +36,8 @@ def apply_results(conn: psycopg.Connection, results: Sequence[TaskResult], cache
             try:
                 with conn.transaction():
                     outcomes[_apply_one(cur, result, cache)] += 1
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                raise  # the database went away: nothing of this batch is applied, the caller retries it
             except Exception:
                 # The savepoint rolled back this result alone; it stays dispatched and the
                 # sweeper will send it again, so nothing is lost.

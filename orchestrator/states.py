@@ -2,7 +2,8 @@
 
 Allowed transitions, and who makes them:
 
-    pending    -> dispatched   dispatcher (or local executor) hands it to a worker
+    pending    -> dispatched   dispatcher (or local executor) hands it to a worker;
+                               its deadline is set here (claim_pending, claim_for_dispatch)
     dispatched -> completed    the worker's result for the current attempt arrived
     dispatched -> failed       the worker reported a failure, or the deadline passed
                                with no result (the sweeper reports it as worker_lost)
@@ -96,4 +97,10 @@ def claim_pending(cur: psycopg.Cursor, *, limit: int, batch_id: int | None = Non
     SKIP LOCKED lets two dispatchers claim side by side without taking the same row.
     """
     cur.execute(Q["claim_pending"], {"limit": limit, "batch_id": batch_id})
+    return cur.fetchall()
+
+
+def claim_for_dispatch(cur: psycopg.Cursor, *, kind: str, actor: str, batch_id: int, limit: int) -> list[dict]:
+    """pending -> dispatched for one queue's actor in one batch, earliest runs first (SKIP LOCKED)."""
+    cur.execute(Q["claim_for_dispatch"], {"kind": kind, "actor": actor, "batch_id": batch_id, "limit": limit})
     return cur.fetchall()

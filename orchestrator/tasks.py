@@ -17,6 +17,7 @@ def task_from_row(row: dict) -> Task:
         "batch_id": row["batch_id"],
         "step": row["step"],
         "timeout_s": row["timeout_s"],
+        "deadline": row.get("deadline"),
     }
     data = row["input"]
     if row["kind"] == "ai":

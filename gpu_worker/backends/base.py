@@ -6,22 +6,35 @@ the orchestrator's retry policy (common.messages.RETRYABLE) sees the same classe
 whichever server a host runs.
 
 Messages name the model and the server as host:port only: a base URL may carry
-user:password for an authenticating proxy, and it must never reach a message.
+user:password for an authenticating proxy, and it must never reach a message (nor
+may an API key: whatever a server echoes back is scrubbed).
+
+`HttpBackend` is the call cycle both HTTP backends share (pooling, timeouts, format
+validation); ollama.py and openai.py only say how their API is shaped.
 """
 
 from __future__ import annotations
 
 import errno
+from abc import ABC, abstractmethod
+import json
+import time
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 from urllib.parse import urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase
 
 from common.errors import WavefarmError
 from common.messages import AiTask, Failure, FailureClass, TaskResult, utcnow
 
 ERROR_TEXT_LIMIT = 200  # enough to recognise the server's reason, short enough for a table cell
+PREVIEW_CHARS = 200       # how much of a rejected answer a failure message shows
+CONNECT_TIMEOUT_S = 5.0   # a server that does not accept a connection in 5s is down, not busy
+LIST_TIMEOUT_S = 10.0     # listing models reads a directory: it never needs a model's time
 
 
 @runtime_checkable
@@ -75,19 +88,24 @@ def scrub(text: str, secrets: list[str]) -> str:
     return text
 
 
+def body_error(body: Any) -> str | None:
+    """The reason in an error body: Ollama's {"error": "..."} or OpenAI's {"error": {"message": ...}}."""
+    if not isinstance(body, dict):
+        return None
+    err = body.get("error")
+    if isinstance(err, dict):
+        err = err.get("message")
+    return err[:ERROR_TEXT_LIMIT] if isinstance(err, str) else None
+
+
 def error_text(response: requests.Response) -> str:
-    """The server's own reason: Ollama's {"error": "..."}, OpenAI's {"error": {"message": ...}}, or the raw body."""
+    """The server's own reason (see body_error), or the raw body when it has none."""
     try:
         body: Any = response.json()
     except ValueError:
         return response.text.strip()[:ERROR_TEXT_LIMIT]
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict):
-            err = err.get("message")
-        if isinstance(err, str):
-            return err[:ERROR_TEXT_LIMIT]
-    return str(body)[:ERROR_TEXT_LIMIT]
+    reason = body_error(body)
+    return reason if reason is not None else str(body)[:ERROR_TEXT_LIMIT]
 
 
 def _is_model_missing(text: str) -> bool:
@@ -160,3 +178,154 @@ def failed_result(task: AiTask, failure: Failure, *, worker: str, started_at: da
                   metrics: dict[str, Any] | None = None) -> TaskResult:
     return TaskResult(interaction_id=task.interaction_id, attempt=task.attempt, failure=failure,
                       metrics=metrics or {}, worker=worker, started_at=started_at, finished_at=utcnow())
+
+
+def format_problem(content: str, fmt: str | dict[str, Any]) -> str | None:
+    """Why `content` does not answer the requested format, or None when it does.
+
+    Not a JSON Schema validator: the server's grammar already constrains the shape; this
+    catches what still goes wrong (truncation at the token limit, a server that ignored
+    the format, a missing required key) before it reaches a template or a script.
+    """
+    try:
+        value = json.loads(content)
+    except ValueError:
+        return "did not answer JSON"
+    if isinstance(fmt, dict) and fmt.get("type") == "object":
+        if not isinstance(value, dict):
+            return f"answered JSON {type(value).__name__}, not an object"
+        missing = [k for k in fmt.get("required", []) if k not in value]
+        if missing:
+            return f"answered JSON without required {', '.join(missing)}"
+    return None
+
+
+def pooled_session(pool_size: int) -> requests.Session:
+    """One pool per server, as large as the worker's concurrency, so parallel calls reuse
+    connections instead of opening and discarding one each. No transport retries:
+    retrying is the orchestrator's decision, made per failure class."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A model's text as a backend read it from the server's body."""
+
+    content: str
+    truncated: bool = False  # the server stopped at its token limit, not at the model's end
+
+
+class HttpBackend(ABC):
+    """The call cycle both HTTP backends share; subclasses say only how their API is shaped.
+
+    Timeouts, pooling, failure classification, format validation and scrubbing live
+    here once, so a vLLM host and an Ollama host fail the same way for the same cause.
+    """
+
+    chat_path: ClassVar[str]    # POSTed once per task
+    models_path: ClassVar[str]  # GET lists the served models
+
+    def __init__(self, base_url: str, *, pool_size: int = 8, worker: str = "",
+                 auth: AuthBase | None = None, secrets: list[str] | None = None) -> None:
+        self.base_url = normalize_base_url(base_url)
+        self.server = server_label(self.base_url)
+        self.worker = worker
+        self._secrets = url_secrets(self.base_url) + [s for s in secrets or [] if s]
+        self.session = pooled_session(pool_size)
+        self.session.auth = auth
+
+    def __repr__(self) -> str:
+        # Explicit, so no default or future repr can show the URL's password or a key.
+        return f"{type(self).__name__}(server={self.server!r}, worker={self.worker!r})"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- what a subclass provides ------------------------------------------------------
+    @abstractmethod
+    def _payload(self, task: AiTask) -> dict[str, Any]:
+        """The JSON body POSTed to chat_path for one task."""
+
+    @abstractmethod
+    def _read(self, body: dict[str, Any], task: AiTask, metrics: dict[str, Any], elapsed_s: float) -> Answer | Failure:
+        """The answer in a 2xx JSON body, filling `metrics`; a Failure when it holds none."""
+
+    @abstractmethod
+    def _model_names(self, body: Any) -> list[str]:
+        """The names in a models listing; may raise KeyError/TypeError/... on an odd body."""
+
+    # -- the shared cycle -----------------------------------------------------------------
+    def _where(self, task: AiTask) -> str:
+        return f"model {task.model} on {self.server}"
+
+    def complete(self, task: AiTask) -> TaskResult:
+        started_at = utcnow()
+        t0 = time.monotonic()
+        try:
+            response = self.session.post(self.base_url + self.chat_path, json=self._payload(task),
+                                         timeout=(CONNECT_TIMEOUT_S, task.timeout_s))
+        except requests.RequestException as exc:
+            failure = failure_from_exception(exc, model=task.model, server=self.server, timeout_s=task.timeout_s)
+            return failed_result(task, failure, worker=self.worker, started_at=started_at,
+                                 metrics={"wall_s": round(time.monotonic() - t0, 3)})
+        elapsed_s = time.monotonic() - t0
+        metrics: dict[str, Any] = {"wall_s": round(elapsed_s, 3)}
+        outcome = self._answer(response, task, metrics, elapsed_s)
+        if isinstance(outcome, Failure):
+            return failed_result(task, outcome, worker=self.worker, started_at=started_at, metrics=metrics)
+        return TaskResult(interaction_id=task.interaction_id, attempt=task.attempt, output=outcome,
+                          metrics=metrics, worker=self.worker, started_at=started_at, finished_at=utcnow())
+
+    def _answer(self, response: requests.Response, task: AiTask, metrics: dict[str, Any],
+                elapsed_s: float) -> str | Failure:
+        where = self._where(task)
+        if response.status_code >= 400:
+            text = scrub(error_text(response), self._secrets)
+            return failure_from_status(response.status_code, text, model=task.model, server=self.server)
+        try:
+            body = response.json()
+        except ValueError:
+            return Failure(failure_class=FailureClass.SERVER_ERROR,
+                           message=f"{where} answered HTTP {response.status_code} with a body that is not JSON")
+        if not isinstance(body, dict):
+            return Failure(failure_class=FailureClass.SERVER_ERROR, message=f"{where} answered an unexpected body")
+        reason = body_error(body)
+        if reason is not None:  # both APIs report some failures in a 200 body
+            return Failure(failure_class=FailureClass.SERVER_ERROR, message=f"{where} failed: {scrub(reason, self._secrets)}")
+        answer = self._read(body, task, metrics, elapsed_s)
+        if isinstance(answer, Failure):
+            return answer
+        if task.format is not None:
+            problem = format_problem(answer.content, task.format)
+            if problem:
+                cut = " (cut off at the token limit)" if answer.truncated else ""
+                return Failure(failure_class=FailureClass.INVALID_OUTPUT,
+                               message=f"{where} {problem}{cut}: {answer.content[:PREVIEW_CHARS]!r}")
+        return answer.content
+
+    def list_models(self) -> list[str]:
+        try:
+            response = self.session.get(self.base_url + self.models_path, timeout=(CONNECT_TIMEOUT_S, LIST_TIMEOUT_S))
+        except requests.RequestException as exc:
+            raise BackendError(failure_from_exception(exc, model=None, server=self.server)) from None
+        if response.status_code >= 400:
+            text = scrub(error_text(response), self._secrets)
+            raise BackendError(failure_from_status(response.status_code, text, model=None, server=self.server))
+        try:
+            names = self._model_names(response.json())
+            if not all(isinstance(n, str) for n in names):
+                raise TypeError
+            return names
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            raise BackendError(Failure(failure_class=FailureClass.SERVER_ERROR,
+                                       message=f"{self.server} answered {self.models_path} with an unexpected body")) from None

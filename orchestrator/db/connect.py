@@ -27,6 +27,9 @@ def open_pool(url: str, *, size: int = 8) -> ConnectionPool:
         min_size=1,
         max_size=size,
         kwargs={"row_factory": dict_row, "autocommit": True},
+        # After a Postgres restart every pooled connection is dead: test each one on
+        # checkout, so the caller gets a fresh one instead of an error.
+        check=ConnectionPool.check_connection,
         open=False,
     )
     try:

@@ -112,8 +112,10 @@ RETURNING *
 
 -- name: claim_pending
 -- pending -> dispatched for the oldest pending work; SKIP LOCKED keeps claimers apart.
+-- The deadline allows one timeout waiting behind the in-flight window, one running,
+-- and 10 s for the result's way back; past it the sweeper takes the attempt back.
 UPDATE interactions i
-SET status = 'dispatched', dispatched_at = now(), deadline = now() + make_interval(secs => i.timeout_s)
+SET status = 'dispatched', dispatched_at = now(), deadline = now() + make_interval(secs => i.timeout_s * 2 + 10)
 FROM (
     SELECT id FROM interactions
     WHERE status = 'pending' AND (%(batch_id)s::bigint IS NULL OR batch_id = %(batch_id)s::bigint)
@@ -123,6 +125,75 @@ FROM (
 ) claimed
 WHERE i.id = claimed.id
 RETURNING i.*
+
+-- name: claim_for_dispatch
+-- The same transition for one actor's queue and one batch, earliest runs first, so
+-- runs finish one after another instead of every run advancing step by step.
+UPDATE interactions i
+SET status = 'dispatched', dispatched_at = now(), deadline = now() + make_interval(secs => i.timeout_s * 2 + 10)
+FROM (
+    SELECT id FROM interactions
+    WHERE status = 'pending' AND kind = %(kind)s AND actor = %(actor)s AND batch_id = %(batch_id)s
+    ORDER BY run_id, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) claimed
+WHERE i.id = claimed.id
+RETURNING i.*
+
+-- name: pending_actors
+-- Distinct (kind, actor) with pending work, by skipping through interactions_dispatch
+-- one actor at a time (a loose index scan): cheap however much is pending.
+WITH RECURSIVE a AS (
+    (SELECT kind, actor FROM interactions WHERE status = 'pending' ORDER BY kind, actor LIMIT 1)
+    UNION ALL
+    SELECT n.kind, n.actor FROM a CROSS JOIN LATERAL (
+        SELECT kind, actor FROM interactions
+        WHERE status = 'pending' AND (kind, actor) > (a.kind, a.actor)
+        ORDER BY kind, actor LIMIT 1) n
+)
+SELECT kind, actor FROM a
+
+-- name: pending_batches
+-- The batches with pending work for one actor (loose index scan again), with priority.
+WITH RECURSIVE b AS (
+    (SELECT batch_id FROM interactions WHERE status = 'pending' AND kind = %(kind)s AND actor = %(actor)s
+     ORDER BY batch_id LIMIT 1)
+    UNION ALL
+    SELECT n.batch_id FROM b CROSS JOIN LATERAL (
+        SELECT batch_id FROM interactions
+        WHERE status = 'pending' AND kind = %(kind)s AND actor = %(actor)s AND batch_id > b.batch_id
+        ORDER BY batch_id LIMIT 1) n
+)
+SELECT b.batch_id, bt.priority FROM b JOIN batches bt ON bt.id = b.batch_id
+
+-- name: try_advisory_xact_lock
+SELECT pg_try_advisory_xact_lock(%(key)s) AS locked
+
+-- name: in_flight_counts
+SELECT kind, actor, count(*) AS n FROM interactions WHERE status = 'dispatched' GROUP BY kind, actor
+
+-- name: live_capacity
+-- Slots per queue: the concurrency of every live worker consuming it.
+SELECT q.queue, sum(w.concurrency)::int AS slots, count(*)::int AS workers
+FROM workers w CROSS JOIN LATERAL unnest(w.queues) AS q(queue)
+WHERE w.last_seen > now() - make_interval(secs => %(stale_s)s) AND NOT w.stopping
+GROUP BY q.queue
+
+-- name: upsert_worker
+INSERT INTO workers (name, kind, queues, concurrency, server, models, circuit, stopping, last_seen)
+VALUES (%(name)s, %(kind)s, %(queues)s, %(concurrency)s, %(server)s, %(models)s, %(circuit)s, %(stopping)s, %(at)s)
+ON CONFLICT (name) DO UPDATE SET
+    kind = excluded.kind, queues = excluded.queues, concurrency = excluded.concurrency, server = excluded.server,
+    models = excluded.models, circuit = excluded.circuit, stopping = excluded.stopping,
+    last_seen = greatest(workers.last_seen, excluded.last_seen)
+-- A heartbeat delayed in the broker must not overwrite a newer one.
+WHERE workers.last_seen <= excluded.last_seen
+
+-- name: list_workers
+SELECT name, kind, queues, concurrency, server, models, circuit, stopping, first_seen, last_seen,
+       last_seen > now() - make_interval(secs => %(stale_s)s) AND NOT stopping AS live
+FROM workers ORDER BY kind, name
 
 -- name: mark_completed
 UPDATE interactions
@@ -263,3 +334,8 @@ FROM runs WHERE batch_id = %(batch_id)s
 -- name: open_interactions
 SELECT count(*) AS open FROM interactions
 WHERE status IN ('pending', 'dispatched') AND (%(batch_id)s::bigint IS NULL OR batch_id = %(batch_id)s::bigint)
+
+-- name: open_interaction_counts
+-- For Prometheus: what waits and what is in flight, by step and actor (partial indexes only).
+SELECT status, step, kind, actor, count(*)::int AS n FROM interactions
+WHERE status IN ('pending', 'dispatched') GROUP BY status, step, kind, actor

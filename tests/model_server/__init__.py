@@ -1,4 +1,5 @@
-"""A fake Ollama server for tests and demos: `ModelServer`, or `python -m tests.model_server`."""
+"""A fake model server (Ollama's API and the OpenAI-compatible one) for tests and demos:
+`ModelServer`, or `python -m tests.model_server`."""
 
 from tests.model_server.server import FAULT_KINDS, FaultKind, ModelServer
 

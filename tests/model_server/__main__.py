@@ -1,6 +1,7 @@
 """`python -m tests.model_server --port 11434 --models gemma3:1b,qwen2.5:7b --latency 0.05 --slots 4`
 
-Serves until interrupted (Ctrl-C or SIGTERM). Faults: `--fault MODEL=KIND:RATE`,
+Serves Ollama's API and the OpenAI-compatible one (/v1) until interrupted (Ctrl-C or
+SIGTERM); `--api-key KEY` makes /v1 ask for `Authorization: Bearer KEY`, as vLLM does. Faults: `--fault MODEL=KIND:RATE`,
 repeatable, MODEL "*" for every model, e.g. `--fault '*=error:0.05'`.
 """
 
@@ -27,7 +28,7 @@ def _fault(text: str) -> tuple[str, str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.model_server", description="A fake Ollama server.")
+    p = argparse.ArgumentParser(prog="python -m tests.model_server", description="A fake Ollama / OpenAI-compatible model server.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=11434)
     p.add_argument("--models", default="gemma3:1b", help="comma-separated model names")
@@ -37,12 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--load", type=float, default=0.0, help="seconds to load a model that is not resident")
     p.add_argument("--fault", type=_fault, action="append", default=[], metavar="MODEL=KIND:RATE")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--api-key", default=None, help="bearer token the /v1 routes require")
     p.add_argument("--verbose", action="store_true", help="log every request")
     args = p.parse_args(argv)
 
     server = ModelServer([m.strip() for m in args.models.split(",") if m.strip()], host=args.host, port=args.port,
                          latency=args.latency, per_token=args.per_token, slots=args.slots, load_s=args.load,
-                         seed=args.seed, verbose=args.verbose)
+                         seed=args.seed, verbose=args.verbose, api_key=args.api_key)
     for model, kind, rate in args.fault:
         server.set_fault(model, kind, rate)  # type: ignore[arg-type]
 
@@ -51,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(target=server.stop, daemon=True).start()
 
     signal.signal(signal.SIGTERM, _stop)
-    print(f"fake ollama at {server.url} serving {', '.join(server.models)}", file=sys.stderr, flush=True)
+    print(f"fake model server at {server.url} (Ollama API, OpenAI API under /v1) serving {', '.join(server.models)}",
+          file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

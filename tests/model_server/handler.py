@@ -1,92 +1,37 @@
-"""Ollama's HTTP API on top of ModelServer's slots, faults and timing.
+"""HTTP routes on top of ModelServer's slots, faults and timing, in two APIs.
 
-Shapes follow docs.ollama.com/api as the official `ollama` client reads them:
-"stream" defaults to true, streaming answers are NDJSON with a final done:true
-object that carries the counts and durations (nanoseconds), errors are
-{"error": "..."} with the status Ollama uses, and an unknown path is Go's plain
-"404 page not found".
+Ollama's (/api/*) and the OpenAI-compatible one (/v1/*) share one completion pipeline
+(`_complete`, `_generate`); their shapes live in ollama_api and openai_api. An unknown
+path is Go's plain "404 page not found", as Ollama answers it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import select
 import socket
 import time
-from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from tests.model_server.answers import gist, json_answer, text_answer
+from tests.model_server.dialect import ApiError, Call, Dialect, Usage, canonical
+from tests.model_server.ollama_api import VERSION, OllamaDialect
+from tests.model_server.openai_api import OpenAIDialect, model_list
 
 if TYPE_CHECKING:
     from tests.model_server.server import ModelServer
 
-VERSION = "0.9.0"  # what /api/version reports: recent enough for clients that check it
-DEFAULT_KEEP_ALIVE_S = 300.0  # Ollama's default: a model stays loaded 5 minutes after use
-FOREVER = datetime(2318, 1, 1, tzinfo=timezone.utc)  # how Ollama shows keep_alive < 0
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _TOKEN = re.compile(r"\S+\s*|\s+")  # a "token" is a word and its trailing space: joins back exactly
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def timestamp(dt: datetime) -> str:
-    return dt.isoformat().replace("+00:00", "Z")
-
-
-def _ns(seconds: float) -> int:
-    return int(seconds * 1e9)
-
-
-def canonical(name: str) -> str:
-    """Ollama's rule: a name without a tag means :latest."""
-    return name if ":" in name else f"{name}:latest"
-
-
-def parse_keep_alive(value: Any) -> float | None:
-    """Seconds to stay loaded (None: forever). Numbers are seconds; strings are Go durations."""
-    if value is None:
-        return DEFAULT_KEEP_ALIVE_S
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        sign = -1.0 if text.startswith("-") else 1.0
-        body = text.lstrip("+-")
-        try:
-            seconds = sign * float(body)
-        except ValueError:
-            if not body or _DURATION.sub("", body):
-                raise ValueError(f'time: invalid duration "{value}"') from None
-            seconds = sign * sum(float(n) * _UNIT_S[u] for n, u in _DURATION.findall(body))
-    else:
-        raise ValueError(f"invalid keep_alive {value!r}")
-    return None if seconds < 0 else seconds
-
-
-def model_entry(name: str) -> dict[str, Any]:
-    """What /api/tags says about a model: plausible sizes derived from the tag (gemma3:1b → 1B)."""
-    base, _, tag = name.partition(":")
-    billions = re.search(r"(\d+(?:\.\d+)?)b", tag)
-    params = float(billions.group(1)) if billions else 4.0
-    family = re.match(r"[a-z]+\d*", base.lower())
-    fam = family.group(0) if family else base
-    return {
-        "name": name,
-        "model": name,
-        "modified_at": "2025-01-01T00:00:00Z",
-        "size": int(params * 0.6e9),  # about Q4_K_M's bytes per parameter
-        "digest": hashlib.sha256(name.encode()).hexdigest(),
-        "details": {"parent_model": "", "format": "gguf", "family": fam, "families": [fam],
-                    "parameter_size": f"{params:g}B", "quantization_level": "Q4_K_M"},
-    }
+OLLAMA_CHAT = OllamaDialect(chat=True)
+OPENAI = OpenAIDialect()
+COMPLETIONS: dict[str, Dialect] = {
+    "/api/chat": OLLAMA_CHAT,
+    "/api/generate": OllamaDialect(chat=False),
+    "/v1/chat/completions": OPENAI,
+}
 
 
 def _client_gone(sock: socket.socket) -> bool:
@@ -140,17 +85,21 @@ class Handler(BaseHTTPRequestHandler):
             self._json(200, {"models": [e for e in map(self.owner._entry, self.owner.models) if e]})
         elif path == "/api/ps":
             self._json(200, {"models": self.owner._ps()})
+        elif path == "/v1/models":
+            if self._authorized(OPENAI):
+                self._json(200, model_list(self.owner.models))
         else:
             self._send(404, b"404 page not found", "text/plain")
 
     def do_POST(self) -> None:
         path = self._path()
-        body = self._body()
+        dialect = COMPLETIONS.get(path)
+        body = self._body(dialect or OLLAMA_CHAT)
         if body is None:
             return
         try:
-            if path in ("/api/chat", "/api/generate"):
-                self._complete(body, chat=path == "/api/chat")
+            if dialect is not None:
+                self._complete(body, dialect)
             elif path == "/api/show":
                 self._show(body)
             else:
@@ -173,93 +122,90 @@ class Handler(BaseHTTPRequestHandler):
                          "model_info": {"general.architecture": fam, f"{fam}.context_length": 8192},
                          "capabilities": ["completion"]})
 
-    def _complete(self, body: dict[str, Any], *, chat: bool) -> None:
+    def _authorized(self, dialect: Dialect) -> bool:
+        """vLLM's --api-key: only /v1 routes ask for the bearer token. False after answering 401."""
+        key = self.owner.api_key
+        given = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+        if key is None or given == key:
+            return True
+        # Echoes the key it was given, as some proxies do, so tests can see the client scrub it.
+        self._json(401, dialect.error(ApiError(401, f"Incorrect API key provided: {given or 'none'}",
+                                               code="invalid_api_key")))
+        return False
+
+    def _complete(self, body: dict[str, Any], dialect: Dialect) -> None:
         arrived = time.monotonic()
-        name = body.get("model")
-        if not isinstance(name, str) or not name:
-            self._json(400, {"error": "model is required"})
-            return
-        model = canonical(name)
-        if self.owner._entry(model) is None:
-            self._json(404, {"error": f'model "{name}" not found, try pulling it first'})
+        if dialect.guarded and not self._authorized(dialect):
             return
         try:
-            keep = parse_keep_alive(body.get("keep_alive"))
-        except ValueError as exc:
-            self._json(400, {"error": str(exc)})
+            call = dialect.parse(body)
+            if self.owner._entry(call.model) is None:
+                raise dialect.model_missing(call.name)
+        except ApiError as err:
+            self._json(err.status, dialect.error(err))
             return
-        prompt = _prompt_of(body, chat)
-        if prompt is None:
-            self._json(400, {"error": "messages must be a list of {role, content}"})
-            return
-        if not prompt:  # Ollama's way to load (or, with keep_alive 0, unload) a model
-            load_s = self.owner._load(model)
-            self.owner._keep(model, keep)
-            reason = "unload" if keep == 0 else "load"
-            self._json(200, {**_shape(name, "", chat, done=True), "done_reason": reason, "load_duration": _ns(load_s)})
+        if call.load_only:  # Ollama's way to load (or, with keep_alive 0, unload) a model
+            load_s = self.owner._load(call.model)
+            self.owner._keep(call.model, call.keep_alive_s)
+            self._json(200, dialect.loaded(call, load_s))
             return
 
-        fault = self.owner._draw_fault(model)
+        fault = self.owner._draw_fault(call.model)
         if fault == "error":
-            self._json(500, {"error": "llama runner process has terminated: injected fault"})
+            self._json(500, dialect.error(ApiError(500, "llama runner process has terminated: injected fault")))
             return
         if fault == "garbage":
             self._send(200, b"<html><body>upstream hiccup</body></html>", "text/html")
             return
-        if not self.owner._acquire(model):
+        if not self.owner._acquire(call.model):
             raise _Gone
         try:
             if fault == "hang":
                 self._hang()
-            self._generate(name, model, prompt, body, chat=chat, arrived=arrived, keep=keep,
-                           nonsense=fault == "nonsense")
+            self._generate(call, dialect, arrived=arrived, nonsense=fault == "nonsense")
         finally:
-            self.owner._release(model)
+            self.owner._release(call.model)
 
-    def _generate(self, name: str, model: str, prompt: str, body: dict[str, Any], *, chat: bool,
-                  arrived: float, keep: float | None, nonsense: bool) -> None:
+    def _generate(self, call: Call, dialect: Dialect, *, arrived: float, nonsense: bool) -> None:
         owner = self.owner
-        load_s = owner._load(model)
-        fmt = body.get("format") or None
+        load_s = owner._load(call.model)
         if nonsense:
-            content = f"Sure! Happy to help. {gist(prompt, 4, 4)}"
-        elif fmt is not None:
-            content = json_answer(model, prompt, fmt)
+            content = f"Sure! Happy to help. {gist(call.prompt, 4, 4)}"
+        elif call.fmt is not None:
+            content = json_answer(call.model, call.prompt, call.fmt)
         else:
-            content = text_answer(model, prompt)
+            content = text_answer(call.model, call.prompt)
         tokens = _TOKEN.findall(content)
-        done_reason = "stop"
-        num_predict = (body.get("options") or {}).get("num_predict")
-        if isinstance(num_predict, int) and 0 < num_predict < len(tokens):
-            tokens, done_reason = tokens[:num_predict], "length"
+        finish = "stop"
+        if call.max_tokens is not None and call.max_tokens < len(tokens):
+            tokens, finish = tokens[:call.max_tokens], "length"
         if not owner._pause(owner.latency):  # prompt evaluation
             raise _Gone
         gen_start = time.monotonic()
-        stream = body.get("stream", True) is not False
-        if stream:
+        if call.stream:
             self.send_response(200)
-            self.send_header("Content-Type", "application/x-ndjson")
+            self.send_header("Content-Type", dialect.stream_type)
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
+            self._chunk(dialect.begin(call))
             for token in tokens:
                 if not owner._pause(owner.per_token):
                     raise _Gone
-                self._chunk(_shape(name, token, chat, done=False))
+                self._chunk(dialect.chunk(call, token))
         elif not owner._pause(owner.per_token * len(tokens)):
             raise _Gone
-        final = {**_shape(name, "" if stream else "".join(tokens), chat, done=True), "done_reason": done_reason,
-                 "total_duration": _ns(time.monotonic() - arrived), "load_duration": _ns(load_s),
-                 "prompt_eval_count": max(1, len(prompt.split())), "prompt_eval_duration": _ns(owner.latency),
-                 "eval_count": len(tokens), "eval_duration": _ns(time.monotonic() - gen_start)}
+        usage = Usage(prompt_tokens=max(1, len(call.prompt.split())), completion_tokens=len(tokens),
+                      finish_reason=finish, total_s=time.monotonic() - arrived, load_s=load_s,
+                      prompt_s=owner.latency, eval_s=time.monotonic() - gen_start)
         # Book-keeping before the last write: a client that reads /api/ps or the counters
         # right after its answer must see this call's effects.
-        owner._keep(model, keep)
-        owner._count_served(model)
-        if stream:
-            self._chunk(final)
+        owner._keep(call.model, call.keep_alive_s)
+        owner._count_served(call.model)
+        if call.stream:
+            self._chunk(dialect.end(call, usage))
             self.wfile.write(b"0\r\n\r\n")
         else:
-            self._json(200, final)
+            self._json(200, dialect.whole(call, "".join(tokens), usage))
 
     def _hang(self) -> None:
         """Hold the slot without answering, as a stuck runner does, until the client leaves."""
@@ -272,17 +218,17 @@ class Handler(BaseHTTPRequestHandler):
     def _path(self) -> str:
         return urlsplit(self.path).path.rstrip("/") or "/"
 
-    def _body(self) -> dict[str, Any] | None:
-        """The JSON request body, or None after answering 400."""
+    def _body(self, dialect: Dialect) -> dict[str, Any] | None:
+        """The JSON request body, or None after answering 400 in the dialect's shape."""
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         try:
             body = json.loads(raw or b"{}")
         except ValueError:
             self.close_connection = True
-            self._json(400, {"error": "invalid JSON in request body"})
+            self._json(400, dialect.error(ApiError(400, "invalid JSON in request body")))
             return None
         if not isinstance(body, dict):
-            self._json(400, {"error": "request body must be a JSON object"})
+            self._json(400, dialect.error(ApiError(400, "request body must be a JSON object")))
             return None
         return body
 
@@ -297,29 +243,8 @@ class Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, obj: Any) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json; charset=utf-8")
 
-    def _chunk(self, obj: Any) -> None:
-        data = (json.dumps(obj) + "\n").encode()
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
-
-
-def _prompt_of(body: dict[str, Any], chat: bool) -> str | None:
-    """All the text the model would read; None when the request is malformed."""
-    if not chat:
-        prompt = body.get("prompt") or ""
-        system = body.get("system") or ""
-        return f"{system}\n{prompt}" if system and prompt else str(prompt)
-    messages = body.get("messages") or []
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        return None
-    return "\n".join(m["content"] for m in messages if isinstance(m.get("content"), str))
-
-
-def _shape(name: str, text: str, chat: bool, *, done: bool) -> dict[str, Any]:
-    head: dict[str, Any] = {"model": name, "created_at": timestamp(now())}
-    if chat:
-        head["message"] = {"role": "assistant", "content": text}
-    else:
-        head["response"] = text
-    head["done"] = done
-    return head
+    def _chunk(self, data: bytes) -> None:
+        """One HTTP chunk; nothing for b"" (a zero-length chunk ends the body)."""
+        if data:
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()

@@ -1,4 +1,5 @@
-"""A fake Ollama server: Ollama's HTTP API with GPU-like timing and injected faults.
+"""A fake model server: Ollama's HTTP API and the OpenAI-compatible one (vLLM's), with
+GPU-like timing and injected faults that apply to both alike.
 
 Stdlib only, so it runs wherever the tests run. What it imitates, and why:
 - N slots per model (OLLAMA_NUM_PARALLEL): requests beyond them queue, so a worker's
@@ -9,7 +10,9 @@ Stdlib only, so it runs wherever the tests run. What it imitates, and why:
   runner), "hang" (holds its slot and never answers until the client gives up),
   "garbage" (HTTP 200 with a body that is not JSON, like a broken proxy) and
   "nonsense" (a normal answer whose text ignores the requested format).
-Answers come from tests.model_server.answers: deterministic per (model, prompt).
+Answers come from tests.model_server.answers: deterministic per (model, prompt), the
+same on either API. `api_key` makes the /v1 routes ask for a bearer token, as vLLM's
+--api-key does.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from datetime import datetime, timedelta
 from http.server import ThreadingHTTPServer
 from typing import Any, Literal
 
-from tests.model_server.handler import DEFAULT_KEEP_ALIVE_S, FOREVER, Handler, canonical, model_entry, now, timestamp
+from tests.model_server.dialect import DEFAULT_KEEP_ALIVE_S, FOREVER, canonical, now, timestamp
+from tests.model_server.handler import Handler
+from tests.model_server.ollama_api import model_entry
 
 FaultKind = Literal["error", "hang", "garbage", "nonsense"]
 FAULT_KINDS: tuple[str, ...] = ("error", "hang", "garbage", "nonsense")
@@ -33,14 +38,15 @@ class ModelServer:
     """Run with `with ModelServer(models=[...]) as srv:` and point clients at `srv.url`.
 
     Counters (per canonical model name; read them after the requests ended):
-    `requests` every chat/generate call for a known model, `served` answered normally,
+    `requests` every completion call (either API) for a known model, `served` answered normally,
     `faults` injected, `max_concurrent` most calls generating at once.
     """
 
     def __init__(self, models: Iterable[str] = ("gemma3:1b",), *, host: str = "127.0.0.1", port: int = 0,
                  latency: float = 0.0, per_token: float = 0.0, slots: int = 4, load_s: float = 0.0,
-                 hang_s: float = 300.0, seed: int = 0, verbose: bool = False) -> None:
+                 hang_s: float = 300.0, seed: int = 0, verbose: bool = False, api_key: str | None = None) -> None:
         self.latency, self.per_token, self.load_s, self.hang_s = latency, per_token, load_s, hang_s
+        self.api_key = api_key
         self.slots = slots
         self.verbose = verbose
         self._lock = threading.Lock()

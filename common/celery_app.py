@@ -1,0 +1,62 @@
+"""The one Celery app factory: the orchestrator publishes with it, workers consume with it.
+
+The settings below are chosen for correctness, not speed (docs/operations.md says why
+each matters):
+
+- acks late + reject on worker lost: a task message is acknowledged only after its
+  result was published, so a worker killed mid-call gives its message back to the
+  broker, which hands it to another consumer.
+- prefetch multiplier 1: a GPU worker holds at most `concurrency` messages; the rest
+  stay in the queue where another host can take them.
+- persistent messages on durable queues, publisher confirms: a broker restart keeps
+  what it acknowledged.
+- task events on: Flower sees every task of every worker.
+- no result backend: results travel on our reports queue, where the orchestrator
+  applies them to Postgres.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from common.queues import REPORTS_QUEUE
+from common.settings import get_settings
+
+
+def make_app(broker_url: str | None = None, *, name: str = "wavefarm") -> Celery:
+    settings = get_settings()
+    url = broker_url or settings.require_broker_url()
+    app = Celery(name, broker=url, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # Our tasks never raise for a task's own failure (the failure is the result);
+        # a raise is a crash before the result was published: keep the message.
+        task_acks_on_failure_or_timeout=False,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        result_backend=None,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_delivery_mode="persistent",
+        task_create_missing_queues=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        worker_enable_remote_control=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_heartbeat=30,
+        broker_transport_options={
+            "confirm_publish": True,  # amqp: publish returns once the broker has the message
+            "visibility_timeout": settings.broker_visibility_timeout_s,  # redis
+        },
+        broker_channel_error_retry=True,
+    )
+    return app
+
+
+def reports_queue() -> Queue:
+    return Queue(REPORTS_QUEUE, Exchange(REPORTS_QUEUE, type="direct", durable=True),
+                 routing_key=REPORTS_QUEUE, durable=True)

@@ -1,0 +1,30 @@
+"""Queue and task names: the only place they are spelled.
+
+One queue per model, so a GPU host consumes exactly the models its server has; one
+queue for scripts; one reports queue that only the orchestrator reads (results and
+worker heartbeats: workers never touch Postgres).
+"""
+
+from __future__ import annotations
+
+import re
+
+REPORTS_QUEUE = "wavefarm.reports"
+SCRIPT_QUEUE = "script"
+AI_TASK = "wavefarm.ai"
+SCRIPT_TASK = "wavefarm.script"
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def model_queue(model: str) -> str:
+    """`qwen2.5:7b` -> `ai.qwen2.5-7b`: readable in Flower and safe as an AMQP or Redis key."""
+    return "ai." + _UNSAFE.sub("-", model)
+
+
+def queue_for(kind: str, actor: str) -> str:
+    return model_queue(actor) if kind == "ai" else SCRIPT_QUEUE
+
+
+def task_name(kind: str) -> str:
+    return AI_TASK if kind == "ai" else SCRIPT_TASK

@@ -1,0 +1,89 @@
+"""Which model queues this host may consume right now: the readiness gate.
+
+A thread asks the model server what it has (Ollama's /api/tags, or /v1/models) every
+few seconds. A queue is consumed only while the server has its model and answers at
+all: a host is never sent a model it lacks, a model pulled later is picked up, one
+removed is let go, and a server that stops answering opens the breaker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from common.queues import model_queue
+from gpu_worker.backends.base import BackendError, ModelBackend
+from gpu_worker.breaker import CircuitBreaker
+
+log = logging.getLogger(__name__)
+
+
+def queue_names(model: str) -> set[str]:
+    """Ollama treats `gemma3` and `gemma3:latest` as one model: serve both spellings."""
+    names = {model_queue(model)}
+    if model.endswith(":latest"):
+        names.add(model_queue(model.removesuffix(":latest")))
+    return names
+
+
+class ServerWatch:
+    def __init__(self, backend: ModelBackend, breaker: CircuitBreaker, *, wanted: list[str] | None,
+                 interval_s: float = 5.0, open_interval_s: float = 1.0) -> None:
+        self.backend = backend
+        self.breaker = breaker
+        self.wanted = wanted  # None: whatever the server has ("auto")
+        self.interval_s = interval_s
+        self.open_interval_s = open_interval_s
+        self.available: list[str] = []
+        self.probed = False
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="wavefarm-server-watch", daemon=True)
+
+    def start(self) -> None:
+        self.probe()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def poke(self) -> None:
+        """Probe now (a call said the model is missing, or the breaker just opened)."""
+        self._wake.set()
+
+    def models(self) -> list[str]:
+        if self.wanted is None:
+            return list(self.available)
+        return [m for m in self.wanted if m in self.available or f"{m}:latest" in self.available]
+
+    def desired_queues(self) -> set[str]:
+        if not self.probed or not self.breaker.allow():
+            return set()
+        return set().union(*(queue_names(m) for m in self.models()))
+
+    def probe(self) -> None:
+        try:
+            models = self.backend.list_models()
+        except BackendError as exc:
+            if self.breaker.allow():
+                log.warning("model server unavailable, not taking work: %s", exc)
+            self.breaker.trip()
+            return
+        if set(models) != set(self.available):
+            log.info("model server has: %s", ", ".join(models) or "no models")
+            if self.wanted is not None:
+                missing = [m for m in self.wanted if m not in models and f"{m}:latest" not in models]
+                if missing:
+                    log.warning("not on the model server (not consumed until it has them): %s", ", ".join(missing))
+        self.available = models
+        self.probed = True
+        if self.breaker.reset():
+            log.info("model server answers again: taking work")
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.open_interval_s if not self.breaker.allow() else self.interval_s)
+            self._wake.clear()
+            if not self._stop.is_set():
+                self.probe()

@@ -1,0 +1,98 @@
+"""The GPU worker: a Celery worker that runs AI tasks against the model server next to it.
+
+One task, `wavefarm.ai`: validate the message, call the model, publish the result on
+the reports queue, return (and only then is the message acknowledged). Failures the
+model caused are results like any other; a server that cannot be reached is not the
+task's failure: the message goes back to the broker and the breaker stops this worker
+from taking more until the server answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from celery import Celery
+from celery.exceptions import Reject
+from prometheus_client import Counter, Gauge, Histogram
+
+from common.messages import AiTask, FailureClass, TaskResult
+from common.queues import AI_TASK
+from common.reporting import publish_result
+from common.worker_runtime import WorkerRuntime
+from gpu_worker.backends.base import ModelBackend
+from gpu_worker.breaker import CircuitBreaker
+from gpu_worker.discovery import ServerWatch
+
+log = logging.getLogger(__name__)
+
+TASKS = Counter("wavefarm_worker_tasks_total", "AI tasks by model and outcome", ["model", "outcome"])
+FAILURES = Counter("wavefarm_worker_failures_total", "Failed model calls by class", ["model", "failure_class"])
+CALL_SECONDS = Histogram("wavefarm_model_call_seconds", "Model call latency", ["model"],
+                         buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+TOKENS = Counter("wavefarm_tokens_total", "Tokens by model and kind (prompt, completion)", ["model", "kind"])
+IN_PROGRESS = Gauge("wavefarm_worker_in_progress", "Model calls in progress", ["model"])
+
+# Failures that say "this host cannot serve the call", not "this call failed":
+# the message goes back to the queue, the interaction keeps its attempts.
+HOST_PROBLEMS = {FailureClass.CONNECTION_ERROR, FailureClass.MODEL_MISSING}
+
+
+class GpuWorker:
+    def __init__(self, app: Celery, backend: ModelBackend, *, server: str, wanted: list[str] | None,
+                 concurrency: int, name: str, probe_interval_s: float = 5.0) -> None:
+        self.app = app
+        self.backend = backend
+        self.breaker = CircuitBreaker(server)
+        self.watch = ServerWatch(backend, self.breaker, wanted=wanted, interval_s=probe_interval_s)
+        self.runtime = WorkerRuntime(
+            name=name, kind="ai", concurrency=concurrency, desired=self.watch.desired_queues,
+            describe=lambda: {"server": server, "models": list(self.watch.available), "circuit": self.breaker.state},
+        )
+        app.task(name=AI_TASK)(self._task)
+
+    def _task(self, payload: dict) -> None:
+        task = AiTask.model_validate(payload)
+        if task.expired():
+            # The orchestrator gave this attempt up and re-dispatched it: running it now
+            # would only produce a result it ignores.
+            log.info("dropping interaction %s attempt %s: past its deadline", task.interaction_id, task.attempt,
+                     extra={"interaction_id": task.interaction_id, "model": task.model})
+            TASKS.labels(task.model, "expired").inc()
+            return
+        if not self.breaker.allow():
+            TASKS.labels(task.model, "handed_back").inc()
+            raise Reject("model server unavailable", requeue=True)
+        result = self.execute(task)
+        if result.failure is not None and result.failure.failure_class in HOST_PROBLEMS:
+            self._host_problem(task, result)
+        publish_result(self.app, result)
+
+    def execute(self, task: AiTask) -> TaskResult:
+        IN_PROGRESS.labels(task.model).inc()
+        t0 = time.perf_counter()
+        try:
+            result = self.backend.complete(task)
+        finally:
+            IN_PROGRESS.labels(task.model).dec()
+        CALL_SECONDS.labels(task.model).observe(time.perf_counter() - t0)
+        if result.failure is None:
+            self.breaker.record_success()
+            TASKS.labels(task.model, "completed").inc()
+            TOKENS.labels(task.model, "prompt").inc(result.metrics.get("prompt_eval_count") or 0)
+            TOKENS.labels(task.model, "completion").inc(result.metrics.get("eval_count") or 0)
+        else:
+            FAILURES.labels(task.model, result.failure.failure_class.value).inc()
+            TASKS.labels(task.model, "failed").inc()
+        log.info("interaction %s %s", task.interaction_id, "completed" if result.ok else result.failure.message,
+                 extra={"interaction_id": task.interaction_id, "run_id": task.run_id, "batch_id": task.batch_id,
+                        "step": task.step, "attempt": task.attempt, "model": task.model})
+        return result
+
+    def _host_problem(self, task: AiTask, result: TaskResult) -> None:
+        if result.failure.failure_class is FailureClass.CONNECTION_ERROR:
+            if self.breaker.record_failure():
+                log.warning("model server unreachable %d times in a row: not taking work until it answers",
+                            self.breaker.threshold)
+        self.watch.poke()  # re-probe now: the model may be gone, the server may be down
+        raise Reject(result.failure.message, requeue=True)

@@ -1,0 +1,123 @@
+"""The dispatcher: pending interactions become task messages on their queues.
+
+Admission control. Each queue gets an in-flight window of about twice the slots of
+the live workers consuming it (from their heartbeats): every slot has one task
+running and one waiting, and everything else stays `pending` in Postgres. So the
+broker never holds a 100,000-message backlog, a cancelled or re-prioritised batch
+takes effect at the next free slot, and a queue nobody consumes gets nothing (and
+`status` says so) instead of messages that silently wait.
+
+Fairness. A queue's free slots go to the batches of the highest priority first, and
+among equal priorities in turns, so a second batch shares the farm with the first
+instead of waiting for it to finish. Within a batch, the earliest runs go first.
+
+Crash safety. Claiming (pending -> dispatched) and publishing happen inside one
+transaction, committed after the broker confirmed every message. A crash before the
+commit leaves the rows pending: they are sent again, and the duplicate's result is
+ignored by the guarded transition. The commit failing after the publish is the same
+case. Nothing is lost; at worst a call is made twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from itertools import groupby
+
+import psycopg
+from celery import Celery
+from prometheus_client import Counter
+
+from common.queues import queue_for, task_name
+from orchestrator.db import Q
+from orchestrator.states import claim_for_dispatch
+from orchestrator.tasks import task_from_row
+
+log = logging.getLogger(__name__)
+
+DISPATCHED = Counter("wavefarm_dispatched_total", "Task messages published", ["queue"])
+
+# Heartbeats come every 10 s; a worker silent for 30 s no longer counts.
+STALE_S = 30.0
+_LOCK_KEY = 0x57A7D15A  # one dispatcher at a time across `serve` processes
+
+
+class Dispatcher:
+    def __init__(self, app: Celery, *, window_factor: float = 2.0, stale_s: float = STALE_S) -> None:
+        self.app = app
+        self.window_factor = window_factor
+        self.stale_s = stale_s
+        self._turn = 0  # rotates which batch of a priority level is served first
+
+    def dispatch(self, conn: psycopg.Connection) -> int:
+        """Publish what the queues have room for; return how many messages were sent."""
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(Q["try_advisory_xact_lock"], {"key": _LOCK_KEY})
+            if not cur.fetchone()["locked"]:
+                return 0  # another serve process is dispatching right now
+            cur.execute(Q["pending_actors"])
+            actors = cur.fetchall()
+            if not actors:
+                return 0
+            cur.execute(Q["live_capacity"], {"stale_s": self.stale_s})
+            slots = {r["queue"]: r["slots"] for r in cur.fetchall()}
+            cur.execute(Q["in_flight_counts"])
+            in_flight = {(r["kind"], r["actor"]): r["n"] for r in cur.fetchall()}
+            # Queue windows are shared by the actors that map to one queue (all scripts).
+            used: dict[str, int] = defaultdict(int)
+            for (kind, actor), n in in_flight.items():
+                used[queue_for(kind, actor)] += n
+            sent = 0
+            self._turn += 1
+            for a in actors:
+                queue = queue_for(a["kind"], a["actor"])
+                free = math.ceil(self.window_factor * slots.get(queue, 0)) - used[queue]
+                if free <= 0:
+                    continue
+                rows = self._claim_fairly(cur, a["kind"], a["actor"], free)
+                for row in rows:
+                    self._publish(row, queue)
+                used[queue] += len(rows)
+                sent += len(rows)
+                if rows:
+                    DISPATCHED.labels(queue).inc(len(rows))
+        return sent
+
+    def _claim_fairly(self, cur: psycopg.Cursor, kind: str, actor: str, free: int) -> list[dict]:
+        cur.execute(Q["pending_batches"], {"kind": kind, "actor": actor})
+        batches = sorted(cur.fetchall(), key=lambda b: (-b["priority"], b["batch_id"]))
+        claimed: list[dict] = []
+        for _, level in groupby(batches, key=lambda b: b["priority"]):
+            active = [b["batch_id"] for b in level]
+            start = self._turn % len(active)
+            active = active[start:] + active[:start]
+            while free > 0 and active:
+                share = max(1, free // len(active))
+                still_pending = []
+                for batch_id in active:
+                    want = min(share, free)
+                    if want <= 0:
+                        still_pending.append(batch_id)
+                        continue
+                    rows = claim_for_dispatch(cur, kind=kind, actor=actor, batch_id=batch_id, limit=want)
+                    claimed += rows
+                    free -= len(rows)
+                    if len(rows) == want:
+                        still_pending.append(batch_id)
+                active = still_pending
+            if free <= 0:
+                break
+        return claimed
+
+    def _publish(self, row: dict, queue: str) -> None:
+        task = task_from_row(row)
+        self.app.send_task(
+            task_name(row["kind"]),
+            args=[task.model_dump(mode="json")],
+            queue=queue,
+            routing_key=queue,
+            # Readable in Flower, and the same id for a re-sent duplicate of one attempt.
+            task_id=f"i{row['id']}.a{row['attempt']}",
+            retry=False,  # a broker that is away fails the transaction: the rows stay pending
+        )

@@ -1,0 +1,96 @@
+"""The orchestrator's end of the reports queue: results and heartbeats from workers.
+
+Messages are taken in batches and acknowledged only after the transaction that
+applied them committed (`Inbox.ack`). A crash, a database outage or a lost broker
+connection in between leaves them unacknowledged; the broker delivers them again and
+the guarded transitions make the second application a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass
+
+from celery import Celery
+from kombu import Connection, Consumer
+from kombu.message import Message
+from pydantic import ValidationError
+
+from common.celery_app import reports_queue
+from common.messages import REPORT, Report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Delivery:
+    report: Report
+    message: Message
+
+
+class Inbox:
+    def __init__(self, app: Celery, *, prefetch: int = 500) -> None:
+        self.app = app
+        self.prefetch = prefetch
+        self._conn: Connection | None = None
+        self._consumer: Consumer | None = None
+        self._buffer: list[Delivery] = []
+
+    @property
+    def connection_errors(self) -> tuple[type[BaseException], ...]:
+        conn = self._conn or self.app.connection_for_read()
+        return tuple(conn.connection_errors) + tuple(conn.channel_errors) + (OSError,)
+
+    def collect(self, *, limit: int, wait_s: float) -> list[Delivery]:
+        """Up to `limit` reports: waits up to `wait_s` for the first, then takes what is already there."""
+        self._ensure()
+        try:
+            if not self._buffer:
+                self._conn.drain_events(timeout=wait_s)
+            until = time.monotonic() + 0.002
+            while len(self._buffer) < limit and time.monotonic() < until:
+                self._conn.drain_events(timeout=0.0005)
+        except socket.timeout:
+            pass
+        except self.connection_errors:
+            self.close()
+            raise
+        taken, self._buffer = self._buffer[:limit], self._buffer[limit:]
+        return taken
+
+    def ack(self, deliveries: list[Delivery]) -> None:
+        for d in deliveries:
+            d.message.ack()
+
+    def close(self) -> None:
+        self._buffer = []  # unacknowledged: the broker will deliver them again
+        if self._conn is not None:
+            try:
+                self._conn.release()
+            except Exception:
+                pass
+        self._conn = self._consumer = None
+
+    def _ensure(self) -> None:
+        if self._conn is not None:
+            return
+        conn = self.app.connection_for_read()
+        conn.ensure_connection(max_retries=1)
+        channel = conn.channel()
+        consumer = Consumer(channel, queues=[reports_queue()], callbacks=[self._on_message],
+                            accept=["json"], prefetch_count=self.prefetch)
+        consumer.consume()
+        self._conn, self._consumer = conn, consumer
+
+    def _on_message(self, body: object, message: Message) -> None:
+        try:
+            report = REPORT.validate_python(body)
+        except ValidationError as exc:
+            # A message we cannot read can never be applied: keep it out of the way,
+            # loudly, rather than redelivering it forever.
+            log.error("dropping an unreadable report (%s): %.300r", exc.errors()[0]["msg"], body)
+            message.ack()
+            return
+        self._buffer.append(Delivery(report, message))
