@@ -84,7 +84,9 @@ class ReconcileQueues(bootsteps.StartStopStep):
     def start(self, c) -> None:
         runtime: WorkerRuntime = c.app.wavefarm_runtime
         runtime.consuming = set()  # a restarted consumer (broker reconnect) starts from its selection
-        self.tick(c)
+        # Not a first tick here: until the event loop runs, the task consumer has no
+        # message callback yet, and a message delivered to a queue added now would be
+        # dropped on the floor (kombu: "Consumer does not have any callbacks").
         self.tref = c.timer.call_repeatedly(RECONCILE_S, self.tick, (c,), priority=10)
 
     def stop(self, c) -> None:

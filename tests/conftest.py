@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -45,12 +46,21 @@ def template_db() -> Iterator[str]:
     _admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+@contextmanager
+def copy_of(template: str) -> Iterator[str]:
+    """A fresh database with the migrated schema, dropped afterwards."""
+    name = f"wavefarm_t_{uuid.uuid4().hex[:12]}"
+    _admin(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
+    try:
+        yield database_url(name)
+    finally:
+        _admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 @pytest.fixture
 def db_url(template_db: str) -> Iterator[str]:
-    name = f"wavefarm_t_{uuid.uuid4().hex[:12]}"
-    _admin(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template_db)))
-    yield database_url(name)
-    _admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with copy_of(template_db) as url:
+        yield url
 
 
 @pytest.fixture

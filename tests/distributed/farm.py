@@ -1,0 +1,176 @@
+"""A whole farm on this machine for a test: `orchestrator serve`, GPU workers and a
+script worker as real processes, on a real broker, against real Postgres, with model
+servers that speak Ollama's HTTP API. Each test gets its own database and its own
+broker namespace (a RabbitMQ vhost or a Redis database), so a message left over by
+one test can never reach another."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+
+from orchestrator import batches, catalog
+from orchestrator.db import connect
+from orchestrator.workflow import load_file
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+SCRIPTS = HERE / "scripts"
+WORKFLOW = HERE / "workflows" / "screening.yaml"
+_redis_db = itertools.count(1)
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+
+
+@contextmanager
+def broker(kind: str) -> Iterator[str]:
+    if kind == "amqp":
+        vhost = f"wf_{uuid.uuid4().hex[:10]}"
+        rabbitmqctl("add_vhost", vhost)
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        try:
+            yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+        finally:
+            rabbitmqctl("delete_vhost", vhost)
+    else:
+        import redis
+
+        db = 1 + next(_redis_db) % 14
+        client = redis.Redis(host="127.0.0.1", port=6379, db=db)
+        client.flushdb()
+        try:
+            yield f"redis://127.0.0.1:6379/{db}"
+        finally:
+            client.flushdb()
+
+
+def postings(path: Path, n: int) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["posting_id", "title", "company", "description"])
+        for i in range(n):
+            w.writerow([str(i), f"Role {i}", f"Company {i % 7}", f"Posting {i}: SQL, Python, care for detail."])
+    return path
+
+
+class Farm:
+    def __init__(self, db_url: str, broker_url: str, logs: Path) -> None:
+        self.db_url = db_url
+        self.broker_url = broker_url
+        self.logs = logs
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.db = connect(db_url)
+
+    # -- processes ------------------------------------------------------------------
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WAVEFARM_")}
+        env.update(WAVEFARM_BROKER_URL=self.broker_url, **extra)
+        return env
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        log = (self.logs / f"{name}.log").open("ab")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def serve(self, name: str = "serve") -> subprocess.Popen:
+        return self.start(name, [str(BIN / "orchestrator"), "serve"], self.env(WAVEFARM_DATABASE_URL=self.db_url))
+
+    def gpu(self, name: str, server_url: str, *, concurrency: int = 4, models: str = "auto") -> subprocess.Popen:
+        # No database URL: a GPU host has the broker only.
+        return self.start(name, [str(BIN / "gpu-worker"), "--ollama-url", server_url, "--name", name,
+                                 "--concurrency", str(concurrency), "--models", models, "--probe-interval", "1"],
+                          self.env())
+
+    def scripts(self, name: str = "scripts", directory: Path = SCRIPTS) -> subprocess.Popen:
+        return self.start(name, [str(BIN / "script-worker"), "--scripts-dir", str(directory), "--name", name,
+                                 "--concurrency", "2"], self.env())
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(name)
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            proc = self.procs.pop(name)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        self.db.close()
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    # -- waiting --------------------------------------------------------------------
+    def wait_for(self, what: str, predicate, timeout: float = 60.0, every: float = 0.2):
+        until = time.monotonic() + timeout
+        while time.monotonic() < until:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(every)
+        logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.logs.glob("*.log"))
+        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{logs}")
+
+    def wait_workers(self, *names: str) -> None:
+        def ready() -> bool:
+            rows = self.db.execute("SELECT name FROM workers WHERE cardinality(queues) > 0 AND NOT stopping").fetchall()
+            return set(names) <= {r["name"] for r in rows}
+
+        self.wait_for(f"workers {', '.join(names)} to consume", ready)
+
+    def completed_count(self, batch_id: int) -> int:
+        return self.db.execute("SELECT count(*) AS n FROM interactions WHERE batch_id = %s AND status = 'completed'",
+                               (batch_id,)).fetchone()["n"]
+
+    def wait_batch(self, batch_id: int, timeout: float = 240.0) -> None:
+        def ended() -> bool:
+            row = self.db.execute("SELECT count(*) FILTER (WHERE status = 'running') AS running FROM runs "
+                                  "WHERE batch_id = %s", (batch_id,)).fetchone()
+            return row["running"] == 0
+
+        self.wait_for(f"batch {batch_id} to end", ended, timeout=timeout, every=0.5)
+
+    # -- work -----------------------------------------------------------------------
+    def submit(self, csv_path: Path, workflow: Path = WORKFLOW) -> int:
+        wf = load_file(workflow, SCRIPTS)
+        catalog.store(self.db, wf, workflow.read_text())
+        return batches.submit(self.db, csv_path, wf.name).batch_id
+
+
+def outcomes(conn: psycopg.Connection, batch_id: int) -> dict[str, tuple]:
+    """Per row: run status, and every step's latest output: what a correct farm must agree on."""
+    rows = conn.execute(
+        """SELECT r.input->>'posting_id' AS key, r.status,
+                  (SELECT jsonb_object_agg(step, output) FROM (
+                       SELECT DISTINCT ON (step) step, output FROM interactions
+                       WHERE run_id = r.id AND status = 'completed' ORDER BY step, visit DESC) o) AS outputs
+           FROM runs r WHERE r.batch_id = %s""", (batch_id,)).fetchall()
+    return {r["key"]: (r["status"], r["outputs"]) for r in rows}
+
+
+def completions_per_interaction(conn: psycopg.Connection, batch_id: int) -> dict[int, int]:
+    """How many times each interaction was recorded completed (the events log): must be once."""
+    rows = conn.execute(
+        """SELECT i.id, count(e.id) FILTER (WHERE e.kind = 'completed') AS n
+           FROM interactions i LEFT JOIN events e ON e.interaction_id = i.id
+           WHERE i.batch_id = %s AND i.status = 'completed' GROUP BY i.id""", (batch_id,)).fetchall()
+    return {r["id"]: r["n"] for r in rows}

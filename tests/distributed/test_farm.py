@@ -1,0 +1,202 @@
+"""The farm end to end: per-model routing across hosts, and recovery from the failures
+a fleet meets (a worker or the orchestrator killed, a host failing calls or down, a
+duplicate result). Each batch must end exactly as the same batch run by the local
+executor (the oracle): the fake model server answers as a function of the prompt,
+so any lost, doubled or misapplied result shows up as a different outcome."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from common.celery_app import make_app
+from common.messages import TaskResult
+from common.reporting import publish_result
+from gpu_worker.backends.ollama import OllamaBackend
+from orchestrator import batches, catalog
+from orchestrator.db import connect
+from orchestrator.executor import LocalExecutor
+from orchestrator.workflow import load_file
+from tests.conftest import copy_of
+from tests.distributed.farm import (
+    SCRIPTS,
+    WORKFLOW,
+    Farm,
+    broker,
+    completions_per_interaction,
+    outcomes,
+    postings,
+)
+from tests.model_server import ModelServer
+
+ROWS = 60
+GEMMA, QWEN = "gemma3:1b", "qwen2.5:7b"
+
+
+@pytest.fixture(scope="module")
+def csv_path(tmp_path_factory) -> Path:
+    return postings(tmp_path_factory.mktemp("farm") / "postings.csv", ROWS)
+
+
+@pytest.fixture(scope="module")
+def oracle(template_db, csv_path) -> dict:
+    """The batch run in-process by the local executor: the outcome every farm run must reproduce."""
+    with copy_of(template_db) as url, ModelServer(models=[GEMMA, QWEN], slots=8) as server:
+        conn = connect(url)
+        try:
+            wf = load_file(WORKFLOW, SCRIPTS)
+            catalog.store(conn, wf, WORKFLOW.read_text())
+            batch_id = batches.submit(conn, csv_path, wf.name).batch_id
+            LocalExecutor(conn, ai=OllamaBackend(server.url), scripts_dir=SCRIPTS, concurrency=8).run(batch_id)
+            result = outcomes(conn, batch_id)
+        finally:
+            conn.close()
+    statuses = {status for status, _ in result.values()}
+    assert "completed" in statuses and "failed" in statuses, "the oracle batch should take both endings"
+    return result
+
+
+@pytest.fixture(params=["amqp"])
+def broker_url(request) -> Iterator[str]:
+    with broker(request.param) as url:
+        yield url
+
+
+@pytest.fixture
+def farm(db_url, broker_url, tmp_path) -> Iterator[Farm]:
+    f = Farm(db_url, broker_url, tmp_path)
+    try:
+        yield f
+    finally:
+        f.stop_all()
+
+
+@pytest.fixture
+def hosts() -> Iterator[tuple[ModelServer, ModelServer]]:
+    """Two GPU hosts serving different models, with a GPU's pace."""
+    with ModelServer(models=[GEMMA], latency=0.02, slots=4) as a, ModelServer(models=[QWEN], latency=0.02, slots=4) as b:
+        yield a, b
+
+
+def assert_matches_oracle(farm: Farm, batch_id: int, oracle: dict) -> None:
+    got = outcomes(farm.db, batch_id)
+    assert set(got) == set(oracle)
+    wrong = {k: (got[k], oracle[k]) for k in oracle if got[k] != oracle[k]}
+    assert not wrong, f"{len(wrong)} run(s) differ from the oracle, e.g. {next(iter(wrong.items()))}"
+    doubled = {i: n for i, n in completions_per_interaction(farm.db, batch_id).items() if n != 1}
+    assert not doubled, f"interactions recorded completed more than once: {doubled}"
+
+
+@pytest.mark.parametrize("broker_url", ["amqp", "redis"], indirect=True)
+def test_each_model_goes_to_the_host_that_has_it(farm, hosts, csv_path, oracle):
+    a, b = hosts
+    farm.serve()
+    farm.gpu("gpu-a", a.url)
+    farm.gpu("gpu-b", b.url)
+    farm.scripts()
+    farm.wait_workers("gpu-a", "gpu-b", "scripts")
+    batch_id = farm.submit(csv_path)
+    farm.wait_batch(batch_id)
+
+    assert_matches_oracle(farm, batch_id, oracle)
+    # A host was never sent a model it lacks.
+    assert set(a.requests) == {GEMMA} and set(b.requests) == {QWEN}
+    workers = {r["name"]: r for r in farm.db.execute("SELECT * FROM workers")}
+    assert workers["gpu-a"]["queues"] == ["ai.gemma3-1b"] and workers["gpu-b"]["queues"] == ["ai.qwen2.5-7b"]
+    # Admission control: never more in flight per host than its slots allow twice over.
+    assert a.max_concurrent[GEMMA] <= 4 and b.max_concurrent[QWEN] <= 4
+
+
+def test_a_gpu_worker_killed_mid_batch_loses_nothing(farm, hosts, csv_path, oracle):
+    a, b = hosts
+    farm.serve()
+    farm.gpu("gpu-a", a.url)
+    farm.gpu("gpu-b", b.url)
+    farm.scripts()
+    farm.wait_workers("gpu-a", "gpu-b", "scripts")
+    batch_id = farm.submit(csv_path)
+    farm.wait_for("the batch to be under way", lambda: farm.completed_count(batch_id) >= 40)
+    farm.kill("gpu-b", signal.SIGKILL)  # mid-call: its unacknowledged messages go back to the queue
+    farm.gpu("gpu-b2", b.url)
+    farm.wait_batch(batch_id)
+    assert_matches_oracle(farm, batch_id, oracle)
+
+
+def test_the_orchestrator_killed_and_restarted_mid_batch_finishes_it(farm, hosts, csv_path, oracle):
+    a, b = hosts
+    farm.serve()
+    farm.gpu("gpu-a", a.url)
+    farm.gpu("gpu-b", b.url)
+    farm.scripts()
+    farm.wait_workers("gpu-a", "gpu-b", "scripts")
+    batch_id = farm.submit(csv_path)
+    farm.wait_for("the batch to be under way", lambda: farm.completed_count(batch_id) >= 40)
+    farm.kill("serve", signal.SIGKILL)
+    # Workers finish what they hold while it is down: those results wait in the broker.
+    served = a.served[GEMMA] + b.served[QWEN]
+    farm.wait_for("results to queue up", lambda: a.served[GEMMA] + b.served[QWEN] > served)
+    farm.serve("serve-2")
+    farm.wait_batch(batch_id)
+    assert_matches_oracle(farm, batch_id, oracle)
+
+
+def test_a_host_failing_one_call_in_ten_still_gives_every_right_answer(farm, hosts, csv_path, oracle):
+    a, b = hosts
+    a.set_fault(GEMMA, "error", 0.1)
+    b.set_fault(QWEN, "error", 0.1)
+    farm.serve()
+    farm.gpu("gpu-a", a.url)
+    farm.gpu("gpu-b", b.url)
+    farm.scripts()
+    farm.wait_workers("gpu-a", "gpu-b", "scripts")
+    batch_id = farm.submit(csv_path)
+    farm.wait_batch(batch_id)
+    assert a.faults[GEMMA] + b.faults[QWEN] > 0
+    assert_matches_oracle(farm, batch_id, oracle)
+    retried = farm.db.execute("SELECT count(*) AS n FROM events WHERE kind = 'retried' AND batch_id = %s",
+                              (batch_id,)).fetchone()["n"]
+    assert retried >= a.faults[GEMMA] + b.faults[QWEN]
+
+
+def test_a_host_that_goes_down_opens_its_circuit_and_burns_no_retries(farm, csv_path, oracle):
+    with ModelServer(models=[GEMMA, QWEN], latency=0.02, slots=4) as good, \
+         ModelServer(models=[GEMMA, QWEN], latency=0.02, slots=4) as doomed:
+        farm.serve()
+        farm.gpu("gpu-good", good.url)
+        farm.gpu("gpu-doomed", doomed.url)
+        farm.scripts()
+        farm.wait_workers("gpu-good", "gpu-doomed", "scripts")
+        batch_id = farm.submit(csv_path)
+        farm.wait_for("the doomed host to work", lambda: doomed.served[GEMMA] > 5)
+        doomed.stop()
+        farm.wait_for("its circuit to open", lambda: farm.db.execute(
+            "SELECT circuit = 'open' AND queues = '{}' AS open FROM workers WHERE name = 'gpu-doomed'").fetchone()["open"])
+        farm.wait_batch(batch_id)
+    assert_matches_oracle(farm, batch_id, oracle)
+    burnt = farm.db.execute("SELECT count(*) AS n FROM interactions WHERE batch_id = %s AND attempt > 1",
+                            (batch_id,)).fetchone()["n"]
+    assert burnt == 0, f"{burnt} interaction(s) used a retry on a host that was down"
+
+
+def test_a_duplicate_result_is_applied_once(farm, hosts, csv_path, oracle):
+    a, b = hosts
+    farm.serve()
+    farm.gpu("gpu-a", a.url)
+    farm.gpu("gpu-b", b.url)
+    farm.scripts()
+    farm.wait_workers("gpu-a", "gpu-b", "scripts")
+    batch_id = farm.submit(csv_path)
+    farm.wait_batch(batch_id)
+    row = farm.db.execute("SELECT id, attempt, output FROM interactions WHERE batch_id = %s AND step = 'triage' "
+                          "ORDER BY id LIMIT 1", (batch_id,)).fetchone()
+    app = make_app(farm.broker_url)
+    for _ in range(2):  # the broker delivered it twice, with a different output even
+        publish_result(app, TaskResult(interaction_id=row["id"], attempt=row["attempt"], output="[QUICK] late"))
+    farm.wait_for("the duplicates to be seen", lambda: farm.db.execute(
+        "SELECT count(*) AS n FROM events WHERE kind = 'result_ignored' AND interaction_id = %s",
+        (row["id"],)).fetchone()["n"] == 2)
+    assert farm.db.execute("SELECT output FROM interactions WHERE id = %s", (row["id"],)).fetchone()["output"] == row["output"]
+    assert_matches_oracle(farm, batch_id, oracle)
