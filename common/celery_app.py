@@ -47,12 +47,16 @@ def make_app(broker_url: str | None = None, *, name: str = "wavefarm") -> Celery
         worker_enable_remote_control=True,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
-        broker_heartbeat=30,
+        # A connection the broker dropped while restarting is noticed within ~2 heartbeats.
+        broker_heartbeat=10,
         broker_transport_options={
             "confirm_publish": True,  # amqp: publish returns once the broker has the message
             "visibility_timeout": settings.broker_visibility_timeout_s,  # redis
         },
         broker_channel_error_retry=True,
+        # On a lost connection a running call is left to finish: its message comes
+        # back from the broker anyway, and the second result is ignored by the guard.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     return app
 

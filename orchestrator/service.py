@@ -15,6 +15,7 @@ from collections import Counter
 
 import psycopg
 from celery import Celery
+from kombu.exceptions import OperationalError as BrokerError
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from common.messages import ResultReport, WorkerReport
@@ -58,7 +59,7 @@ class Service:
                 self.inbox.close()  # what we held goes back to the broker
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
-            except self.inbox.connection_errors as exc:
+            except (BrokerError, *self.inbox.connection_errors) as exc:
                 log.warning("broker unavailable (%s); retrying in %.1fs", type(exc).__name__, backoff)
                 self.inbox.close()
                 stop.wait(backoff)

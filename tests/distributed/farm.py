@@ -72,7 +72,14 @@ class Farm:
         self.broker_url = broker_url
         self.logs = logs
         self.procs: dict[str, subprocess.Popen] = {}
-        self.db = connect(db_url)
+        self._db = connect(db_url)
+
+    @property
+    def db(self) -> psycopg.Connection:
+        """The test's own connection, reopened after a test restarted Postgres."""
+        if self._db.closed or self._db.broken:
+            self._db = connect(self.db_url)
+        return self._db
 
     # -- processes ------------------------------------------------------------------
     def env(self, **extra: str) -> dict[str, str]:
@@ -114,7 +121,7 @@ class Farm:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
-        self.db.close()
+        self._db.close()
 
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")
@@ -123,7 +130,10 @@ class Farm:
     def wait_for(self, what: str, predicate, timeout: float = 60.0, every: float = 0.2):
         until = time.monotonic() + timeout
         while time.monotonic() < until:
-            value = predicate()
+            try:
+                value = predicate()
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                value = None  # Postgres is restarting under the test: ask again
             if value:
                 return value
             time.sleep(every)

@@ -6,7 +6,9 @@ so any lost, doubled or misapplied result shows up as a different outcome."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from tests.distributed.farm import (
     completions_per_interaction,
     outcomes,
     postings,
+    rabbitmqctl,
 )
 from tests.model_server import ModelServer
 
@@ -200,3 +203,32 @@ def test_a_duplicate_result_is_applied_once(farm, hosts, csv_path, oracle):
         (row["id"],)).fetchone()["n"] == 2)
     assert farm.db.execute("SELECT output FROM interactions WHERE id = %s", (row["id"],)).fetchone()["output"] == row["output"]
     assert_matches_oracle(farm, batch_id, oracle)
+
+
+def restart_postgres() -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[0]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
+                   check=True, capture_output=True, timeout=120)
+
+
+def restart_rabbitmq() -> None:
+    rabbitmqctl("stop_app")
+    rabbitmqctl("start_app")
+    rabbitmqctl("await_startup")
+
+
+@pytest.mark.parametrize("restart", [restart_postgres, restart_rabbitmq], ids=["postgres", "rabbitmq"])
+def test_a_restarted_database_or_broker_mid_batch_loses_nothing(farm, hosts, csv_path, oracle, restart):
+    a, b = hosts
+    farm.serve()
+    farm.gpu("gpu-a", a.url)
+    farm.gpu("gpu-b", b.url)
+    farm.scripts()
+    farm.wait_workers("gpu-a", "gpu-b", "scripts")
+    batch_id = farm.submit(csv_path)
+    farm.wait_for("the batch to be under way", lambda: farm.completed_count(batch_id) >= 40)
+    restart()
+    farm.wait_batch(batch_id)
+    assert_matches_oracle(farm, batch_id, oracle)
+    # Every process rode it out: none exited.
+    assert all(p.poll() is None for p in farm.procs.values()), {n: p.poll() for n, p in farm.procs.items()}
