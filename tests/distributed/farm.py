@@ -160,8 +160,8 @@ class Farm:
         self.wait_for(f"batch {batch_id} to end", ended, timeout=timeout, every=0.5)
 
     # -- work -----------------------------------------------------------------------
-    def submit(self, csv_path: Path, workflow: Path = WORKFLOW) -> int:
-        wf = load_file(workflow, SCRIPTS)
+    def submit(self, csv_path: Path, workflow: Path = WORKFLOW, scripts_dir: Path = SCRIPTS) -> int:
+        wf = load_file(workflow, scripts_dir)
         catalog.store(self.db, wf, workflow.read_text())
         return batches.submit(self.db, csv_path, wf.name).batch_id
 

@@ -232,3 +232,26 @@ def test_a_restarted_database_or_broker_mid_batch_loses_nothing(farm, hosts, csv
     assert_matches_oracle(farm, batch_id, oracle)
     # Every process rode it out: none exited.
     assert all(p.poll() is None for p in farm.procs.values()), {n: p.poll() for n, p in farm.procs.items()}
+
+
+def test_scripts_that_crash_hang_or_print_text_fail_clearly_and_the_batch_goes_on(farm, hosts, tmp_path):
+    a, _ = hosts
+    unit_scripts = Path(__file__).resolve().parent.parent / "unit" / "scripts"
+    farm.serve()
+    farm.gpu("gpu-a", a.url)
+    farm.scripts(directory=unit_scripts)
+    farm.wait_workers("gpu-a", "scripts")
+    batch_id = farm.submit(postings(tmp_path / "three.csv", 3), Path(__file__).parent / "workflows" / "bad_scripts.yaml",
+                           scripts_dir=unit_scripts)
+    farm.wait_batch(batch_id, timeout=120)
+    failures = {(r["step"], r["failure_class"]): r for r in farm.db.execute(
+        "SELECT step, failure_class, failure_message, failure_detail FROM interactions "
+        "WHERE batch_id = %s AND status = 'failed'", (batch_id,))}
+    assert set(failures) == {("crash", "script_error"), ("hang", "timeout"), ("chatty", "invalid_output")}
+    crash = failures[("crash", "script_error")]
+    assert crash["failure_detail"]["exit_code"] == 3
+    assert "archive unreachable: giving up" in crash["failure_detail"]["stderr_tail"]
+    assert "Loading model" in failures[("chatty", "invalid_output")]["failure_message"]
+    runs = farm.db.execute("SELECT status, end_reason FROM runs WHERE batch_id = %s", (batch_id,)).fetchall()
+    assert len(runs) == 3 and all(r["status"] == "failed" for r in runs)
+    assert all("step crash failed" in r["end_reason"] and "step hang failed" in r["end_reason"] for r in runs)
