@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+import time
 from pathlib import Path
 
 import pytest
@@ -23,11 +23,11 @@ from orchestrator.db import connect
 from orchestrator.executor import LocalExecutor
 from orchestrator.workflow import load_file
 from tests.conftest import copy_of
+from tests.distributed.conftest import GEMMA, QWEN
 from tests.distributed.farm import (
     SCRIPTS,
     WORKFLOW,
     Farm,
-    broker,
     completions_per_interaction,
     outcomes,
     postings,
@@ -36,7 +36,6 @@ from tests.distributed.farm import (
 from tests.model_server import ModelServer
 
 ROWS = 60
-GEMMA, QWEN = "gemma3:1b", "qwen2.5:7b"
 
 
 @pytest.fixture(scope="module")
@@ -60,28 +59,6 @@ def oracle(template_db, csv_path) -> dict:
     statuses = {status for status, _ in result.values()}
     assert "completed" in statuses and "failed" in statuses, "the oracle batch should take both endings"
     return result
-
-
-@pytest.fixture(params=["amqp"])
-def broker_url(request) -> Iterator[str]:
-    with broker(request.param) as url:
-        yield url
-
-
-@pytest.fixture
-def farm(db_url, broker_url, tmp_path) -> Iterator[Farm]:
-    f = Farm(db_url, broker_url, tmp_path)
-    try:
-        yield f
-    finally:
-        f.stop_all()
-
-
-@pytest.fixture
-def hosts() -> Iterator[tuple[ModelServer, ModelServer]]:
-    """Two GPU hosts serving different models, with a GPU's pace."""
-    with ModelServer(models=[GEMMA], latency=0.02, slots=4) as a, ModelServer(models=[QWEN], latency=0.02, slots=4) as b:
-        yield a, b
 
 
 def assert_matches_oracle(farm: Farm, batch_id: int, oracle: dict) -> None:
@@ -207,8 +184,17 @@ def test_a_duplicate_result_is_applied_once(farm, hosts, csv_path, oracle):
 
 def restart_postgres() -> None:
     version = sorted(os.listdir("/etc/postgresql"))[0]
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
-                   check=True, capture_output=True, timeout=120)
+    # pg_ctlcluster can report a failed start on a loaded machine while the server
+    # comes up anyway: readiness is what counts.
+    for action in ("stop", "start"):
+        fast = ["-m", "fast"] if action == "stop" else []
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action, *fast],
+                       capture_output=True, timeout=120)
+    for _ in range(120):
+        if subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", "5432", "-q"]).returncode == 0:
+            return
+        time.sleep(0.5)
+    raise AssertionError("Postgres did not come back after the restart")
 
 
 def restart_rabbitmq() -> None:

@@ -1,0 +1,432 @@
+"""wavefarm against a plain Celery chain, on the same broker, in one run.
+
+    .venv/bin/python -m bench.farm [--records 200] [--hosts 2] [--slots 4] [--latency 0.05]
+                                   [--steps 4] [--chain-steps 40] [--broker amqp|redis]
+                                   [--only farm|celery|chain40 ...] [--profile DIR]
+
+K fake GPU hosts (tests.model_server.ModelServer, `latency=L, slots=S`, one model that
+every host serves) and, on the same broker (a fresh RabbitMQ vhost or Redis db):
+
+- wavefarm: `orchestrator serve` and one `gpu-worker --concurrency S` per host
+  (tests/distributed/farm.py's Farm), a workflow of `--steps` sequential AI steps,
+  N records submitted as one batch; wall time from submit to the batch's last event.
+- the baseline (bench/celery_baseline.py): one plain Celery worker per host,
+  `--pool threads --concurrency S`, each calling its own host; all workers consume one
+  queue, as wavefarm's GPU workers all consume the model's one queue `ai.<model>`.
+  N chains of `--steps` tasks published at once; wall time from the first publish to
+  the last chain's last task.
+
+Measured: throughput at L (records/s, AI calls/s, utilisation = calls/s / (K*S/L)),
+throughput at L=0, and one record through a `--chain-steps` sequential chain at L=0
+(per-step overhead = wall / steps). Each system gets a small warm-up batch first.
+
+`--only` picks parts: `farm` (wavefarm throughput), `celery` (baseline throughput),
+`chain40` (the long chain, both systems); repeatable; default all.
+`--profile DIR` adds one more wavefarm batch at L with py-spy attached to serve and to
+every GPU worker (raw collapsed stacks in DIR, top functions printed); the headline
+figures come from the unprofiled batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from bench.common import scratch_database
+from orchestrator import batches, catalog
+from orchestrator.workflow import load_text
+from tests.distributed.farm import BIN, Farm, broker, postings
+from tests.model_server import ModelServer
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "bench:1b"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+# -- workloads ------------------------------------------------------------------------
+def workflow_text(name: str, steps: int) -> str:
+    """`steps` sequential AI steps; prompts match bench.celery_baseline.prompt."""
+    lines = [f"name: {name}", "defaults: {timeout: 60, retries: 2}", "steps:"]
+    for i in range(1, steps + 1):
+        prev = "input.description" if i == 1 else f"steps.s{i - 1}.output"
+        lines += [f"  - name: s{i}", f'    model: "{MODEL}"',
+                  f'    prompt: "Step {i} for {{{{ input.title }}}}: {{{{ {prev} }}}}"']
+        if i < steps:
+            lines.append(f'    next: [{{when: "*", to: s{i + 1}}}]')
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Measure:
+    system: str
+    label: str
+    records: int
+    steps: int
+    latency: float
+    wall_s: float
+    calls: int
+    capacity: int  # K*S
+    ok: bool = True
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def records_per_s(self) -> float:
+        return self.records / self.wall_s
+
+    @property
+    def calls_per_s(self) -> float:
+        return self.calls / self.wall_s
+
+    @property
+    def utilisation(self) -> float | None:
+        return None if self.latency <= 0 else self.calls_per_s / (self.capacity / self.latency)
+
+    @property
+    def idle_per_call_ms(self) -> float:
+        """Slot time per call not spent inside the model: K*S*wall/calls - L."""
+        return 1000 * (self.capacity * self.wall_s / self.calls - self.latency)
+
+    @property
+    def per_step_ms(self) -> float:
+        return 1000 * self.wall_s / self.steps
+
+    def line(self) -> str:
+        u = f", utilisation {self.utilisation:.3f}" if self.utilisation is not None else ""
+        return (f"{self.system:>8} {self.label:<9} {self.records} x {self.steps} steps, L={self.latency * 1000:g} ms: "
+                f"{self.wall_s:.2f} s, {self.records_per_s:.1f} records/s, {self.calls_per_s:.1f} calls/s{u}"
+                f"{'' if self.ok else '  (NOT ALL OK: ' + self.note + ')'}")
+
+
+def served(servers: list[ModelServer]) -> int:
+    return sum(sum(s.served.values()) for s in servers)
+
+
+def set_latency(servers: list[ModelServer], latency: float) -> None:
+    for s in servers:
+        s.latency = latency
+        s.reset_stats()
+
+
+# -- wavefarm ---------------------------------------------------------------------------
+def farm_batch(farm: Farm, servers: list[ModelServer], tmp: Path, *, tag: str, records: int, steps: int,
+               latency: float, capacity: int, timeout: float = 600.0) -> Measure:
+    name = f"bench_{tag}_{uuid.uuid4().hex[:6]}"
+    text = workflow_text(name, steps)
+    conn = farm.db
+    catalog.store(conn, load_text(text), text)
+    csv_path = postings(tmp / f"{name}.csv", records)
+    set_latency(servers, latency)
+    t0 = time.time()
+    batch_id = batches.submit(conn, csv_path, name).batch_id
+    submit_s = time.time() - t0
+    poll = 0.02 if records * steps <= 100 else 0.1
+
+    def ended() -> bool:
+        row = conn.execute("SELECT count(*) FILTER (WHERE status = 'running') AS running FROM runs "
+                           "WHERE batch_id = %s", (batch_id,)).fetchone()
+        return row["running"] == 0
+
+    farm.wait_for(f"wavefarm batch {name}", ended, timeout=timeout, every=poll)
+    end = conn.execute("SELECT extract(epoch FROM max(at))::float8 AS t FROM events WHERE batch_id = %s",
+                       (batch_id,)).fetchone()["t"]
+    runs = {r["status"]: r["n"] for r in conn.execute(
+        "SELECT status, count(*) AS n FROM runs WHERE batch_id = %s GROUP BY status", (batch_id,))}
+    # Where a step's time goes, from the interactions' own timestamps (now() of the
+    # transaction that made each change): pending -> dispatched, dispatched -> result
+    # applied, and the model call as the GPU worker timed it.
+    b = conn.execute(
+        """SELECT count(*) AS n,
+                  avg(extract(epoch FROM c.dispatched_at - coalesce(p.ended_at, c.created_at)))::float8 AS pending_s,
+                  avg(extract(epoch FROM c.ended_at - c.dispatched_at))::float8 AS in_flight_s,
+                  avg((c.metrics->>'wall_s')::float8)::float8 AS model_s,
+                  sum(c.attempt - 1)::int AS retries
+           FROM interactions c LEFT JOIN interactions p ON p.id = c.parent_ids[1]
+           WHERE c.batch_id = %s AND c.status = 'completed'""", (batch_id,)).fetchone()
+    calls = served(servers)
+    ok = runs.get("completed", 0) == records and b["n"] == records * steps
+    return Measure("wavefarm", tag, records, steps, latency, end - t0, calls, capacity, ok=ok,
+                   note=f"runs {runs}, interactions completed {b['n']}, model calls {calls}",
+                   extra={"submit_s": submit_s, "pending_ms": 1000 * b["pending_s"],
+                          "in_flight_ms": 1000 * b["in_flight_s"], "model_ms": 1000 * b["model_s"],
+                          "retries": b["retries"], "batch_id": batch_id,
+                          "max_concurrent": [s.max_concurrent[MODEL] for s in servers],
+                          "served": [sum(s.served.values()) for s in servers]})
+
+
+def start_farm(farm: Farm, servers: list[ModelServer], slots: int) -> list[str]:
+    farm.serve()
+    names = [f"gpu{k}" for k in range(len(servers))]
+    for name, server in zip(names, servers):
+        farm.gpu(name, server.url, concurrency=slots)
+    farm.wait_workers(*names)
+    return names
+
+
+def stop(farm: Farm, names: list[str]) -> None:
+    for name in names:
+        if name in farm.procs:
+            farm.kill(name, signal.SIGTERM)
+
+
+# -- the baseline -------------------------------------------------------------------------
+def start_celery(farm: Farm, servers: list[ModelServer], slots: int, tmp: Path) -> list[str]:
+    names = []
+    for k, server in enumerate(servers):
+        name = f"base{k}"
+        ready = tmp / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        env = farm.env(BENCH_BROKER_URL=farm.broker_url, BENCH_MODEL_URL=server.url, BENCH_READY_FILE=str(ready),
+                       BENCH_REDIS_URL=REDIS_URL, PYTHONPATH=str(ROOT))
+        farm.start(name, [str(BIN / "celery"), "-A", "bench.celery_baseline", "worker", "--pool", "threads",
+                          "--concurrency", str(slots), "-Q", "bench.baseline", "-n", f"{name}@%h",
+                          "--without-mingle", "--without-gossip", "--loglevel", "WARNING"], env)
+        names.append(name)
+    farm.wait_for("baseline workers", lambda: all((tmp / f"{n}.ready").exists() for n in names), timeout=60)
+    return names
+
+
+def celery_batch(farm: Farm, servers: list[ModelServer], *, tag: str, records: int, steps: int, latency: float,
+                 capacity: int, timeout: float = 600.0) -> Measure:
+    from bench import celery_baseline as cb
+
+    cb.app.conf.broker_url = farm.broker_url
+    r = redis.Redis.from_url(REDIS_URL)
+    key = f"wavefarm-bench:{uuid.uuid4().hex}"
+    set_latency(servers, latency)
+    chains = [cb.record_chain(f"Role {i}", f"Posting {i}: SQL, Python, care for detail.", steps, MODEL, key)
+              for i in range(records)]
+    t0 = time.time()
+    with cb.app.producer_or_acquire() as producer:
+        for c in chains:
+            c.apply_async(producer=producer)
+    publish_s = time.time() - t0
+    poll = 0.02 if records * steps <= 100 else 0.1
+    try:
+        farm.wait_for(f"celery chains {tag}", lambda: r.llen(key) >= records, timeout=timeout, every=poll)
+        end = max(float(t) for t in r.lrange(key, 0, -1))
+    finally:
+        r.delete(key)
+    calls = served(servers)
+    return Measure("celery", tag, records, steps, latency, end - t0, calls, capacity, ok=calls == records * steps,
+                   note=f"model calls {calls}",
+                   extra={"submit_s": publish_s, "max_concurrent": [s.max_concurrent[MODEL] for s in servers],
+                          "served": [sum(s.served.values()) for s in servers]})
+
+
+# -- profiling ------------------------------------------------------------------------------
+def profile_start(farm: Farm, names: list[str], out: Path) -> list[tuple[str, subprocess.Popen, Path]]:
+    out.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for name in names:
+        path = out / f"{name}.txt"
+        proc = subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(farm.procs[name].pid), "--format", "raw",
+                                 "--rate", "200", "--idle", "--threads", "-o", str(path)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spies.append((name, proc, path))
+    time.sleep(1.0)  # py-spy attaches
+    return spies
+
+
+def profile_stop(spies: list[tuple[str, subprocess.Popen, Path]]) -> None:
+    for _, proc, _ in spies:
+        proc.send_signal(signal.SIGINT)
+    for _, proc, _ in spies:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+IDLE_LEAVES = ("select (selectors", "poll (selectors", "wait (threading", "_wait_for_tstate_lock", "sleep",
+               "recv_into (socket", "epoll")
+
+
+def summarise_profile(path: Path, top: int = 12) -> str:
+    """Per thread-kind: where samples go (self and inclusive), from py-spy's collapsed stacks."""
+    if not path.exists():
+        return f"  {path.name}: no profile written"
+    threads: dict[str, Counter] = {}
+    inclusive: dict[str, Counter] = {}
+    self_: dict[str, Counter] = {}
+    for raw in path.read_text(errors="replace").splitlines():
+        stack, _, count = raw.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        thread = frames[1] if frames[0].startswith("process") and len(frames) > 1 else frames[0]
+        thread = "MainThread" if "MainThread" in thread else "other threads"
+        body = frames[2:] if frames[0].startswith("process") else frames[1:]
+        threads.setdefault(thread, Counter())["total"] += n
+        seen = set()
+        for f in body:
+            fn = f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")" if " (" in f else f
+            if fn not in seen:
+                inclusive.setdefault(thread, Counter())[fn] += n
+                seen.add(fn)
+        if body:
+            leaf = body[-1]
+            fn = leaf.split(" (")[0] + " (" + leaf.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")" \
+                if " (" in leaf else leaf
+            self_.setdefault(thread, Counter())[fn] += n
+    out = [f"  {path.stem}:"]
+    for thread, tot in threads.items():
+        total = tot["total"]
+        out.append(f"    [{thread}] {total} samples (with idle)")
+        out.append("      self:")
+        for fn, n in self_.get(thread, Counter()).most_common(top):
+            out.append(f"        {100 * n / total:5.1f}%  {fn}")
+        out.append("      inclusive:")
+        for fn, n in inclusive.get(thread, Counter()).most_common(top + 8):
+            out.append(f"        {100 * n / total:5.1f}%  {fn}")
+    return "\n".join(out)
+
+
+# -- the run ---------------------------------------------------------------------------------
+def table(results: list[Measure]) -> str:
+    def get(system: str, label: str) -> Measure | None:
+        return next((m for m in results if m.system == system and m.label == label), None)
+
+    def cell(m: Measure | None, f) -> str:
+        return "-" if m is None else f(m)
+
+    rows = [
+        ("throughput at L", "thr", [
+            ("wall s (submit -> end)", lambda m: f"{m.wall_s:.2f}"),
+            ("  of which submit/publish s", lambda m: f"{m.extra['submit_s']:.2f}"),
+            ("records/s", lambda m: f"{m.records_per_s:.1f}"),
+            ("AI calls/s", lambda m: f"{m.calls_per_s:.1f}"),
+            ("utilisation", lambda m: f"{m.utilisation:.3f}"),
+            ("slot idle per call ms", lambda m: f"{m.idle_per_call_ms:.1f}"),
+            ("calls per host", lambda m: "/".join(map(str, m.extra["served"]))),
+            ("max concurrent per host", lambda m: "/".join(map(str, m.extra["max_concurrent"]))),
+        ]),
+        ("throughput at L=0", "thr0", [
+            ("wall s", lambda m: f"{m.wall_s:.2f}"),
+            ("records/s", lambda m: f"{m.records_per_s:.1f}"),
+            ("AI calls/s", lambda m: f"{m.calls_per_s:.1f}"),
+            ("calls per host", lambda m: "/".join(map(str, m.extra["served"]))),
+        ]),
+        ("sequential chain at L=0", "chain", [
+            ("steps x records", lambda m: f"{m.steps} x {m.records}"),
+            ("wall s", lambda m: f"{m.wall_s:.3f}"),
+            ("per-step overhead ms", lambda m: f"{m.per_step_ms:.1f}"),
+        ]),
+    ]
+    lines = [f"{'':<34}{'wavefarm':>12}{'celery chain':>14}"]
+    for title, label, fields in rows:
+        w, c = get("wavefarm", label), get("celery", label)
+        if w is None and c is None:
+            continue
+        lat = (w or c).latency
+        lines.append(f"{title} ({lat * 1000:g} ms)" if label == "thr" else title)
+        for name, f in fields:
+            lines.append(f"  {name:<32}{cell(w, f):>12}{cell(c, f):>14}")
+    breakdown = [m for m in results if m.system == "wavefarm" and m.label in ("thr", "thr0", "chain")]
+    if breakdown:
+        lines.append("wavefarm per interaction, mean ms (pending->dispatched / dispatched->applied / model call):")
+        for m in breakdown:
+            lines.append(f"  {m.label:<6} {m.extra['pending_ms']:8.1f} / {m.extra['in_flight_ms']:8.1f} / "
+                         f"{m.extra['model_ms']:8.1f}   (in flight minus model: "
+                         f"{m.extra['in_flight_ms'] - m.extra['model_ms']:.1f} ms; retries {m.extra['retries']})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.farm", description=__doc__.split("\n\n")[0])
+    p.add_argument("--records", type=int, default=200)
+    p.add_argument("--hosts", type=int, default=2)
+    p.add_argument("--slots", type=int, default=4)
+    p.add_argument("--latency", type=float, default=0.05)
+    p.add_argument("--steps", type=int, default=4, help="sequential AI steps of the throughput workflow")
+    p.add_argument("--chain-steps", type=int, default=40)
+    p.add_argument("--chain-records", type=int, default=1)
+    p.add_argument("--broker", choices=["amqp", "redis"], default="amqp")
+    p.add_argument("--only", action="append", choices=["farm", "celery", "chain40"])
+    p.add_argument("--profile", type=Path, default=None, help="directory for py-spy profiles of an extra batch")
+    args = p.parse_args(argv)
+    parts = set(args.only or ["farm", "celery", "chain40"])
+    command = f".venv/bin/python -m bench.farm {shlex.join(sys.argv[1:] if argv is None else argv)}".rstrip()
+    capacity = args.hosts * args.slots
+    warm = max(8, capacity * 2)
+    results: list[Measure] = []
+    profile_text = ""
+
+    def report(m: Measure) -> None:
+        results.append(m)
+        print(m.line(), flush=True)
+
+    t_start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="wavefarm-bench-") as tmp_name, scratch_database() as db_url, \
+            broker(args.broker) as broker_url:
+        tmp = Path(tmp_name)
+        servers = [ModelServer(models=[MODEL], latency=args.latency, slots=args.slots).start()
+                   for _ in range(args.hosts)]
+        farm = Farm(db_url, broker_url, tmp)
+        try:
+            if parts & {"farm", "chain40"} or args.profile:
+                names = start_farm(farm, servers, args.slots)
+                names.append("serve")
+                farm_batch(farm, servers, tmp, tag="warm", records=warm, steps=args.steps, latency=args.latency,
+                           capacity=capacity)
+                if "farm" in parts:
+                    report(farm_batch(farm, servers, tmp, tag="thr", records=args.records, steps=args.steps,
+                                      latency=args.latency, capacity=capacity))
+                    report(farm_batch(farm, servers, tmp, tag="thr0", records=args.records, steps=args.steps,
+                                      latency=0.0, capacity=capacity))
+                if "chain40" in parts:
+                    report(farm_batch(farm, servers, tmp, tag="chain", records=args.chain_records,
+                                      steps=args.chain_steps, latency=0.0, capacity=capacity))
+                if args.profile:
+                    spies = profile_start(farm, ["serve", *[n for n in names if n != "serve"]], args.profile)
+                    try:
+                        m = farm_batch(farm, servers, tmp, tag="profiled", records=args.records, steps=args.steps,
+                                       latency=args.latency, capacity=capacity)
+                    finally:
+                        profile_stop(spies)
+                    print(m.line() + "  [py-spy attached]", flush=True)
+                    profile_text = "\n".join(summarise_profile(path) for _, _, path in spies)
+                stop(farm, names)
+            if parts & {"celery", "chain40"}:
+                names = start_celery(farm, servers, args.slots, tmp)
+                celery_batch(farm, servers, tag="warm", records=warm, steps=args.steps, latency=args.latency,
+                             capacity=capacity)
+                if "celery" in parts:
+                    report(celery_batch(farm, servers, tag="thr", records=args.records, steps=args.steps,
+                                        latency=args.latency, capacity=capacity))
+                    report(celery_batch(farm, servers, tag="thr0", records=args.records, steps=args.steps,
+                                        latency=0.0, capacity=capacity))
+                if "chain40" in parts:
+                    report(celery_batch(farm, servers, tag="chain", records=args.chain_records,
+                                        steps=args.chain_steps, latency=0.0, capacity=capacity))
+                stop(farm, names)
+        finally:
+            farm.stop_all()
+            for s in servers:
+                s.stop()
+
+    print()
+    print(table(results))
+    if profile_text:
+        print(f"\npy-spy (raw stacks in {args.profile}):\n{profile_text}")
+    print(f"\n{args.hosts} hosts x {args.slots} slots, broker {args.broker}, {os.cpu_count()} CPUs; "
+          f"whole bench {time.monotonic() - t_start:.0f} s")
+    print(f"command: {command}")
+    return 0 if all(m.ok for m in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

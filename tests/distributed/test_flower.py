@@ -1,0 +1,54 @@
+"""Flower, as deploy/ runs it, sees the farm: the workers and the per-model queues."""
+
+from __future__ import annotations
+
+import socket
+
+import requests
+
+from tests.distributed.farm import BIN
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_flower_lists_the_workers_and_the_model_queues(farm, hosts, broker_url):
+    a, b = hosts
+    farm.gpu("gpu-a", a.url)
+    farm.gpu("gpu-b", b.url)
+    farm.scripts()
+    farm.serve()
+    farm.wait_workers("gpu-a", "gpu-b", "scripts")
+    port = free_port()
+    vhost = broker_url.rsplit("/", 1)[1]
+    farm.start("flower", [str(BIN / "celery"), "--broker", broker_url, "flower", f"--port={port}",
+                          "--address=127.0.0.1", "--basic-auth=admin:flower-test-pw",
+                          f"--broker-api=http://guest:guest@127.0.0.1:15672/api/{vhost}"], farm.env())
+    api = f"http://127.0.0.1:{port}/api"
+    auth = ("admin", "flower-test-pw")
+
+    def get(path: str):
+        try:
+            r = requests.get(api + path, auth=auth, timeout=10)
+        except requests.ConnectionError:
+            return None
+        return r.json() if r.ok else None
+
+    farm.wait_for("flower to answer", lambda: get("/workers") is not None)
+    assert requests.get(api + "/workers", timeout=10).status_code == 401  # as deployed: no API without auth
+
+    def queues_of_workers() -> dict | None:
+        workers = get("/workers?refresh=1") or {}
+        found = {name.split("@", 1)[-1]: sorted(q["name"] for q in info.get("active_queues") or [])
+                 for name, info in workers.items()}
+        return found if {"gpu-a", "gpu-b", "scripts"} <= set(found) else None
+
+    found = farm.wait_for("flower to see the workers", queues_of_workers, timeout=60, every=1)
+    assert found["gpu-a"] == ["ai.gemma3-1b"] and found["gpu-b"] == ["ai.qwen2.5-7b"] and found["scripts"] == ["script"]
+
+    lengths = farm.wait_for("flower to report queue lengths", lambda: get("/queues/length"), timeout=30, every=1)
+    names = {q["name"] for q in lengths["active_queues"]}
+    assert {"ai.gemma3-1b", "ai.qwen2.5-7b", "script"} <= names
