@@ -48,6 +48,7 @@ def submit(
     workflow_name: str,
     *,
     key_column: str | None = None,
+    priority: int | None = None,
     on_rows: Callable[[int], None] | None = None,
 ) -> SubmitReport:
     """Create (or extend) the batch for this file and this workflow.
@@ -72,11 +73,15 @@ def submit(
             "source_name": path.name,
             "digest": digest,
             "key_column": key_column,
+            "priority": priority,
         }
         batch = conn.execute(Q["insert_batch"], params).fetchone()
         new_batch = batch is not None
         if batch is None:
             batch = conn.execute(Q["find_batch"], params).fetchone()
+            if priority is not None and priority != batch["priority"]:
+                # Re-submitting with --priority re-prioritises: the dispatcher sees it at its next turn.
+                conn.execute(Q["set_batch_priority"], {"id": batch["id"], "priority": priority})
     # A batch keeps the workflow version it was first submitted with.
     if batch["workflow_id"] == stored.id:
         batch_workflow = workflow

@@ -122,6 +122,7 @@ def submit(
     scripts_dir: ScriptsDir = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 4,
     as_json: Annotated[bool, typer.Option("--json", help="Print {\"batch_id\": ...} as the last line.")] = False,
+    priority: Annotated[Optional[int], typer.Option("--priority", help="Higher goes first; equal priorities share the farm. Re-submit to change.")] = None,
 ) -> None:
     """Submit a CSV file as a batch. Re-submitting the same file creates no duplicate runs."""
     with database() as conn:
@@ -129,7 +130,7 @@ def submit(
         with Progress(TextColumn("reading {task.description}"), TextColumn("{task.completed} rows"),
                       console=err, transient=True, disable=not sys.stderr.isatty()) as progress:
             task = progress.add_task(batch.name)
-            report = batches.submit(conn, batch, name, key_column=key,
+            report = batches.submit(conn, batch, name, key_column=key, priority=priority,
                                     on_rows=lambda n: progress.update(task, completed=n))
         _print_submit(report)
         ok = True
@@ -248,7 +249,6 @@ def serve(
 
     from common.celery_app import make_app
     from orchestrator.db import open_pool
-    from orchestrator.dispatch import STALE_S
     from orchestrator.metrics import FarmCollector
     from orchestrator.service import Service
 
@@ -258,7 +258,7 @@ def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     if metrics_port:
-        REGISTRY.register(FarmCollector(pool, STALE_S))
+        REGISTRY.register(FarmCollector(pool))
         start_http_server(metrics_port)
     err.print(f"serving: results from {redact_url(settings.require_broker_url())}, Ctrl-C to stop", highlight=False)
     try:
@@ -296,19 +296,44 @@ def status(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Runs and interactions by status, per batch, per step and per model."""
+    from orchestrator.workers import STALE_S
+
     with database() as conn:
-        data = reports.batch_status(conn, batch) if batch is not None else reports.list_batches(conn)
+        if batch is not None:
+            data = reports.batch_status(conn, batch)
+        else:
+            data = {"batches": reports.list_batches(conn), **reports.farm_status(conn, stale_s=STALE_S)}
     if as_json:
         print(json.dumps(data, default=str, indent=2))
         return
     if batch is None:
-        table = _table("batch", "workflow", "source", "runs", "running", "completed", "failed", "rejected rows")
-        for b in data:
-            table.add_row(str(b["id"]), f"{b['workflow_name']} v{b['workflow_version']}", b["source_name"],
-                          str(b["runs"]), str(b["running"]), str(b["completed"]), str(b["failed"]), str(b["rows_rejected"]))
-        out.print(table)
+        _print_farm_status(data)
         return
     _print_batch_status(data)
+
+
+def _print_farm_status(data: dict) -> None:
+    table = _table("batch", "workflow", "source", "runs", "running", "completed", "failed", "rejected rows")
+    for b in data["batches"]:
+        table.add_row(str(b["id"]), f"{b['workflow_name']} v{b['workflow_version']}", b["source_name"],
+                      str(b["runs"]), str(b["running"]), str(b["completed"]), str(b["failed"]), str(b["rows_rejected"]))
+    out.print(table)
+    if data["queues"]:
+        table = _table("queue", "waiting", "in flight", "slots", "workers", title="queues")
+        for q in data["queues"]:
+            table.add_row(q["queue"], str(q["pending"]), str(q["dispatched"]), str(q["slots"]), str(q["workers"]))
+        out.print(table)
+        for q in data["queues"]:
+            if q["problem"]:
+                out.print(f"[red]{q['queue']}[/red]: {q['problem']} ({', '.join(q['actors'])}): "
+                          f"{q['pending']} waiting", highlight=False)
+    if data["workers"]:
+        table = _table("worker", "kind", "consuming", "slots", "server", "circuit", "last seen", title="workers")
+        for w in data["workers"]:
+            state = "" if w["live"] else (" (stopped)" if w["stopping"] else " (silent)")
+            table.add_row(w["name"] + state, w["kind"], ", ".join(w["queues"]), str(w["concurrency"]),
+                          w["server"] or "", w["circuit"], w["last_seen"].strftime("%H:%M:%S"))
+        out.print(table)
 
 
 def _print_batch_status(data: dict) -> None:
@@ -341,6 +366,18 @@ def _print_batch_status(data: dict) -> None:
         out.print("[bold]rejected rows[/bold]")
         for r in data["rejects"]:
             out.print(f"  line {r['line']}: {r['reason']}", highlight=False)
+
+
+@app.command()
+def cancel(batch: Annotated[int, typer.Option("--batch", help="The batch to stop.")]) -> None:
+    """Stop a batch: its waiting and in-flight work is cancelled, its running runs end."""
+    from orchestrator.states import cancel_batch
+
+    with database() as conn:
+        reports.require_batch(conn, batch)
+        with conn.transaction(), conn.cursor() as cur:
+            interactions, runs = cancel_batch(cur, batch)
+    out.print(f"batch {batch}: {runs} run(s) and {interactions} interaction(s) cancelled")
 
 
 @app.command()

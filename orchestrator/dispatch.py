@@ -33,13 +33,12 @@ from common.queues import queue_for, task_name
 from orchestrator.db import Q
 from orchestrator.states import claim_for_dispatch
 from orchestrator.tasks import task_from_row
+from orchestrator.workers import STALE_S
 
 log = logging.getLogger(__name__)
 
 DISPATCHED = Counter("wavefarm_dispatched_total", "Task messages published", ["queue"])
 
-# Heartbeats come every 10 s; a worker silent for 30 s no longer counts.
-STALE_S = 30.0
 _LOCK_KEY = 0x57A7D15A  # one dispatcher at a time across `serve` processes
 
 

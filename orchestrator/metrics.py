@@ -17,6 +17,7 @@ from psycopg_pool import ConnectionPool
 
 from common.queues import queue_for
 from orchestrator.db import Q
+from orchestrator.workers import STALE_S
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ APPLY_SECONDS = Histogram("wavefarm_apply_seconds", "Time to apply one batch of 
 
 
 class FarmCollector(Collector):
-    def __init__(self, pool: ConnectionPool, stale_s: float) -> None:
+    def __init__(self, pool: ConnectionPool, stale_s: float = STALE_S) -> None:
         self.pool = pool
         self.stale_s = stale_s
 

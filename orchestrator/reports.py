@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 from common.errors import NotFound
+from common.queues import queue_for
 from orchestrator import catalog
 from orchestrator.db import Q
 from orchestrator.states import Status
@@ -20,10 +21,44 @@ def list_batches(conn: psycopg.Connection) -> list[dict]:
     return conn.execute(Q["list_batches"]).fetchall()
 
 
-def batch_status(conn: psycopg.Connection, batch_id: int, *, rejects_limit: int = 20) -> dict[str, Any]:
+def farm_status(conn: psycopg.Connection, *, stale_s: float) -> dict[str, Any]:
+    """Queues (waiting, in flight, live slots) and workers (from their heartbeats).
+
+    A queue with work and no live worker is flagged: that is a run that would
+    otherwise stall in silence, the seeds' worst failure.
+    """
+    queues: dict[str, dict] = {}
+
+    def queue(name: str) -> dict:
+        return queues.setdefault(name, {"queue": name, "actors": [], "pending": 0, "dispatched": 0,
+                                        "slots": 0, "workers": 0})
+
+    for r in conn.execute(Q["open_by_actor"]):
+        q = queue(queue_for(r["kind"], r["actor"]))
+        q["actors"].append(r["actor"])
+        q["pending"] += r["pending"]
+        q["dispatched"] += r["dispatched"]
+    for r in conn.execute(Q["live_capacity"], {"stale_s": stale_s}):
+        q = queue(r["queue"])
+        q["slots"], q["workers"] = r["slots"], r["workers"]
+    for q in queues.values():
+        q["problem"] = ("no live worker consumes this queue" if q["pending"] + q["dispatched"] and not q["workers"]
+                        else None)
+    return {
+        "queues": sorted(queues.values(), key=lambda q: q["queue"]),
+        "workers": conn.execute(Q["list_workers"], {"stale_s": stale_s}).fetchall(),
+    }
+
+
+def require_batch(conn: psycopg.Connection, batch_id: int) -> dict:
     batch = conn.execute(Q["batch_by_id"], {"id": batch_id}).fetchone()
     if batch is None:
         raise NotFound(f"no batch {batch_id} (orchestrator status lists the batches)")
+    return batch
+
+
+def batch_status(conn: psycopg.Connection, batch_id: int, *, rejects_limit: int = 20) -> dict[str, Any]:
+    batch = require_batch(conn, batch_id)
     runs = {r["status"]: r["n"] for r in conn.execute(Q["batch_run_counts"], {"batch_id": batch_id})}
     steps: dict[tuple, dict] = {}
     models: dict[str, dict] = defaultdict(lambda: dict.fromkeys(STATUSES, 0))
@@ -72,17 +107,14 @@ def batch_progress(conn: psycopg.Connection, batch_id: int) -> dict[str, int]:
 
 def batch_steps(conn: psycopg.Connection, batch_id: int) -> list[str]:
     """The step names of the workflow version a batch runs, in file order."""
-    batch = conn.execute(Q["batch_by_id"], {"id": batch_id}).fetchone()
-    if batch is None:
-        raise NotFound(f"no batch {batch_id}")
+    batch = require_batch(conn, batch_id)
     with conn.cursor() as cur:
         return [s.name for s in catalog.by_id(cur, batch["workflow_id"]).steps]
 
 
 def export_batch(conn: psycopg.Connection, batch_id: int) -> Iterator[dict]:
     """One record per run, streamed with a server-side cursor (memory flat in batch size)."""
-    if conn.execute(Q["batch_by_id"], {"id": batch_id}).fetchone() is None:
-        raise NotFound(f"no batch {batch_id}")
+    require_batch(conn, batch_id)
     with conn.transaction(), conn.cursor(name="wavefarm_export") as cur:
         cur.itersize = 2000
         cur.execute(Q["export_batch"], {"batch_id": batch_id})

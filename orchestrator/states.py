@@ -104,3 +104,12 @@ def claim_for_dispatch(cur: psycopg.Cursor, *, kind: str, actor: str, batch_id: 
     """pending -> dispatched for one queue's actor in one batch, earliest runs first (SKIP LOCKED)."""
     cur.execute(Q["claim_for_dispatch"], {"kind": kind, "actor": actor, "batch_id": batch_id, "limit": limit})
     return cur.fetchall()
+
+
+def cancel_batch(cur: psycopg.Cursor, batch_id: int) -> tuple[int, int]:
+    """pending | dispatched -> cancelled for every open interaction of a batch, and its
+    running runs end cancelled. Returns (interactions, runs) cancelled."""
+    cur.execute(Q["cancel_batch_interactions"], {"batch_id": batch_id})
+    interactions = cur.rowcount
+    cur.execute(Q["cancel_batch_runs"], {"batch_id": batch_id, "reason": "cancelled by the user"})
+    return interactions, cur.rowcount

@@ -7,6 +7,9 @@ import psycopg
 from common.messages import WorkerStatus
 from orchestrator.db import Q
 
+# Heartbeats come every 10 s; a worker silent for 30 s no longer counts.
+STALE_S = 30.0
+
 
 def record(conn: psycopg.Connection, statuses: list[WorkerStatus]) -> None:
     with conn.transaction(), conn.cursor() as cur:

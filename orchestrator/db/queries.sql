@@ -47,8 +47,8 @@ FROM workflows ORDER BY name, version DESC
 SELECT * FROM batches WHERE workflow_name = %(workflow_name)s AND source_digest = %(digest)s
 
 -- name: insert_batch
-INSERT INTO batches (workflow_id, workflow_name, source_name, source_digest, key_column)
-VALUES (%(workflow_id)s, %(workflow_name)s, %(source_name)s, %(digest)s, %(key_column)s)
+INSERT INTO batches (workflow_id, workflow_name, source_name, source_digest, key_column, priority)
+VALUES (%(workflow_id)s, %(workflow_name)s, %(source_name)s, %(digest)s, %(key_column)s, coalesce(%(priority)s, 0))
 ON CONFLICT (workflow_name, source_digest) DO NOTHING
 RETURNING *
 
@@ -339,3 +339,20 @@ WHERE status IN ('pending', 'dispatched') AND (%(batch_id)s::bigint IS NULL OR b
 -- For Prometheus: what waits and what is in flight, by step and actor (partial indexes only).
 SELECT status, step, kind, actor, count(*)::int AS n FROM interactions
 WHERE status IN ('pending', 'dispatched') GROUP BY status, step, kind, actor
+
+-- name: open_by_actor
+SELECT kind, actor, count(*) FILTER (WHERE status = 'pending')::int AS pending,
+       count(*) FILTER (WHERE status = 'dispatched')::int AS dispatched
+FROM interactions WHERE status IN ('pending', 'dispatched') GROUP BY kind, actor
+
+-- name: cancel_batch_interactions
+-- pending | dispatched -> cancelled for a whole batch; a result still on its way is then ignored.
+UPDATE interactions SET status = 'cancelled', ended_at = now()
+WHERE batch_id = %(batch_id)s AND status IN ('pending', 'dispatched')
+
+-- name: cancel_batch_runs
+UPDATE runs SET status = 'cancelled', end_reason = %(reason)s, ended_at = now()
+WHERE batch_id = %(batch_id)s AND status = 'running'
+
+-- name: set_batch_priority
+UPDATE batches SET priority = %(priority)s WHERE id = %(id)s

@@ -57,11 +57,11 @@ def broker(kind: str) -> Iterator[str]:
             client.flushdb()
 
 
-def postings(path: Path, n: int) -> Path:
+def postings(path: Path, n: int, first: int = 0) -> Path:
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["posting_id", "title", "company", "description"])
-        for i in range(n):
+        for i in range(first, first + n):
             w.writerow([str(i), f"Role {i}", f"Company {i % 7}", f"Posting {i}: SQL, Python, care for detail."])
     return path
 
