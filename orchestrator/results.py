@@ -35,7 +35,12 @@ def apply_results(conn: psycopg.Connection, results: Sequence[TaskResult], cache
         for result in results:
             try:
                 with conn.transaction():
-                    outcomes[_apply_one(cur, result, cache)] += 1
+                    outcome, ids = _apply_one(cur, result, cache)
+                outcomes[outcome] += 1
+                # One line per applied result, with the ids a person greps for (JSON keys
+                # with WAVEFARM_LOG_JSON=1). The engine's decisions are in the events table.
+                log.info("interaction %s attempt %s: %s", result.interaction_id, result.attempt, outcome,
+                         extra={"interaction_id": result.interaction_id, "attempt": result.attempt, **ids})
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 raise  # the database went away: nothing of this batch is applied, the caller retries it
             except Exception:
@@ -46,16 +51,20 @@ def apply_results(conn: psycopg.Connection, results: Sequence[TaskResult], cache
     return outcomes
 
 
-def _apply_one(cur: psycopg.Cursor, result: TaskResult, cache: WorkflowCache) -> str:
+def _apply_one(cur: psycopg.Cursor, result: TaskResult, cache: WorkflowCache) -> tuple[str, dict]:
+    """Apply one result; return its outcome and the run's ids for the log line."""
     cur.execute(Q["interaction_run"], {"id": result.interaction_id})
     found = cur.fetchone()
     if found is None:
         log.warning("result for unknown interaction %s ignored", result.interaction_id)
-        return "ignored"
+        return "ignored", {}
     cur.execute(Q["lock_run"], {"id": found["run_id"]})
     run = cur.fetchone()
     ctx = engine.RunContext(run["id"], run["batch_id"], run["input"], cache.get(cur, run["workflow_id"]))
+    return _decide(cur, ctx, result), {"run_id": ctx.run_id, "batch_id": ctx.batch_id}
 
+
+def _decide(cur: psycopg.Cursor, ctx: engine.RunContext, result: TaskResult) -> str:
     if result.ok:
         to = Status.COMPLETED
         fields = {"output": result.output, "output_chars": len(engine.output_text(result.output))}

@@ -86,8 +86,11 @@ def test_each_model_goes_to_the_host_that_has_it(farm, hosts, csv_path, oracle):
     assert set(a.requests) == {GEMMA} and set(b.requests) == {QWEN}
     workers = {r["name"]: r for r in farm.db.execute("SELECT * FROM workers")}
     assert workers["gpu-a"]["queues"] == ["ai.gemma3-1b"] and workers["gpu-b"]["queues"] == ["ai.qwen2.5-7b"]
-    # Admission control: never more in flight per host than its slots allow twice over.
+    # A host never ran more calls at once than its slots.
     assert a.max_concurrent[GEMMA] <= 4 and b.max_concurrent[QWEN] <= 4
+    # The broker's password never reaches a log line.
+    for name in ("serve", "gpu-a", "gpu-b", "scripts"):
+        assert ":guest@" not in farm.log(name), f"{name} logged the broker password"
 
 
 def test_a_gpu_worker_killed_mid_batch_loses_nothing(farm, hosts, csv_path, oracle):
