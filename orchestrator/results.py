@@ -32,10 +32,15 @@ def apply_results(conn: psycopg.Connection, results: Sequence[TaskResult], cache
     """
     outcomes: Counter = Counter()
     with conn.transaction(), conn.cursor() as cur:
-        for result in results:
+        cur.execute(Q["interaction_runs"], {"ids": [r.interaction_id for r in results]})
+        run_of = {row["id"]: row["run_id"] for row in cur.fetchall()}
+        # One lock order for every transaction that applies results: runs by id, and an
+        # interaction only while its run is held. Two serve processes applying
+        # overlapping batches then wait for each other instead of deadlocking.
+        for result in sorted(results, key=lambda r: (run_of.get(r.interaction_id, 0), r.interaction_id)):
             try:
                 with conn.transaction():
-                    outcome, ids = _apply_one(cur, result, cache)
+                    outcome, ids = _apply_one(cur, result, run_of.get(result.interaction_id), cache)
                 outcomes[outcome] += 1
                 # One line per applied result, with the ids a person greps for (JSON keys
                 # with WAVEFARM_LOG_JSON=1). The engine's decisions are in the events table.
@@ -51,15 +56,15 @@ def apply_results(conn: psycopg.Connection, results: Sequence[TaskResult], cache
     return outcomes
 
 
-def _apply_one(cur: psycopg.Cursor, result: TaskResult, cache: WorkflowCache) -> tuple[str, dict]:
+def _apply_one(cur: psycopg.Cursor, result: TaskResult, run_id: int | None,
+               cache: WorkflowCache) -> tuple[str, dict]:
     """Apply one result; return its outcome and the run's ids for the log line."""
-    cur.execute(Q["interaction_run"], {"id": result.interaction_id})
-    found = cur.fetchone()
-    if found is None:
+    if run_id is None:
         log.warning("result for unknown interaction %s ignored", result.interaction_id)
         return "ignored", {}
-    cur.execute(Q["lock_run"], {"id": found["run_id"]})
+    cur.execute(Q["lock_run"], {"id": run_id})
     run = cur.fetchone()
+    cur.execute(Q["lock_interaction"], {"id": result.interaction_id})
     ctx = engine.RunContext(run["id"], run["batch_id"], run["input"], cache.get(cur, run["workflow_id"]))
     return _decide(cur, ctx, result), {"run_id": ctx.run_id, "batch_id": ctx.batch_id}
 

@@ -226,8 +226,14 @@ SELECT id, attempt, timeout_s FROM interactions
 WHERE status = 'dispatched' AND deadline < now()
 ORDER BY deadline LIMIT %(limit)s
 
--- name: interaction_run
-SELECT run_id FROM interactions WHERE id = %(id)s
+-- name: interaction_runs
+SELECT id, run_id FROM interactions WHERE id = ANY(%(ids)s)
+
+-- name: lock_interaction
+-- A result can overtake the commit of its own dispatch (another serve process
+-- published the task and the worker was quick). This waits for that commit, so the
+-- guarded transition sees `dispatched` instead of a stale `pending`.
+SELECT id FROM interactions WHERE id = %(id)s FOR UPDATE
 
 -- name: interaction_state
 SELECT status, attempt FROM interactions WHERE id = %(id)s

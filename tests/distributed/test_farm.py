@@ -244,3 +244,21 @@ def test_scripts_that_crash_hang_or_print_text_fail_clearly_and_the_batch_goes_o
     runs = farm.db.execute("SELECT status, end_reason FROM runs WHERE batch_id = %s", (batch_id,)).fetchall()
     assert len(runs) == 3 and all(r["status"] == "failed" for r in runs)
     assert all("step crash failed" in r["end_reason"] and "step hang failed" in r["end_reason"] for r in runs)
+
+
+def test_two_orchestrators_at_once_corrupt_nothing(farm, hosts, csv_path, oracle):
+    a, b = hosts
+    farm.serve("serve-1")
+    farm.serve("serve-2")
+    farm.gpu("gpu-a", a.url)
+    farm.gpu("gpu-b", b.url)
+    farm.scripts()
+    farm.wait_workers("gpu-a", "gpu-b", "scripts")
+    batch_id = farm.submit(csv_path)
+    farm.wait_batch(batch_id)
+    assert_matches_oracle(farm, batch_id, oracle)
+    logs = farm.log("serve-1") + farm.log("serve-2")
+    assert "interaction" in farm.log("serve-1") and "interaction" in farm.log("serve-2"), "both applied results"
+    # Neither lost a result to the other (a result overtaking its dispatch's commit)
+    # nor deadlocked with it (overlapping batches of results).
+    assert "ignored" not in logs and "deadline passed" not in logs and "Deadlock" not in logs
