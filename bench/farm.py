@@ -53,6 +53,7 @@ from tests.model_server import ModelServer
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "bench:1b"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+BATCH_TIMEOUT = 300.0  # --timeout
 
 
 # -- workloads ------------------------------------------------------------------------
@@ -122,7 +123,7 @@ def set_latency(servers: list[ModelServer], latency: float) -> None:
 
 # -- wavefarm ---------------------------------------------------------------------------
 def farm_batch(farm: Farm, servers: list[ModelServer], tmp: Path, *, tag: str, records: int, steps: int,
-               latency: float, capacity: int, timeout: float = 600.0) -> Measure:
+               latency: float, capacity: int, timeout: float | None = None) -> Measure:
     name = f"bench_{tag}_{uuid.uuid4().hex[:6]}"
     text = workflow_text(name, steps)
     conn = farm.db
@@ -139,7 +140,7 @@ def farm_batch(farm: Farm, servers: list[ModelServer], tmp: Path, *, tag: str, r
                            "WHERE batch_id = %s", (batch_id,)).fetchone()
         return row["running"] == 0
 
-    farm.wait_for(f"wavefarm batch {name}", ended, timeout=timeout, every=poll)
+    farm.wait_for(f"wavefarm batch {name}", ended, timeout=timeout or BATCH_TIMEOUT, every=poll)
     end = conn.execute("SELECT extract(epoch FROM max(at))::float8 AS t FROM events WHERE batch_id = %s",
                        (batch_id,)).fetchone()["t"]
     runs = {r["status"]: r["n"] for r in conn.execute(
@@ -155,6 +156,12 @@ def farm_batch(farm: Farm, servers: list[ModelServer], tmp: Path, *, tag: str, r
                   sum(c.attempt - 1)::int AS retries
            FROM interactions c LEFT JOIN interactions p ON p.id = c.parent_ids[1]
            WHERE c.batch_id = %s AND c.status = 'completed'""", (batch_id,)).fetchone()
+    # now() is the transaction's start: interactions sharing ended_at were applied in one
+    # transaction, those sharing dispatched_at were published by one dispatch.
+    tx = conn.execute(
+        """SELECT (SELECT count(DISTINCT ended_at) FROM interactions WHERE batch_id = %(b)s) AS applies,
+                  (SELECT count(DISTINCT dispatched_at) FROM interactions WHERE batch_id = %(b)s) AS dispatches""",
+        {"b": batch_id}).fetchone()
     calls = served(servers)
     ok = runs.get("completed", 0) == records and b["n"] == records * steps
     return Measure("wavefarm", tag, records, steps, latency, end - t0, calls, capacity, ok=ok,
@@ -162,6 +169,7 @@ def farm_batch(farm: Farm, servers: list[ModelServer], tmp: Path, *, tag: str, r
                    extra={"submit_s": submit_s, "pending_ms": 1000 * b["pending_s"],
                           "in_flight_ms": 1000 * b["in_flight_s"], "model_ms": 1000 * b["model_s"],
                           "retries": b["retries"], "batch_id": batch_id,
+                          "per_apply": b["n"] / max(1, tx["applies"]), "per_dispatch": b["n"] / max(1, tx["dispatches"]),
                           "max_concurrent": [s.max_concurrent[MODEL] for s in servers],
                           "served": [sum(s.served.values()) for s in servers]})
 
@@ -199,7 +207,7 @@ def start_celery(farm: Farm, servers: list[ModelServer], slots: int, tmp: Path) 
 
 
 def celery_batch(farm: Farm, servers: list[ModelServer], *, tag: str, records: int, steps: int, latency: float,
-                 capacity: int, timeout: float = 600.0) -> Measure:
+                 capacity: int, timeout: float | None = None) -> Measure:
     from bench import celery_baseline as cb
 
     cb.app.conf.broker_url = farm.broker_url
@@ -215,7 +223,8 @@ def celery_batch(farm: Farm, servers: list[ModelServer], *, tag: str, records: i
     publish_s = time.time() - t0
     poll = 0.02 if records * steps <= 100 else 0.1
     try:
-        farm.wait_for(f"celery chains {tag}", lambda: r.llen(key) >= records, timeout=timeout, every=poll)
+        farm.wait_for(f"celery chains {tag}", lambda: r.llen(key) >= records, timeout=timeout or BATCH_TIMEOUT,
+                      every=poll)
         end = max(float(t) for t in r.lrange(key, 0, -1))
     finally:
         r.delete(key)
@@ -341,7 +350,9 @@ def table(results: list[Measure]) -> str:
         for m in breakdown:
             lines.append(f"  {m.label:<6} {m.extra['pending_ms']:8.1f} / {m.extra['in_flight_ms']:8.1f} / "
                          f"{m.extra['model_ms']:8.1f}   (in flight minus model: "
-                         f"{m.extra['in_flight_ms'] - m.extra['model_ms']:.1f} ms; retries {m.extra['retries']})")
+                         f"{m.extra['in_flight_ms'] - m.extra['model_ms']:.1f} ms; retries {m.extra['retries']}; "
+                         f"{m.extra['per_apply']:.1f} results per apply transaction, "
+                         f"{m.extra['per_dispatch']:.1f} messages per dispatch)")
     return "\n".join(lines)
 
 
@@ -357,7 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--broker", choices=["amqp", "redis"], default="amqp")
     p.add_argument("--only", action="append", choices=["farm", "celery", "chain40"])
     p.add_argument("--profile", type=Path, default=None, help="directory for py-spy profiles of an extra batch")
+    p.add_argument("--logs", type=Path, default=None, help="keep the processes' logs here (default: a temporary directory)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds one batch may take before the bench gives up")
     args = p.parse_args(argv)
+    global BATCH_TIMEOUT
+    BATCH_TIMEOUT = args.timeout
     parts = set(args.only or ["farm", "celery", "chain40"])
     command = f".venv/bin/python -m bench.farm {shlex.join(sys.argv[1:] if argv is None else argv)}".rstrip()
     capacity = args.hosts * args.slots
@@ -370,12 +385,16 @@ def main(argv: list[str] | None = None) -> int:
         print(m.line(), flush=True)
 
     t_start = time.monotonic()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="wavefarm-bench-") as tmp_name, scratch_database() as db_url, \
             broker(args.broker) as broker_url:
         tmp = Path(tmp_name)
+        if args.logs:
+            args.logs.mkdir(parents=True, exist_ok=True)
+        logs = args.logs or tmp
         servers = [ModelServer(models=[MODEL], latency=args.latency, slots=args.slots).start()
                    for _ in range(args.hosts)]
-        farm = Farm(db_url, broker_url, tmp)
+        farm = Farm(db_url, broker_url, logs)
         try:
             if parts & {"farm", "chain40"} or args.profile:
                 names = start_farm(farm, servers, args.slots)
@@ -423,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     if profile_text:
         print(f"\npy-spy (raw stacks in {args.profile}):\n{profile_text}")
     print(f"\n{args.hosts} hosts x {args.slots} slots, broker {args.broker}, {os.cpu_count()} CPUs; "
-          f"whole bench {time.monotonic() - t_start:.0f} s")
+          f"whole bench {time.monotonic() - t_start:.0f} s; load average (1 min) before {load_before[0]:.2f}, "
+          f"after {os.getloadavg()[0]:.2f} (other work on the machine skews every figure)")
     print(f"command: {command}")
     return 0 if all(m.ok for m in results) else 1
 
