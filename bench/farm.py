@@ -22,9 +22,13 @@ throughput at L=0, and one record through a `--chain-steps` sequential chain at 
 
 `--only` picks parts: `farm` (wavefarm throughput), `celery` (baseline throughput),
 `chain40` (the long chain, both systems); repeatable; default all.
-`--profile DIR` adds one more wavefarm batch at L with py-spy attached to serve and to
-every GPU worker (raw collapsed stacks in DIR, top functions printed); the headline
-figures come from the unprofiled batches.
+`--profile DIR` adds one more wavefarm batch (`--profile-batch thr|thr0|chain`, default
+thr) with py-spy attached to serve and to every GPU worker: raw collapsed stacks in DIR
+(`py-spy record --idle --threads --format raw`), and a summary of where serve's loop and
+the workers' threads spend their wall-clock time. The headline figures come from the
+unprofiled batches. A batch that does not end within `--timeout` s gets its
+interactions by status and a `py-spy dump` of every process printed; `--logs DIR`
+keeps the processes' logs.
 """
 
 from __future__ import annotations
@@ -140,7 +144,11 @@ def farm_batch(farm: Farm, servers: list[ModelServer], tmp: Path, *, tag: str, r
                            "WHERE batch_id = %s", (batch_id,)).fetchone()
         return row["running"] == 0
 
-    farm.wait_for(f"wavefarm batch {name}", ended, timeout=timeout or BATCH_TIMEOUT, every=poll)
+    try:
+        farm.wait_for(f"wavefarm batch {name}", ended, timeout=timeout or BATCH_TIMEOUT, every=poll)
+    except AssertionError:
+        stalled(farm, batch_id)
+        raise
     end = conn.execute("SELECT extract(epoch FROM max(at))::float8 AS t FROM events WHERE batch_id = %s",
                        (batch_id,)).fetchone()["t"]
     runs = {r["status"]: r["n"] for r in conn.execute(
@@ -159,7 +167,9 @@ def farm_batch(farm: Farm, servers: list[ModelServer], tmp: Path, *, tag: str, r
     # now() is the transaction's start: interactions sharing ended_at were applied in one
     # transaction, those sharing dispatched_at were published by one dispatch.
     tx = conn.execute(
-        """SELECT (SELECT count(DISTINCT ended_at) FROM interactions WHERE batch_id = %(b)s) AS applies,
+        """SELECT (SELECT extract(epoch FROM min(dispatched_at))::float8 FROM interactions WHERE batch_id = %(b)s)
+                      AS first_dispatch,
+                  (SELECT count(DISTINCT ended_at) FROM interactions WHERE batch_id = %(b)s) AS applies,
                   (SELECT count(DISTINCT dispatched_at) FROM interactions WHERE batch_id = %(b)s) AS dispatches""",
         {"b": batch_id}).fetchone()
     calls = served(servers)
@@ -169,9 +179,25 @@ def farm_batch(farm: Farm, servers: list[ModelServer], tmp: Path, *, tag: str, r
                    extra={"submit_s": submit_s, "pending_ms": 1000 * b["pending_s"],
                           "in_flight_ms": 1000 * b["in_flight_s"], "model_ms": 1000 * b["model_s"],
                           "retries": b["retries"], "batch_id": batch_id,
-                          "per_apply": b["n"] / max(1, tx["applies"]), "per_dispatch": b["n"] / max(1, tx["dispatches"]),
+                          "first_dispatch_ms": 1000 * (tx["first_dispatch"] - t0),
+                          "per_apply": b["n"] / max(1, tx["applies"]),
+                          "per_dispatch": b["n"] / max(1, tx["dispatches"]),
                           "max_concurrent": [s.max_concurrent[MODEL] for s in servers],
                           "served": [sum(s.served.values()) for s in servers]})
+
+
+def stalled(farm: Farm, batch_id: int | None) -> None:
+    """A batch that did not end: say where it stands and where every process is stuck."""
+    if batch_id is not None:
+        rows = farm.db.execute("SELECT step, status, count(*) AS n FROM interactions WHERE batch_id = %s "
+                               "GROUP BY step, status ORDER BY step, status", (batch_id,)).fetchall()
+        print("stalled batch, interactions:", [(r["step"], r["status"], r["n"]) for r in rows], file=sys.stderr)
+    spy = BIN / "py-spy"
+    for name, proc in farm.procs.items():
+        if spy.exists() and proc.poll() is None:
+            dump = subprocess.run([str(spy), "dump", "--pid", str(proc.pid)], capture_output=True, text=True)
+            (farm.logs / f"{name}.stacks.txt").write_text(dump.stdout + dump.stderr)
+            print(f"--- {name} stacks (py-spy dump)\n{dump.stdout[-4000:]}", file=sys.stderr)
 
 
 def start_farm(farm: Farm, servers: list[ModelServer], slots: int) -> list[str]:
@@ -259,49 +285,97 @@ def profile_stop(spies: list[tuple[str, subprocess.Popen, Path]]) -> None:
             proc.kill()
 
 
-IDLE_LEAVES = ("select (selectors", "poll (selectors", "wait (threading", "_wait_for_tstate_lock", "sleep",
-               "recv_into (socket", "epoll")
+DB_WAIT = {"Connection.wait", "BaseCursor._send_query_prepared", "BaseConnection._exec_command"}
+BROKER_IO = {"TCPTransport._read", "_AbstractTransport.write", "_epoll.poll", "SocketIO.readinto",
+             "Connection.blocking_read"}
 
 
-def summarise_profile(path: Path, top: int = 12) -> str:
-    """Per thread-kind: where samples go (self and inclusive), from py-spy's collapsed stacks."""
-    if not path.exists():
-        return f"  {path.name}: no profile written"
-    threads: dict[str, Counter] = {}
-    inclusive: dict[str, Counter] = {}
-    self_: dict[str, Counter] = {}
+def _samples(path: Path):
+    """(thread name, [function names, outermost first], count) from py-spy's raw output."""
     for raw in path.read_text(errors="replace").splitlines():
         stack, _, count = raw.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        n = int(count)
         frames = stack.split(";")
-        thread = frames[1] if frames[0].startswith("process") and len(frames) > 1 else frames[0]
-        thread = "MainThread" if "MainThread" in thread else "other threads"
-        body = frames[2:] if frames[0].startswith("process") else frames[1:]
-        threads.setdefault(thread, Counter())["total"] += n
-        seen = set()
-        for f in body:
-            fn = f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")" if " (" in f else f
-            if fn not in seen:
-                inclusive.setdefault(thread, Counter())[fn] += n
-                seen.add(fn)
-        if body:
-            leaf = body[-1]
-            fn = leaf.split(" (")[0] + " (" + leaf.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")" \
-                if " (" in leaf else leaf
-            self_.setdefault(thread, Counter())[fn] += n
-    out = [f"  {path.stem}:"]
-    for thread, tot in threads.items():
-        total = tot["total"]
-        out.append(f"    [{thread}] {total} samples (with idle)")
-        out.append("      self:")
-        for fn, n in self_.get(thread, Counter()).most_common(top):
-            out.append(f"        {100 * n / total:5.1f}%  {fn}")
-        out.append("      inclusive:")
-        for fn, n in inclusive.get(thread, Counter()).most_common(top + 8):
-            out.append(f"        {100 * n / total:5.1f}%  {fn}")
+        thread = frames[0].partition(": ")[2] or frames[0]
+        yield thread, [f.split(" (")[0] for f in frames[1:]], int(count)
+
+
+def _pct(counter: Counter, total: int, top: int = 12) -> list[str]:
+    return [f"      {100 * n / max(1, total):5.1f}%  {key}" for key, n in counter.most_common(top)]
+
+
+def summarise_serve(path: Path) -> str:
+    """serve's loop, wall-clock (idle included): phase x (waiting on Postgres | on the broker | CPU)."""
+    phases: Counter = Counter()
+    publish: Counter = Counter()
+    hot: Counter = Counter()
+    total = 0
+    for thread, names, n in _samples(path):
+        if thread != "MainThread" or "Service.turn" not in names:
+            continue
+        total += n
+        leaf = names[-1]
+        kind = "waiting on Postgres" if leaf in DB_WAIT else "waiting on the broker" if leaf in BROKER_IO else "CPU"
+        phase = next((p for p in ("Inbox.collect", "Inbox.ack", "record", "apply_results",
+                                  "Dispatcher.dispatch", "sweep") if p in names), "other")
+        phases[f"{phase:<20} {kind}"] += n
+        if "Celery.send_task" in names:
+            what = "task-sent event" if "EventDispatcher.publish" in names else \
+                "waiting for the publisher confirm" if kind != "CPU" else "send_task CPU"
+            publish[what] += n
+        if kind == "CPU" or kind == "waiting on Postgres":
+            # the innermost orchestrator frame: which of our lines asked for the time
+            ours = [x for x in names if x.split(".")[0] in ("apply_results", "_apply_one", "_decide") or
+                    x.startswith(("Dispatcher", "engine", "transition", "insert_interaction", "record_event",
+                                  "step_visits", "latest_outputs", "finish_if_done", "on_completed",
+                                  "claim_for_dispatch", "build_interaction", "_render"))]
+            hot[f"{(ours[-1] if ours else '?'):<28} {kind}"] += n
+    out = [f"  serve main loop: {total} samples (wall clock, idle included)"]
+    out += _pct(phases, total)
+    out.append("    of which publishing tasks (Dispatcher._publish -> send_task):")
+    out += _pct(publish, total)
+    out.append("    innermost orchestrator function, Postgres waits and CPU:")
+    out += _pct(hot, total, 14)
     return "\n".join(out)
+
+
+def summarise_gpu(path: Path) -> str:
+    """A GPU worker: what its pool threads do inside a task, how busy they are, and its event loop."""
+    task: Counter = Counter()
+    loop: Counter = Counter()
+    pool_total = loop_total = 0
+    for thread, names, n in _samples(path):
+        if thread == "MainThread":
+            loop_total += n
+            leaf = names[-1]
+            loop["idle (epoll)" if leaf == "_epoll.poll" else
+                 "publishing task events" if "EventDispatcher.flush" in names or "EventDispatcher.send" in names else
+                 "acking / receiving messages" if leaf in BROKER_IO else "other CPU"] += n
+            continue
+        if not thread.startswith("ThreadPoolExecutor"):
+            continue
+        pool_total += n
+        if "GpuWorker._task" not in names:
+            task["no task (idle pool thread)"] += n
+        elif "HttpBackend.complete" in names:
+            task["model call: waiting for the answer" if names[-1] in BROKER_IO
+                 else "model call: requests/JSON CPU"] += n
+        elif "publish_result" in names:
+            task["publish_result: broker confirm" if names[-1] in BROKER_IO else "publish_result: CPU"] += n
+        else:
+            task["task: other (validation, logging, metrics)"] += n
+    out = [f"  {path.stem}: pool threads {pool_total} samples (wall clock, idle included)"]
+    out += _pct(task, pool_total)
+    out.append(f"    event loop (MainThread) {loop_total} samples:")
+    out += _pct(loop, loop_total)
+    return "\n".join(out)
+
+
+def summarise_profile(path: Path) -> str:
+    if not path.exists():
+        return f"  {path.name}: no profile written"
+    return summarise_serve(path) if path.stem.startswith("serve") else summarise_gpu(path)
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -333,6 +407,11 @@ def table(results: list[Measure]) -> str:
             ("steps x records", lambda m: f"{m.steps} x {m.records}"),
             ("wall s", lambda m: f"{m.wall_s:.3f}"),
             ("per-step overhead ms", lambda m: f"{m.per_step_ms:.1f}"),
+            # wavefarm learns of a new batch at serve's next idle dispatch tick (<= ~0.3 s):
+            # what a step costs once the run is under way.
+            ("  without the wait for 1st dispatch", lambda m: (
+                f"{(1000 * m.wall_s - m.extra['first_dispatch_ms']) / m.steps:.1f}"
+                if "first_dispatch_ms" in m.extra else "-")),
         ]),
     ]
     lines = [f"{'':<34}{'wavefarm':>12}{'celery chain':>14}"]
@@ -352,7 +431,8 @@ def table(results: list[Measure]) -> str:
                          f"{m.extra['model_ms']:8.1f}   (in flight minus model: "
                          f"{m.extra['in_flight_ms'] - m.extra['model_ms']:.1f} ms; retries {m.extra['retries']}; "
                          f"{m.extra['per_apply']:.1f} results per apply transaction, "
-                         f"{m.extra['per_dispatch']:.1f} messages per dispatch)")
+                         f"{m.extra['per_dispatch']:.1f} messages per dispatch; first dispatch "
+                         f"{m.extra['first_dispatch_ms']:.0f} ms after submit)")
     return "\n".join(lines)
 
 
@@ -368,7 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--broker", choices=["amqp", "redis"], default="amqp")
     p.add_argument("--only", action="append", choices=["farm", "celery", "chain40"])
     p.add_argument("--profile", type=Path, default=None, help="directory for py-spy profiles of an extra batch")
-    p.add_argument("--logs", type=Path, default=None, help="keep the processes' logs here (default: a temporary directory)")
+    p.add_argument("--profile-batch", choices=["thr", "thr0", "chain"], default="thr",
+                   help="which wavefarm batch to repeat under py-spy")
+    p.add_argument("--logs", type=Path, default=None,
+                   help="keep the processes' logs here (default: a temporary directory)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds one batch may take before the bench gives up")
     args = p.parse_args(argv)
     global BATCH_TIMEOUT
@@ -412,8 +495,11 @@ def main(argv: list[str] | None = None) -> int:
                 if args.profile:
                     spies = profile_start(farm, ["serve", *[n for n in names if n != "serve"]], args.profile)
                     try:
-                        m = farm_batch(farm, servers, tmp, tag="profiled", records=args.records, steps=args.steps,
-                                       latency=args.latency, capacity=capacity)
+                        shape = {"thr": (args.records, args.steps, args.latency),
+                                 "thr0": (args.records, args.steps, 0.0),
+                                 "chain": (args.chain_records, args.chain_steps, 0.0)}[args.profile_batch]
+                        m = farm_batch(farm, servers, tmp, tag="profiled", records=shape[0], steps=shape[1],
+                                       latency=shape[2], capacity=capacity)
                     finally:
                         profile_stop(spies)
                     print(m.line() + "  [py-spy attached]", flush=True)

@@ -31,21 +31,18 @@ class Settings(BaseSettings):
     broker_visibility_timeout_s: int = 6 * 3600
 
     def require_database_url(self) -> str:
-        if self.database_url is None:
-            raise ConfigError(
-                "WAVEFARM_DATABASE_URL is not set: point it at a Postgres database, "
-                "e.g. postgresql://user@127.0.0.1:5432/wavefarm"
-            )
-        return self.database_url.get_secret_value()
-
+        return _required(self.database_url, "WAVEFARM_DATABASE_URL",
+                         "a Postgres database, e.g. postgresql://user@127.0.0.1:5432/wavefarm")
 
     def require_broker_url(self) -> str:
-        if self.broker_url is None:
-            raise ConfigError(
-                "WAVEFARM_BROKER_URL is not set: point it at RabbitMQ (amqp://user:pass@host:5672//) "
-                "or Redis (redis://host:6379/0)"
-            )
-        return self.broker_url.get_secret_value()
+        return _required(self.broker_url, "WAVEFARM_BROKER_URL",
+                         "RabbitMQ (amqp://user:pass@host:5672//) or Redis (redis://host:6379/0)")
+
+
+def _required(value: SecretStr | None, name: str, what: str) -> str:
+    if value is None:
+        raise ConfigError(f"{name} is not set: point it at {what}")
+    return value.get_secret_value()
 
 
 @lru_cache(maxsize=1)

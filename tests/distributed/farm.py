@@ -106,6 +106,15 @@ class Farm:
         return self.start(name, [str(BIN / "script-worker"), "--scripts-dir", str(directory), "--name", name,
                                  "--concurrency", "2"], self.env())
 
+    def start_standard(self, host_a: str, host_b: str, *, serves: tuple[str, ...] = ("serve",)) -> None:
+        """serve, a GPU worker on each of two hosts, a script worker; returns once all consume."""
+        for name in serves:
+            self.serve(name)
+        self.gpu("gpu-a", host_a)
+        self.gpu("gpu-b", host_b)
+        self.scripts()
+        self.wait_workers("gpu-a", "gpu-b", "scripts")
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.pop(name)
         os.killpg(proc.pid, sig)

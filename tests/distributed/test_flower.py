@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import socket
 
 import requests
 
 from tests.distributed.farm import BIN
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.net import free_port
 
 
 def test_flower_lists_the_workers_and_the_model_queues(farm, hosts, broker_url):
     a, b = hosts
-    farm.gpu("gpu-a", a.url)
-    farm.gpu("gpu-b", b.url)
-    farm.scripts()
-    farm.serve()
-    farm.wait_workers("gpu-a", "gpu-b", "scripts")
+    farm.start_standard(a.url, b.url)
     port = free_port()
     vhost = broker_url.rsplit("/", 1)[1]
     farm.start("flower", [str(BIN / "celery"), "--broker", broker_url, "flower", f"--port={port}",

@@ -4,37 +4,18 @@ class a GPU worker can report, with credentials kept out of every message."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from common.messages import RETRYABLE, AiTask, FailureClass
+from common.messages import RETRYABLE, FailureClass
 from gpu_worker.backends.base import BackendError, ModelBackend, failure_from_status, server_label
 from gpu_worker.backends.ollama import OllamaBackend, _format_problem
 from tests.model_server import ModelServer
 
-MODEL = "gemma3:1b"
+from tests.unit.backends import MODEL, closed_port, task
 SECRET = "s3cret-pw"
-
-
-def task(prompt: str = "Summarise: a nurse in Leeds, night shifts", **kw) -> AiTask:
-    fields = dict(interaction_id=7, attempt=2, run_id=3, batch_id=1, step="extract", timeout_s=5.0,
-                  model=MODEL, prompt=prompt)
-    return AiTask(**{**fields, **kw})
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def srv():
-    with ModelServer(models=[MODEL, "qwen2.5:7b"], slots=4) as server:
-        yield server
 
 
 @pytest.fixture

@@ -5,43 +5,24 @@ answers as the Ollama API for the same prompt."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from common.messages import RETRYABLE, AiTask, FailureClass
+from common.messages import RETRYABLE, FailureClass
 from gpu_worker.backends.base import BackendError, ModelBackend
 from gpu_worker.backends.ollama import OllamaBackend
 from gpu_worker.backends.openai import OpenAIBackend, map_options, response_format, server_root
 from tests.model_server import ModelServer
 
-MODEL = "gemma3:1b"
+from tests.unit.backends import MODEL, closed_port, task
 SECRET = "s3cret-pw"
 KEY = "sk-test-0123456789abcdef"
 SCHEMA = {"type": "object", "properties": {"skills": {"type": "array", "items": {"type": "string"}},
                                            "years": {"type": "integer"}},
           "required": ["skills", "years"]}
-
-
-def task(prompt: str = "Summarise: a nurse in Leeds, night shifts", **kw) -> AiTask:
-    fields = dict(interaction_id=7, attempt=2, run_id=3, batch_id=1, step="extract", timeout_s=5.0,
-                  model=MODEL, prompt=prompt)
-    return AiTask(**{**fields, **kw})
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def srv():
-    with ModelServer(models=[MODEL, "qwen2.5:7b"], slots=4) as server:
-        yield server
 
 
 @pytest.fixture
