@@ -24,7 +24,10 @@ from common.queues import REPORTS_QUEUE
 from common.settings import get_settings
 
 
-def make_app(broker_url: str | None = None, *, name: str = "wavefarm") -> Celery:
+def make_app(broker_url: str | None = None, *, name: str = "wavefarm", batched_publish: bool = False) -> Celery:
+    """`batched_publish` is for the orchestrator: instead of waiting for the broker's
+    confirm of every message, the dispatcher publishes a whole turn inside one AMQP
+    transaction and waits once, at its commit (orchestrator/dispatch.py)."""
     settings = get_settings()
     url = broker_url or settings.require_broker_url()
     app = Celery(name, broker=url, set_as_current=False)
@@ -42,7 +45,9 @@ def make_app(broker_url: str | None = None, *, name: str = "wavefarm") -> Celery
         task_default_delivery_mode="persistent",
         task_create_missing_queues=True,
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Flower learns of every task from the workers' events; a "sent" event per
+        # dispatched task would double the orchestrator's publishing for little.
+        task_send_sent_event=False,
         worker_hijack_root_logger=False,
         worker_enable_remote_control=True,
         broker_connection_retry_on_startup=True,
@@ -50,7 +55,8 @@ def make_app(broker_url: str | None = None, *, name: str = "wavefarm") -> Celery
         # A connection the broker dropped while restarting is noticed within ~2 heartbeats.
         broker_heartbeat=10,
         broker_transport_options={
-            "confirm_publish": True,  # amqp: publish returns once the broker has the message
+            # amqp: publish returns once the broker has the message (workers' results).
+            "confirm_publish": not batched_publish,
             "visibility_timeout": settings.broker_visibility_timeout_s,  # redis
         },
         broker_channel_error_retry=True,

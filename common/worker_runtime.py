@@ -112,9 +112,12 @@ class ReconcileQueues(bootsteps.StartStopStep):
             log.exception("could not update the consumed queues")
 
 
-def run_worker(app: Celery, runtime: WorkerRuntime, *, pool: str = "threads", metrics_port: int | None = None,
-               loglevel: str = "INFO") -> None:
-    """Start the Celery worker in this process and block until it stops."""
+def run_worker(app: Celery, runtime: WorkerRuntime, *, pool: str = "threads", pool_size: int | None = None,
+               metrics_port: int | None = None, loglevel: str = "INFO") -> None:
+    """Start the Celery worker in this process and block until it stops.
+
+    `pool_size` (default: the announced concurrency) is how many tasks it holds at once.
+    """
     app.wavefarm_runtime = runtime
     app.steps["consumer"].add(ReconcileQueues)
     if metrics_port:
@@ -131,7 +134,7 @@ def run_worker(app: Celery, runtime: WorkerRuntime, *, pool: str = "threads", me
     app.worker_main([
         "worker",
         f"--pool={pool}",
-        f"--concurrency={runtime.concurrency}",
+        f"--concurrency={pool_size or runtime.concurrency}",
         f"--hostname={runtime.name}",
         f"--queues={IDLE_QUEUE}",
         f"--loglevel={loglevel}",

@@ -63,7 +63,7 @@ def run(
                        name=worker_name, probe_interval_s=probe_interval)
     worker.watch.start()
     try:
-        run_worker(celery_app, worker.runtime, metrics_port=metrics_port)
+        run_worker(celery_app, worker.runtime, pool_size=worker.pool_size, metrics_port=metrics_port)
     finally:
         worker.watch.stop()
 

@@ -10,6 +10,7 @@ from taking more until the server answers again.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from celery import Celery
@@ -43,6 +44,12 @@ class GpuWorker:
                  concurrency: int, name: str, probe_interval_s: float = 5.0) -> None:
         self.app = app
         self.backend = backend
+        # The pool has twice as many threads as the server has slots, and this gate lets
+        # `concurrency` of them call the model: each slot has its next task already
+        # here, so a slot never idles while a finished call publishes its result and
+        # the broker sends the next message.
+        self.pool_size = 2 * concurrency
+        self._slots = threading.BoundedSemaphore(concurrency)
         self.breaker = CircuitBreaker(server)
         self.watch = ServerWatch(backend, self.breaker, wanted=wanted, interval_s=probe_interval_s)
         self.runtime = WorkerRuntime(
@@ -69,12 +76,13 @@ class GpuWorker:
         publish_result(self.app, result)
 
     def execute(self, task: AiTask) -> TaskResult:
-        IN_PROGRESS.labels(task.model).inc()
-        t0 = time.perf_counter()
-        try:
-            result = self.backend.complete(task)
-        finally:
-            IN_PROGRESS.labels(task.model).dec()
+        with self._slots:
+            IN_PROGRESS.labels(task.model).inc()
+            t0 = time.perf_counter()
+            try:
+                result = self.backend.complete(task)
+            finally:
+                IN_PROGRESS.labels(task.model).dec()
         CALL_SECONDS.labels(task.model).observe(time.perf_counter() - t0)
         if result.failure is None:
             self.breaker.record_success()

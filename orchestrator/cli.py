@@ -252,7 +252,7 @@ def serve(
     from orchestrator.metrics import FarmCollector
     from orchestrator.service import Service
 
-    celery_app = make_app(settings.require_broker_url())
+    celery_app = make_app(settings.require_broker_url(), batched_publish=True)
     pool = open_pool(settings.require_database_url(), size=settings.db_pool_size)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

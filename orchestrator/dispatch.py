@@ -69,18 +69,26 @@ class Dispatcher:
                 used[queue_for(kind, actor)] += n
             sent = 0
             self._turn += 1
-            for a in actors:
-                queue = queue_for(a["kind"], a["actor"])
-                free = math.ceil(self.window_factor * slots.get(queue, 0)) - used[queue]
-                if free <= 0:
-                    continue
-                rows = self._claim_fairly(cur, a["kind"], a["actor"], free)
-                for row in rows:
-                    self._publish(row, queue)
-                used[queue] += len(rows)
-                sent += len(rows)
-                if rows:
-                    DISPATCHED.labels(queue).inc(len(rows))
+            with self.app.producer_or_acquire() as producer:
+                transactional: bool | None = None  # decided at the first message of the turn
+                for a in actors:
+                    queue = queue_for(a["kind"], a["actor"])
+                    free = math.ceil(self.window_factor * slots.get(queue, 0)) - used[queue]
+                    if free <= 0:
+                        continue
+                    rows = self._claim_fairly(cur, a["kind"], a["actor"], free)
+                    if rows and transactional is None:
+                        transactional = self._begin(producer)
+                    for row in rows:
+                        self._publish(producer, row, queue)
+                    used[queue] += len(rows)
+                    sent += len(rows)
+                    if rows:
+                        DISPATCHED.labels(queue).inc(len(rows))
+                if transactional:
+                    # The broker has every message of the turn once this returns; only
+                    # then does Postgres commit them as dispatched.
+                    producer.channel.tx_commit()
         return sent
 
     def _claim_fairly(self, cur: psycopg.Cursor, kind: str, actor: str, free: int) -> list[dict]:
@@ -109,7 +117,7 @@ class Dispatcher:
                 break
         return claimed
 
-    def _publish(self, row: dict, queue: str) -> None:
+    def _publish(self, producer, row: dict, queue: str) -> None:
         task = task_from_row(row)
         self.app.send_task(
             task_name(row["kind"]),
@@ -119,4 +127,15 @@ class Dispatcher:
             # Readable in Flower, and the same id for a re-sent duplicate of one attempt.
             task_id=f"i{row['id']}.a{row['attempt']}",
             retry=False,  # a broker that is away fails the transaction: the rows stay pending
+            producer=producer,
         )
+
+    def _begin(self, producer) -> bool:
+        """Put the channel in AMQP transaction mode, unless every publish is confirmed
+        already (an app made without batched_publish) or the transport has no
+        transactions (Redis: its LPUSH has returned once the broker has the message)."""
+        channel = producer.channel
+        if self.app.conf.broker_transport_options.get("confirm_publish") or not hasattr(channel, "tx_select"):
+            return False
+        channel.tx_select()
+        return True

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from dataclasses import dataclass
 
 from celery import Celery
@@ -49,9 +48,9 @@ class Inbox:
         try:
             if not self._buffer:
                 self._conn.drain_events(timeout=wait_s)
-            until = time.monotonic() + 0.002
-            while len(self._buffer) < limit and time.monotonic() < until:
-                self._conn.drain_events(timeout=0.0005)
+            # Then only what has already arrived: stop at the first wait.
+            while len(self._buffer) < limit:
+                self._conn.drain_events(timeout=0.0001)
         except socket.timeout:
             pass
         except self.connection_errors:

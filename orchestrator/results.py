@@ -87,6 +87,8 @@ def _decide(cur: psycopg.Cursor, ctx: engine.RunContext, result: TaskResult) -> 
         return _ignored(cur, ctx, result)
 
     if result.ok:
+        # Always followed by finish_if_done: a child can be born failed (its template
+        # did not render), and then the run may have ended right here.
         engine.on_completed(cur, ctx, updated)
         outcome = "completed"
     elif result.failure.failure_class in RETRYABLE and updated["attempt"] < updated["max_attempts"]:

@@ -34,7 +34,7 @@ DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 
 class Service:
     def __init__(self, pool: ConnectionPool, app: Celery, *, batch_size: int = 200,
-                 sweep_every_s: float = 2.0, dispatch_every_s: float = 0.25, idle_wait_s: float = 0.1) -> None:
+                 sweep_every_s: float = 2.0, dispatch_every_s: float = 0.05, idle_wait_s: float = 0.05) -> None:
         self.pool = pool
         self.app = app
         self.inbox = Inbox(app, prefetch=batch_size * 2)

@@ -36,7 +36,7 @@ def amqp_url():
 
 @pytest.fixture
 def app(amqp_url):
-    return make_app(amqp_url)
+    return make_app(amqp_url, batched_publish=True)  # as serve makes it
 
 
 def submit(conn, path: Path, rows: int, *, priority: int | None = None) -> int:
@@ -120,7 +120,7 @@ def test_a_cancelled_batch_gets_no_more_slots(conn, app, tmp_path):
 def test_a_broker_that_is_down_leaves_the_work_pending(conn, tmp_path):
     batch = submit(conn, tmp_path / "a.csv", 5)
     heartbeat(conn, "gpu-1", [QUEUE], 2)
-    down = make_app("amqp://guest:guest@127.0.0.1:1//")
+    down = make_app("amqp://guest:guest@127.0.0.1:1//", batched_publish=True)
     down.conf.broker_connection_timeout = 1
     with pytest.raises(Exception):
         Dispatcher(down).dispatch(conn)
