@@ -29,8 +29,35 @@ def apply_results(conn: psycopg.Connection, results: Sequence[TaskResult], cache
     """Apply several results in one transaction; returns outcome counts.
 
     Outcomes: completed, failed, retried, ignored (stale/duplicate/unknown), error.
+
+    The batch first goes through without a savepoint per result (two round trips
+    each saved). Should one result raise, that attempt is rolled back whole and the
+    batch is applied again with a savepoint around each result, so that one bad
+    result costs only itself.
     """
+    if not results:
+        return Counter()
+    try:
+        applied = _apply_batch(conn, results, cache, isolate=False)
+    except (psycopg.OperationalError, psycopg.InterfaceError):
+        raise  # the database went away: nothing of this batch is applied, the caller retries it
+    except Exception:
+        applied = _apply_batch(conn, results, cache, isolate=True)
     outcomes: Counter = Counter()
+    for result, outcome, ids in applied:
+        outcomes[outcome] += 1
+        if outcome != "error":
+            # One line per applied result, with the ids a person greps for (JSON keys
+            # with WAVEFARM_LOG_JSON=1), written once the transaction committed. The
+            # engine's decisions are in the events table.
+            log.info("interaction %s attempt %s: %s", result.interaction_id, result.attempt, outcome,
+                     extra={"interaction_id": result.interaction_id, "attempt": result.attempt, **ids})
+    return outcomes
+
+
+def _apply_batch(conn: psycopg.Connection, results: Sequence[TaskResult], cache: WorkflowCache,
+                 *, isolate: bool) -> list[tuple[TaskResult, str, dict]]:
+    applied = []
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(Q["interaction_runs"], {"ids": [r.interaction_id for r in results]})
         run_of = {row["id"]: row["run_id"] for row in cur.fetchall()}
@@ -38,22 +65,21 @@ def apply_results(conn: psycopg.Connection, results: Sequence[TaskResult], cache
         # interaction only while its run is held. Two serve processes applying
         # overlapping batches then wait for each other instead of deadlocking.
         for result in sorted(results, key=lambda r: (run_of.get(r.interaction_id, 0), r.interaction_id)):
+            run_id = run_of.get(result.interaction_id)
+            if not isolate:
+                applied.append((result, *_apply_one(cur, result, run_id, cache)))
+                continue
             try:
                 with conn.transaction():
-                    outcome, ids = _apply_one(cur, result, run_of.get(result.interaction_id), cache)
-                outcomes[outcome] += 1
-                # One line per applied result, with the ids a person greps for (JSON keys
-                # with WAVEFARM_LOG_JSON=1). The engine's decisions are in the events table.
-                log.info("interaction %s attempt %s: %s", result.interaction_id, result.attempt, outcome,
-                         extra={"interaction_id": result.interaction_id, "attempt": result.attempt, **ids})
+                    applied.append((result, *_apply_one(cur, result, run_id, cache)))
             except (psycopg.OperationalError, psycopg.InterfaceError):
-                raise  # the database went away: nothing of this batch is applied, the caller retries it
+                raise
             except Exception:
                 # The savepoint rolled back this result alone; it stays dispatched and the
                 # sweeper will send it again, so nothing is lost.
                 log.exception("could not apply the result of interaction %s", result.interaction_id)
-                outcomes["error"] += 1
-    return outcomes
+                applied.append((result, "error", {}))
+    return applied
 
 
 def _apply_one(cur: psycopg.Cursor, result: TaskResult, run_id: int | None,

@@ -293,3 +293,17 @@ def test_json_of_script_outputs_is_kept_as_json(conn, tmp_path, scripts_dir):
     execute(conn, scripts_dir, lambda t: json.dumps({"k": t.step}), batch)
     d = conn.execute("SELECT output FROM interactions WHERE step = 'd'").fetchone()["output"]
     assert d["got"]["b"] == '{"k": "b"}'
+
+
+def test_one_result_that_cannot_be_stored_costs_only_itself(conn, tmp_path):
+    batch = start(conn, tmp_path, SHAPES, [["1"], ["2"], ["3"]])
+    with conn.transaction(), conn.cursor() as cur:
+        rows = claim_pending(cur, limit=3, batch_id=batch)
+    good = [TaskResult(interaction_id=r["id"], attempt=1, output=f"fine {r['id']}") for r in rows[::2]]
+    # Postgres refuses a NUL character in jsonb: applying this one raises.
+    bad = TaskResult(interaction_id=rows[1]["id"], attempt=1, output="nul \x00 here")
+    outcomes = apply_results(conn, [good[0], bad, good[1]], WorkflowCache())
+    assert outcomes == {"completed": 2, "error": 1}
+    status = {i["id"]: i["status"] for i in interactions(conn, batch)}
+    assert status[bad.interaction_id] == "dispatched"  # the sweeper will send it again
+    assert all(status[g.interaction_id] == "completed" for g in good)
