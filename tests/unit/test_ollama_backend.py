@@ -13,8 +13,8 @@ from common.messages import RETRYABLE, FailureClass
 from gpu_worker.backends.base import BackendError, ModelBackend, failure_from_status, server_label
 from gpu_worker.backends.ollama import OllamaBackend, _format_problem
 from tests.model_server import ModelServer
-
 from tests.unit.backends import MODEL, closed_port, task
+
 SECRET = "s3cret-pw"
 
 

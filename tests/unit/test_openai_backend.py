@@ -16,8 +16,8 @@ from gpu_worker.backends.base import BackendError, ModelBackend
 from gpu_worker.backends.ollama import OllamaBackend
 from gpu_worker.backends.openai import OpenAIBackend, map_options, response_format, server_root
 from tests.model_server import ModelServer
-
 from tests.unit.backends import MODEL, closed_port, task
+
 SECRET = "s3cret-pw"
 KEY = "sk-test-0123456789abcdef"
 SCHEMA = {"type": "object", "properties": {"skills": {"type": "array", "items": {"type": "string"}},
