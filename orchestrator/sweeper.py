@@ -14,19 +14,30 @@ from orchestrator.catalog import WorkflowCache
 from orchestrator.db import Q
 from orchestrator.results import apply_results
 
+_LOCK_KEY = 0x57A75EEB  # one sweeper at a time across `serve` processes
+
 
 def sweep(conn: psycopg.Connection, cache: WorkflowCache, *, limit: int = 500) -> Counter:
+    # One transaction, under a transaction-scoped advisory lock: a second serve process
+    # skips its sweep instead of reporting the same attempts lost a second time.
     with conn.transaction():
+        if not conn.execute(Q["try_advisory_xact_lock"], {"key": _LOCK_KEY}).fetchone()["locked"]:
+            return Counter()
         expired = conn.execute(Q["expired_interactions"], {"limit": limit}).fetchall()
-    if not expired:
-        return Counter()
+        if not expired:
+            return Counter()
+        return _report_lost(conn, expired, cache)
+
+
+def _report_lost(conn: psycopg.Connection, expired: list[dict], cache: WorkflowCache) -> Counter:
     lost = [
         TaskResult(
             interaction_id=row["id"],
             attempt=row["attempt"],
             failure=Failure(
                 failure_class=FailureClass.WORKER_LOST,
-                message=f"no result within {row['timeout_s']:g}s of dispatch (worker lost or message dropped)",
+                message=(f"no result by the deadline ({2 * row['timeout_s'] + 10:g}s after dispatch for a "
+                         f"{row['timeout_s']:g}s step timeout): worker lost or message dropped"),
             ),
             finished_at=utcnow(),
         )
