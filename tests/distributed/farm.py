@@ -93,14 +93,18 @@ class Farm:
         self.procs[name] = proc
         return proc
 
-    def serve(self, name: str = "serve") -> subprocess.Popen:
-        return self.start(name, [str(BIN / "orchestrator"), "serve"], self.env(WAVEFARM_DATABASE_URL=self.db_url))
+    def serve(self, name: str = "serve", *, metrics_port: int | None = None) -> subprocess.Popen:
+        metrics = ["--metrics-port", str(metrics_port)] if metrics_port else []
+        return self.start(name, [str(BIN / "orchestrator"), "serve", *metrics],
+                          self.env(WAVEFARM_DATABASE_URL=self.db_url))
 
-    def gpu(self, name: str, server_url: str, *, concurrency: int = 4, models: str = "auto") -> subprocess.Popen:
+    def gpu(self, name: str, server_url: str, *, concurrency: int = 4, models: str = "auto",
+            metrics_port: int | None = None) -> subprocess.Popen:
+        metrics = ["--metrics-port", str(metrics_port)] if metrics_port else []
         # No database URL: a GPU host has the broker only.
         return self.start(name, [str(BIN / "gpu-worker"), "--ollama-url", server_url, "--name", name,
-                                 "--concurrency", str(concurrency), "--models", models, "--probe-interval", "1"],
-                          self.env())
+                                 "--concurrency", str(concurrency), "--models", models, "--probe-interval", "1",
+                                 *metrics], self.env())
 
     def scripts(self, name: str = "scripts", directory: Path = SCRIPTS) -> subprocess.Popen:
         return self.start(name, [str(BIN / "script-worker"), "--scripts-dir", str(directory), "--name", name,

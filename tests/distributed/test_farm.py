@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from common.celery_app import make_app
 from common.messages import TaskResult
@@ -34,6 +35,7 @@ from tests.distributed.farm import (
     rabbitmqctl,
 )
 from tests.model_server import ModelServer
+from tests.net import free_port
 
 ROWS = 60
 
@@ -61,6 +63,13 @@ def oracle(template_db, csv_path) -> dict:
     return result
 
 
+def metrics(port: int) -> dict[str, float]:
+    """One Prometheus scrape: 'name{labels}' -> value."""
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
 def assert_matches_oracle(farm: Farm, batch_id: int, oracle: dict) -> None:
     got = outcomes(farm.db, batch_id)
     assert set(got) == set(oracle)
@@ -73,9 +82,23 @@ def assert_matches_oracle(farm: Farm, batch_id: int, oracle: dict) -> None:
 @pytest.mark.parametrize("broker_url", ["amqp", "redis"], indirect=True)
 def test_each_model_goes_to_the_host_that_has_it(farm, hosts, csv_path, oracle):
     a, b = hosts
-    farm.start_standard(a.url, b.url)
+    serve_metrics, gpu_metrics = free_port(), free_port()
+    farm.serve(metrics_port=serve_metrics)
+    farm.gpu("gpu-a", a.url, metrics_port=gpu_metrics)
+    farm.gpu("gpu-b", b.url)
+    farm.scripts()
+    farm.wait_workers("gpu-a", "gpu-b", "scripts")
     batch_id = farm.submit(csv_path)
     farm.wait_batch(batch_id)
+
+    # What Prometheus scrapes says the same.
+    served = metrics(serve_metrics)
+    assert served['wavefarm_results_total{outcome="completed"}'] == farm.completed_count(batch_id)
+    assert served['wavefarm_queue_slots{queue="ai.gemma3-1b"}'] == 4
+    gpu = metrics(gpu_metrics)
+    assert gpu['wavefarm_worker_tasks_total{model="gemma3:1b",outcome="completed"}'] == a.served[GEMMA]
+    assert gpu['wavefarm_tokens_total{kind="completion",model="gemma3:1b"}'] > 0
+    assert gpu['wavefarm_circuit_open{server="' + a.url.removeprefix("http://") + '"}'] == 0
 
     assert_matches_oracle(farm, batch_id, oracle)
     # A host was never sent a model it lacks.
