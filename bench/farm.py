@@ -328,7 +328,7 @@ def summarise_serve(path: Path) -> str:
             # the innermost orchestrator frame: which of our lines asked for the time
             ours = [x for x in names if x.split(".")[0] in ("apply_results", "_apply_one", "_decide") or
                     x.startswith(("Dispatcher", "engine", "transition", "insert_interaction", "record_event",
-                                  "step_visits", "latest_outputs", "finish_if_done", "on_completed",
+                                  "run_state", "finish_if_done", "on_completed",
                                   "claim_for_dispatch", "build_interaction", "_render"))]
             hot[f"{(ours[-1] if ours else '?'):<28} {kind}"] += n
     out = [f"  serve main loop: {total} samples (wall clock, idle included)"]

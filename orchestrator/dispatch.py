@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import defaultdict
 from itertools import groupby
 
@@ -43,11 +44,17 @@ _LOCK_KEY = 0x57A7D15A  # one dispatcher at a time across `serve` processes
 
 
 class Dispatcher:
-    def __init__(self, app: Celery, *, window_factor: float = 2.0, stale_s: float = STALE_S) -> None:
+    def __init__(self, app: Celery, *, window_factor: float = 2.0, stale_s: float = STALE_S,
+                 slots_ttl_s: float = 1.0) -> None:
         self.app = app
+        self.slots_ttl_s = slots_ttl_s
         self.window_factor = window_factor
         self.stale_s = stale_s
         self._turn = 0  # rotates which batch of a priority level is served first
+        # Live slots change with heartbeats (every 10 s): read them once a second, not
+        # every turn. A worker that just stopped is still counted for up to a second.
+        self._slots: dict[str, int] = {}
+        self._slots_read_at = float("-inf")
 
     def dispatch(self, conn: psycopg.Connection) -> int:
         """Publish what the queues have room for; return how many messages were sent."""
@@ -59,8 +66,7 @@ class Dispatcher:
             actors = cur.fetchall()
             if not actors:
                 return 0
-            cur.execute(Q["live_capacity"], {"stale_s": self.stale_s})
-            slots = {r["queue"]: r["slots"] for r in cur.fetchall()}
+            slots = self._live_slots(cur)
             cur.execute(Q["in_flight_counts"])
             in_flight = {(r["kind"], r["actor"]): r["n"] for r in cur.fetchall()}
             # Queue windows are shared by the actors that map to one queue (all scripts).
@@ -90,6 +96,14 @@ class Dispatcher:
                     # then does Postgres commit them as dispatched.
                     producer.channel.tx_commit()
         return sent
+
+    def _live_slots(self, cur: psycopg.Cursor) -> dict[str, int]:
+        now = time.monotonic()
+        if now - self._slots_read_at >= self.slots_ttl_s:
+            cur.execute(Q["live_capacity"], {"stale_s": self.stale_s})
+            self._slots = {r["queue"]: r["slots"] for r in cur.fetchall()}
+            self._slots_read_at = now
+        return self._slots
 
     def _claim_fairly(self, cur: psycopg.Cursor, kind: str, actor: str, free: int) -> list[dict]:
         cur.execute(Q["pending_batches"], {"kind": kind, "actor": actor})
@@ -137,5 +151,7 @@ class Dispatcher:
         channel = producer.channel
         if self.app.conf.broker_transport_options.get("confirm_publish") or not hasattr(channel, "tx_select"):
             return False
-        channel.tx_select()
+        if not getattr(channel, "_wavefarm_tx", False):  # a channel stays in transaction mode
+            channel.tx_select()
+            channel._wavefarm_tx = True
         return True

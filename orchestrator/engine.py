@@ -136,17 +136,13 @@ def record_event(cur: psycopg.Cursor, ctx: RunContext, kind: str, detail: dict, 
     )
 
 
-def step_visits(cur: psycopg.Cursor, run_id: int) -> dict[str, StepVisits]:
-    cur.execute(Q["run_step_visits"], {"run_id": run_id})
-    return {
-        r["step"]: StepVisits(r["visits"], r["last_id"], r["last_completed_id"], r["statuses"])
-        for r in cur.fetchall()
-    }
-
-
-def latest_outputs(cur: psycopg.Cursor, run_id: int) -> dict[str, Any]:
-    cur.execute(Q["run_latest_outputs"], {"run_id": run_id})
-    return {r["step"]: r["output"] for r in cur.fetchall()}
+def run_state(cur: psycopg.Cursor, run_id: int) -> tuple[dict[str, StepVisits], dict[str, Any]]:
+    """Each step's visits, and each completed step's latest output, of one run."""
+    cur.execute(Q["run_steps"], {"run_id": run_id})
+    rows = cur.fetchall()
+    visits = {r["step"]: StepVisits(r["visits"], r["last_id"], r["last_completed_id"], r["statuses"]) for r in rows}
+    outputs = {r["step"]: r["output"] for r in rows if r["has_output"]}
+    return visits, outputs
 
 
 def arrived(workflow: Workflow, need: str, target: str, visits: dict[str, StepVisits], outputs: dict[str, Any]) -> int | None:
@@ -209,8 +205,7 @@ def on_completed(cur: psycopg.Cursor, ctx: RunContext, interaction: dict) -> lis
     if not targets:
         return []
 
-    visits = step_visits(cur, ctx.run_id)
-    outputs = latest_outputs(cur, ctx.run_id)
+    visits, outputs = run_state(cur, ctx.run_id)
     created = []
     for name in targets:
         target = workflow.step(name)
@@ -274,8 +269,7 @@ def finish_if_done(cur: psycopg.Cursor, ctx: RunContext) -> str | None:
             problems.append(f"step {d['step']}: output matched no branch (expected one of {expected})")
         else:
             problems.append(f"step {d['step']}: loop bound reached (max_visits={d['max_visits']}, from {d['from']})")
-    visits = step_visits(cur, ctx.run_id)
-    outputs = latest_outputs(cur, ctx.run_id)
+    visits, outputs = run_state(cur, ctx.run_id)
     for step in ctx.workflow.steps:
         if step.needs and step.name not in visits and any(n in visits for n in step.needs):
             waiting = [n for n in step.needs if arrived(ctx.workflow, n, step.name, visits, outputs) is None]

@@ -242,16 +242,15 @@ SELECT status, attempt FROM interactions WHERE id = %(id)s
 -- Every decision about a run happens with its row locked: results of one run apply one at a time.
 SELECT id, batch_id, workflow_id, input, status FROM runs WHERE id = %(id)s FOR UPDATE
 
--- name: run_step_visits
+-- name: run_steps
+-- Per step of one run: how often it ran, its last interaction, and its latest output
+-- (the engine's whole view of a run, in one round trip).
 SELECT step, max(visit) AS visits, max(id) AS last_id,
        max(id) FILTER (WHERE status = 'completed') AS last_completed_id,
-       array_agg(status ORDER BY visit) AS statuses
+       array_agg(status ORDER BY visit) AS statuses,
+       bool_or(status = 'completed') AS has_output,
+       (array_agg(output ORDER BY visit DESC) FILTER (WHERE status = 'completed'))[1] AS output
 FROM interactions WHERE run_id = %(run_id)s GROUP BY step
-
--- name: run_latest_outputs
-SELECT DISTINCT ON (step) step, output
-FROM interactions WHERE run_id = %(run_id)s AND status = 'completed'
-ORDER BY step, visit DESC
 
 -- name: run_open_count
 SELECT count(*) AS open FROM interactions

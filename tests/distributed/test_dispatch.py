@@ -63,7 +63,7 @@ def dispatched_per_batch(conn) -> dict[int, int]:
 def test_a_queue_gets_twice_its_live_slots_and_no_more(conn, app, amqp_url, tmp_path):
     batch = submit(conn, tmp_path / "a.csv", 50)
     heartbeat(conn, "gpu-1", [QUEUE], 2)
-    d = Dispatcher(app)
+    d = Dispatcher(app, slots_ttl_s=0)
     assert d.dispatch(conn) == 4
     assert d.dispatch(conn) == 0  # the window is full until results come back
     assert queued(amqp_url, QUEUE) == 4
@@ -75,7 +75,7 @@ def test_a_queue_gets_twice_its_live_slots_and_no_more(conn, app, amqp_url, tmp_
 def test_work_for_a_queue_nobody_consumes_stays_pending_and_status_says_so(conn, app, tmp_path):
     submit(conn, tmp_path / "a.csv", 5)
     heartbeat(conn, "gpu-1", ["ai.other-model"], 4)
-    assert Dispatcher(app).dispatch(conn) == 0
+    assert Dispatcher(app, slots_ttl_s=0).dispatch(conn) == 0
     farm = reports.farm_status(conn, stale_s=STALE_S)
     (q,) = [q for q in farm["queues"] if q["queue"] == QUEUE]
     assert q["pending"] == 5 and q["workers"] == 0 and q["problem"] == "no live worker consumes this queue"
@@ -85,14 +85,14 @@ def test_a_silent_worker_stops_counting(conn, app, tmp_path):
     submit(conn, tmp_path / "a.csv", 5)
     heartbeat(conn, "gpu-1", [QUEUE], 2)
     conn.execute("UPDATE workers SET last_seen = now() - interval '5 minutes'")
-    assert Dispatcher(app).dispatch(conn) == 0
+    assert Dispatcher(app, slots_ttl_s=0).dispatch(conn) == 0
 
 
 def test_two_batches_share_the_window_and_priority_goes_first(conn, app, tmp_path):
     first = submit(conn, tmp_path / "a.csv", 50)
     second = submit(conn, tmp_path / "b.csv", 50)
     heartbeat(conn, "gpu-1", [QUEUE], 4)
-    d = Dispatcher(app)
+    d = Dispatcher(app, slots_ttl_s=0)
     assert d.dispatch(conn) == 8
     assert dispatched_per_batch(conn) == {first: 4, second: 4}  # not first come, first served
 
@@ -106,7 +106,7 @@ def test_a_cancelled_batch_gets_no_more_slots(conn, app, tmp_path):
     first = submit(conn, tmp_path / "a.csv", 50)
     second = submit(conn, tmp_path / "b.csv", 50)
     heartbeat(conn, "gpu-1", [QUEUE], 2)
-    d = Dispatcher(app)
+    d = Dispatcher(app, slots_ttl_s=0)
     d.dispatch(conn)
     with conn.transaction(), conn.cursor() as cur:
         assert cancel_batch(cur, first) == (50, 50)
@@ -123,7 +123,7 @@ def test_a_broker_that_is_down_leaves_the_work_pending(conn, tmp_path):
     down = make_app("amqp://guest:guest@127.0.0.1:1//", batched_publish=True)
     down.conf.broker_connection_timeout = 1
     with pytest.raises(Exception):
-        Dispatcher(down).dispatch(conn)
+        Dispatcher(down, slots_ttl_s=0).dispatch(conn)
     counts = conn.execute("SELECT status, count(*) AS n FROM interactions WHERE batch_id = %s GROUP BY 1",
                           (batch,)).fetchall()
     assert counts == [{"status": "pending", "n": 5}]
