@@ -191,20 +191,26 @@ def _wait(conn: psycopg.Connection, batch_id: int) -> bool:
             time.sleep(1.0)
 
 
-def _run_local(conn: psycopg.Connection, batch_id: int, ollama_url: str | None,
-               scripts_dir: Path | None, concurrency: int) -> bool:
+def _local_executor(conn: psycopg.Connection, ollama_url: str | None, scripts_dir: Path | None,
+                    concurrency: int, worker: str):
+    """The in-process executor of `submit --local` and `serve --local`."""
     from gpu_worker.backends.ollama import OllamaBackend
     from orchestrator.executor import LocalExecutor
 
     settings = get_settings()
-    script_env = {"WAVEFARM_DATABASE_URL": settings.require_database_url()}
-    executor = LocalExecutor(
+    return LocalExecutor(
         conn,
-        ai=OllamaBackend(ollama_url or settings.ollama_url, pool_size=concurrency, worker="local"),
+        ai=OllamaBackend(ollama_url or settings.ollama_url, pool_size=concurrency, worker=worker),
         scripts_dir=scripts_dir,
         concurrency=concurrency,
-        script_env=script_env,
+        # Scripts that write to the database get its URL (SPEC: script contract).
+        script_env={"WAVEFARM_DATABASE_URL": settings.require_database_url()},
     )
+
+
+def _run_local(conn: psycopg.Connection, batch_id: int, ollama_url: str | None,
+               scripts_dir: Path | None, concurrency: int) -> bool:
+    executor = _local_executor(conn, ollama_url, scripts_dir, concurrency, "local")
     last = [0.0]
     with _progress() as progress:
         task = progress.add_task("", total=None, batch=batch_id, ok=0, failed=0)
@@ -269,18 +275,8 @@ def serve(
 
 
 def _serve_local(ollama_url: str | None, scripts_dir: Path | None, concurrency: int) -> None:
-    from gpu_worker.backends.ollama import OllamaBackend
-    from orchestrator.executor import LocalExecutor
-
-    settings = get_settings()
     with database() as conn:
-        executor = LocalExecutor(
-            conn,
-            ai=OllamaBackend(ollama_url or settings.ollama_url, pool_size=concurrency, worker="serve"),
-            scripts_dir=scripts_dir,
-            concurrency=concurrency,
-            script_env={"WAVEFARM_DATABASE_URL": settings.require_database_url()},
-        )
+        executor = _local_executor(conn, ollama_url, scripts_dir, concurrency, "serve")
         err.print("serving: executing pending interactions in this process (Ctrl-C to stop)")
         try:
             while True:
