@@ -236,6 +236,7 @@ def serve(
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="With --local: parallel executions.")] = 4,
     metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve Prometheus metrics on this port.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Results applied per transaction at most.")] = 200,
+    window_factor: Annotated[float, typer.Option("--window-factor", min=1.0, help="Messages in flight per queue, as a multiple of its live slots. Raise it when calls are much shorter than a result's round trip (tiny models, cached answers).")] = 2.0,
 ) -> None:
     """Run the orchestrator daemon: records results, branches, dispatches, recovers.
 
@@ -268,7 +269,7 @@ def serve(
         start_http_server(metrics_port)
     err.print(f"serving: results from {redact_url(settings.require_broker_url())}, Ctrl-C to stop", highlight=False)
     try:
-        Service(pool, celery_app, batch_size=batch_size).run(stop)
+        Service(pool, celery_app, batch_size=batch_size, window_factor=window_factor).run(stop)
     finally:
         pool.close()
     err.print("stopped; work in flight is taken back by the sweeper after its deadline")

@@ -33,12 +33,12 @@ DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 
 
 class Service:
-    def __init__(self, pool: ConnectionPool, app: Celery, *, batch_size: int = 200,
+    def __init__(self, pool: ConnectionPool, app: Celery, *, batch_size: int = 200, window_factor: float = 2.0,
                  sweep_every_s: float = 2.0, dispatch_every_s: float = 0.05, idle_wait_s: float = 0.05) -> None:
         self.pool = pool
         self.app = app
         self.inbox = Inbox(app, prefetch=batch_size * 2)
-        self.dispatcher = Dispatcher(app)
+        self.dispatcher = Dispatcher(app, window_factor=window_factor)
         self.cache = WorkflowCache()
         self.batch_size = batch_size
         self.sweep_every_s = sweep_every_s

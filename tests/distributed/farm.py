@@ -99,10 +99,10 @@ class Farm:
                           self.env(WAVEFARM_DATABASE_URL=self.db_url))
 
     def gpu(self, name: str, server_url: str, *, concurrency: int = 4, models: str = "auto",
-            metrics_port: int | None = None) -> subprocess.Popen:
+            metrics_port: int | None = None, api: str = "ollama") -> subprocess.Popen:
         metrics = ["--metrics-port", str(metrics_port)] if metrics_port else []
         # No database URL: a GPU host has the broker only.
-        return self.start(name, [str(BIN / "gpu-worker"), "--ollama-url", server_url, "--name", name,
+        return self.start(name, [str(BIN / "gpu-worker"), f"--{api}-url", server_url, "--name", name,
                                  "--concurrency", str(concurrency), "--models", models, "--probe-interval", "1",
                                  *metrics], self.env())
 

@@ -249,3 +249,16 @@ def test_two_orchestrators_at_once_corrupt_nothing(farm, hosts, csv_path, oracle
     # Neither lost a result to the other (a result overtaking its dispatch's commit)
     # nor deadlocked with it (overlapping batches of results).
     assert "ignored" not in logs and "deadline passed" not in logs and "Deadlock" not in logs
+
+
+def test_a_host_speaking_the_openai_api_serves_beside_an_ollama_host(farm, hosts, csv_path, oracle):
+    a, b = hosts
+    farm.serve()
+    farm.gpu("gpu-a", a.url)                # Ollama's /api/chat
+    farm.gpu("gpu-b", b.url, api="openai")  # /v1/chat/completions, as vLLM or llama.cpp's server
+    farm.scripts()
+    farm.wait_workers("gpu-a", "gpu-b", "scripts")
+    batch_id = farm.submit(csv_path)
+    farm.wait_batch(batch_id)
+    assert_matches_oracle(farm, batch_id, oracle)
+    assert set(b.requests) == {QWEN}
