@@ -64,6 +64,13 @@ class Service:
                 self.inbox.close()
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
+            except Exception:
+                # A bug must not take the farm down: say it loudly, give back what we
+                # held, and try again; the database and the broker still hold all of it.
+                log.exception("serve turn failed; retrying in %.1fs", backoff)
+                self.inbox.close()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
         self.inbox.close()
 
     def turn(self) -> None:
