@@ -54,23 +54,18 @@ class Service:
             try:
                 self.turn()
                 backoff = 0.5
+                continue
             except DB_ERRORS as exc:
                 log.warning("database unavailable (%s); retrying in %.1fs", type(exc).__name__, backoff)
-                self.inbox.close()  # what we held goes back to the broker
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
             except (BrokerError, *self.inbox.connection_errors) as exc:
                 log.warning("broker unavailable (%s); retrying in %.1fs", type(exc).__name__, backoff)
-                self.inbox.close()
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
             except Exception:
-                # A bug must not take the farm down: say it loudly, give back what we
-                # held, and try again; the database and the broker still hold all of it.
+                # A bug must not take the farm down: say it loudly and try again; the
+                # database and the broker still hold everything.
                 log.exception("serve turn failed; retrying in %.1fs", backoff)
-                self.inbox.close()
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+            self.inbox.close()  # what we held goes back to the broker
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
         self.inbox.close()
 
     def turn(self) -> None:
