@@ -97,13 +97,14 @@ class Failure(_Message):
 class TaskResult(_Message):
     """What a worker sends back for one attempt of one interaction.
 
-    `output` is text for AI steps and a JSON object for script steps.
+    `output` is text for AI steps, the JSON value (object or array) for AI steps with a
+    `format`, and a JSON object for script steps.
     Exactly one of `output` and `failure` is set.
     """
 
     interaction_id: int
     attempt: int = Field(ge=1)
-    output: str | dict[str, Any] | None = None
+    output: str | dict[str, Any] | list[Any] | None = None
     failure: Failure | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)  # tokens, durations, exit code
     worker: str = ""

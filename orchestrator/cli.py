@@ -75,11 +75,26 @@ def db_upgrade() -> None:
         out.print("schema is up to date")
 
 
+ModelOption = Annotated[Optional[list[str]], typer.Option(
+    "--model", metavar="ALIAS=NAME",
+    help="Set one of the file's model aliases, e.g. --model grader=qwen2.5:7b (repeatable).")]
+
+
+def _model_overrides(options: list[str] | None) -> dict[str, str]:
+    overrides: dict[str, str] = {}
+    for option in options or []:
+        alias, sep, name = option.partition("=")
+        if not sep or not alias.strip() or not name.strip():
+            raise typer.BadParameter(f"{option!r}: write ALIAS=NAME, e.g. grader=qwen2.5:7b", param_hint="--model")
+        overrides[alias.strip()] = name.strip()
+    return overrides
+
+
 @workflow_app.command("validate")
-def workflow_validate(file: Path, scripts_dir: ScriptsDir = None) -> None:
+def workflow_validate(file: Path, scripts_dir: ScriptsDir = None, model: ModelOption = None) -> None:
     """Check a workflow file; list every problem with its place."""
     text = _read_text(file)
-    problems = validate_text(text, str(file), _scripts_dir(scripts_dir))
+    problems = validate_text(text, str(file), _scripts_dir(scripts_dir), _model_overrides(model))
     if problems:
         err.print(f"[red]{file}: {len(problems)} problem(s)[/red]")
         for p in problems:
@@ -89,9 +104,9 @@ def workflow_validate(file: Path, scripts_dir: ScriptsDir = None) -> None:
 
 
 @workflow_app.command("load")
-def workflow_load(file: Path, scripts_dir: ScriptsDir = None) -> None:
+def workflow_load(file: Path, scripts_dir: ScriptsDir = None, model: ModelOption = None) -> None:
     """Validate, then store as a new version when it changed."""
-    workflow = load_file(file, _scripts_dir(scripts_dir))
+    workflow = load_file(file, _scripts_dir(scripts_dir), _model_overrides(model))
     with database() as conn:
         stored = catalog.store(conn, workflow, _read_text(file))
     state = "stored as" if stored.created else "unchanged, still"
@@ -123,10 +138,11 @@ def submit(
     concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 4,
     as_json: Annotated[bool, typer.Option("--json", help="Print {\"batch_id\": ...} as the last line.")] = False,
     priority: Annotated[Optional[int], typer.Option("--priority", help="Higher goes first; equal priorities share the farm. Re-submit to change.")] = None,
+    model: ModelOption = None,
 ) -> None:
     """Submit a CSV file as a batch. Re-submitting the same file creates no duplicate runs."""
     with database() as conn:
-        name = _workflow_name(conn, workflow, _scripts_dir(scripts_dir))
+        name = _workflow_name(conn, workflow, _scripts_dir(scripts_dir), _model_overrides(model))
         with Progress(TextColumn("reading {task.description}"), TextColumn("{task.completed} rows"),
                       console=err, transient=True, disable=not sys.stderr.isatty()) as progress:
             task = progress.add_task(batch.name)
@@ -146,11 +162,14 @@ def submit(
         raise typer.Exit(1)
 
 
-def _workflow_name(conn: psycopg.Connection, workflow: str, scripts_dir: Path | None) -> str:
+def _workflow_name(conn: psycopg.Connection, workflow: str, scripts_dir: Path | None,
+                   models: dict[str, str]) -> str:
     path = Path(workflow)
     if path.suffix in {".yaml", ".yml"} and path.is_file():
-        stored = catalog.store(conn, load_file(path, scripts_dir), _read_text(path))
+        stored = catalog.store(conn, load_file(path, scripts_dir, models), _read_text(path))
         return stored.name
+    if models:
+        raise typer.BadParameter("--model needs --workflow to name a workflow file", param_hint="--model")
     return workflow
 
 

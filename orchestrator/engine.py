@@ -7,7 +7,6 @@ the same run never decide at once and a fan-in step is created exactly once.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +18,7 @@ from common.messages import FailureClass
 from orchestrator.db import Q
 from orchestrator.states import Status
 from orchestrator.workflow import Step, Workflow, render_step
+from orchestrator.workflow.model import output_text
 
 # Engine decisions recorded in the event log that make a run end as failed.
 PROBLEM_EVENTS = ("no_branch_matched", "loop_bound_reached")
@@ -40,17 +40,6 @@ class StepVisits:
     last_id: int = 0
     last_completed_id: int | None = None
     statuses: list[str] = field(default_factory=list)
-
-
-def output_text(output: Any) -> str:
-    """What a branch marker is searched in: the text, or a script's JSON as text."""
-    if output is None:
-        return ""
-    return output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
-
-
-def branch_matches(when: str, output: Any) -> bool:
-    return when == "*" or when in output_text(output)
 
 
 def template_context(ctx_input: dict[str, str], outputs: dict[str, Any], run_id: int, batch_id: int) -> dict:
@@ -159,7 +148,7 @@ def arrived(workflow: Workflow, need: str, target: str, visits: dict[str, StepVi
     if done is None or done.last_completed_id is None or done.last_completed_id < own_last:
         return None
     into = [b for b in workflow.step(need).next if b.to == target]
-    if into and not any(branch_matches(b.when, outputs.get(need)) for b in into):
+    if into and not any(b.matches(outputs.get(need)) for b in into):
         return None
     return done.last_completed_id
 
@@ -182,9 +171,9 @@ def on_completed(cur: psycopg.Cursor, ctx: RunContext, interaction: dict) -> lis
     output = interaction["output"]
 
     targets: list[str] = []
-    matched = [b for b in step.next if branch_matches(b.when, output)]
+    matched = [b for b in step.next if b.matches(output)]
     for branch in matched:
-        record_event(cur, ctx, "branch_taken", {"step": step.name, "when": branch.when, "to": branch.to}, interaction["id"])
+        record_event(cur, ctx, "branch_taken", {"step": step.name, "when": branch.describe(), "to": branch.to}, interaction["id"])
         if branch.to not in targets:
             targets.append(branch.to)
     if step.next and not matched:
@@ -194,7 +183,7 @@ def on_completed(cur: psycopg.Cursor, ctx: RunContext, interaction: dict) -> lis
             "no_branch_matched",
             {
                 "step": step.name,
-                "expected": [b.when for b in step.next],
+                "expected": [b.describe() for b in step.next],
                 "output_head": output_text(output)[:200],
             },
             interaction["id"],
@@ -266,7 +255,9 @@ def finish_if_done(cur: psycopg.Cursor, ctx: RunContext) -> str | None:
         d = e["detail"]
         if e["kind"] == "no_branch_matched":
             expected = ", ".join(d["expected"])
-            problems.append(f"step {d['step']}: output matched no branch (expected one of {expected})")
+            head = d.get("output_head", "")
+            got = f"; output: {head[:160]}" if head else ""
+            problems.append(f"step {d['step']}: output matched no branch (expected one of {expected}{got})")
         else:
             problems.append(f"step {d['step']}: loop bound reached (max_visits={d['max_visits']}, from {d['from']})")
     visits, outputs = run_state(cur, ctx.run_id)

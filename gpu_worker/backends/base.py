@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 from abc import ABC, abstractmethod
-import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +29,7 @@ from requests.auth import AuthBase
 
 from common.errors import WavefarmError
 from common.messages import AiTask, Failure, FailureClass, TaskResult, utcnow
+from common.structured import InvalidOutput, parse_answer
 
 ERROR_TEXT_LIMIT = 200  # enough to recognise the server's reason, short enough for a table cell
 PREVIEW_CHARS = 200       # how much of a rejected answer a failure message shows
@@ -180,26 +180,6 @@ def failed_result(task: AiTask, failure: Failure, *, worker: str, started_at: da
                       metrics=metrics or {}, worker=worker, started_at=started_at, finished_at=utcnow())
 
 
-def format_problem(content: str, fmt: str | dict[str, Any]) -> str | None:
-    """Why `content` does not answer the requested format, or None when it does.
-
-    Not a JSON Schema validator: the server's grammar already constrains the shape; this
-    catches what still goes wrong (truncation at the token limit, a server that ignored
-    the format, a missing required key) before it reaches a template or a script.
-    """
-    try:
-        value = json.loads(content)
-    except ValueError:
-        return "did not answer JSON"
-    if isinstance(fmt, dict) and fmt.get("type") == "object":
-        if not isinstance(value, dict):
-            return f"answered JSON {type(value).__name__}, not an object"
-        missing = [k for k in fmt.get("required", []) if k not in value]
-        if missing:
-            return f"answered JSON without required {', '.join(missing)}"
-    return None
-
-
 def pooled_session(pool_size: int) -> requests.Session:
     """One pool per server, as large as the worker's concurrency, so parallel calls reuse
     connections instead of opening and discarding one each. No transport retries:
@@ -287,7 +267,7 @@ class HttpBackend(ABC):
                           metrics=metrics, worker=self.worker, started_at=started_at, finished_at=utcnow())
 
     def _answer(self, response: requests.Response, task: AiTask, metrics: dict[str, Any],
-                elapsed_s: float) -> str | Failure:
+                elapsed_s: float) -> str | dict[str, Any] | list[Any] | Failure:
         where = self._where(task)
         if response.status_code >= 400:
             text = scrub(error_text(response), self._secrets)
@@ -305,13 +285,14 @@ class HttpBackend(ABC):
         answer = self._read(body, task, metrics, elapsed_s)
         if isinstance(answer, Failure):
             return answer
-        if task.format is not None:
-            problem = format_problem(answer.content, task.format)
-            if problem:
-                cut = " (cut off at the token limit)" if answer.truncated else ""
-                return Failure(failure_class=FailureClass.INVALID_OUTPUT,
-                               message=f"{where} {problem}{cut}: {answer.content[:PREVIEW_CHARS]!r}")
-        return answer.content
+        if task.format is None:
+            return answer.content
+        try:
+            return parse_answer(answer.content, task.format)
+        except InvalidOutput as exc:
+            cut = " (cut off at the token limit)" if answer.truncated else ""
+            return Failure(failure_class=FailureClass.INVALID_OUTPUT,
+                           message=f"{where} {exc}{cut}: {answer.content[:PREVIEW_CHARS]!r}")
 
     def list_models(self) -> list[str]:
         try:

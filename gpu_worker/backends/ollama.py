@@ -16,14 +16,10 @@ from gpu_worker.backends.base import (  # noqa: F401 (timeouts re-exported: they
     PREVIEW_CHARS,
     Answer,
     HttpBackend,
-    format_problem,
 )
 
 METRIC_KEYS = ("prompt_eval_count", "eval_count", "total_duration", "load_duration",
                "prompt_eval_duration", "eval_duration")
-
-_format_problem = format_problem  # the name tests/unit/test_ollama_backend.py imports
-
 
 class OllamaBackend(HttpBackend):
     chat_path = "/api/chat"

@@ -8,13 +8,14 @@ Workflow from text through validate.load_text.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from jinja2 import TemplateSyntaxError
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, Tag
 
 WORKFLOW_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 # A step name must be an identifier so that templates can say steps.NAME.
@@ -46,7 +47,8 @@ def _step_name(value: str) -> str:
 def _when(value: Any) -> Any:
     # YAML reads an unquoted [PASS] as a one-item list: say so rather than "not a string".
     if isinstance(value, list):
-        raise ValueError(f'when must be text, got the list {value!r}: quote markers, as in when: "[PASS]"')
+        raise ValueError(f'when must be text or a field condition, got the list {value!r}: '
+                         'quote markers, as in when: "[PASS]"')
     return value
 
 
@@ -94,9 +96,129 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+JsonScalar = str | int | float | bool
+
+
+class FieldCondition(_Model):
+    """A test on one field of a JSON output: `when: {field: verdict, equals: PASS}`.
+
+    `field` is a dotted path into the output (`scores.total`, `items.0`). The output is
+    a script's JSON object or the JSON an AI step with a `format` answered. A missing
+    field, or an output that is not JSON, does not match. Give `equals`, `one_of`, or
+    `gte` and/or `lte` (numbers, or numbers written as text).
+    """
+
+    field: Annotated[str, AfterValidator(_field_path)]
+    equals: JsonScalar | None = None
+    one_of: list[JsonScalar] | None = None
+    gte: float | None = None
+    lte: float | None = None
+
+    def model_post_init(self, context: Any, /) -> None:
+        given = [k for k in ("equals", "one_of", "gte", "lte") if getattr(self, k) is not None]
+        if not given:
+            raise ValueError(f"condition on field {self.field!r} tests nothing: give equals, one_of, gte or lte")
+        if len(given) > 1 and not set(given) <= {"gte", "lte"}:
+            raise ValueError(f"condition on field {self.field!r} gives {' and '.join(given)}: "
+                             "give one of equals and one_of (or gte and lte together)")
+
+    def describe(self) -> str:
+        if self.equals is not None:
+            return f"{self.field} == {self.equals!r}"
+        if self.one_of is not None:
+            return f"{self.field} in {self.one_of!r}"
+        bounds = [f"{self.field} >= {self.gte:g}" if self.gte is not None else "",
+                  f"{self.field} <= {self.lte:g}" if self.lte is not None else ""]
+        return " and ".join(b for b in bounds if b)
+
+    def matches(self, output: Any) -> bool:
+        value = _json_field(output, self.field)
+        if value is _MISSING:
+            return False
+        if self.equals is not None:
+            return _same(value, self.equals)
+        if self.one_of is not None:
+            return any(_same(value, v) for v in self.one_of)
+        number = _number(value)
+        return (number is not None and (self.gte is None or number >= self.gte)
+                and (self.lte is None or number <= self.lte))
+
+
+_MISSING = object()
+
+
+def _field_path(value: str) -> str:
+    if not value or any(not part for part in value.split(".")):
+        raise ValueError(f"invalid field path {value!r}: use key names joined by '.', as in scores.total")
+    return value
+
+
+def _json_field(output: Any, path: str) -> Any:
+    value = output
+    if isinstance(value, str):  # an AI answer stored as text (JSON mode before structured output)
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return _MISSING
+    for part in path.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return _MISSING
+    return value
+
+
+def _same(value: Any, expected: JsonScalar) -> bool:
+    # JSON's true is not 1, and "7" is not 7: compare like with like.
+    if isinstance(value, bool) or isinstance(expected, bool):
+        return isinstance(value, bool) and isinstance(expected, bool) and value == expected
+    if isinstance(expected, str) or isinstance(value, str):
+        return isinstance(value, str) and isinstance(expected, str) and value == expected
+    return isinstance(value, (int, float)) and value == expected
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):  # a model that wrote "7" where a number was meant
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _when_kind(value: Any) -> str:
+    return "field" if isinstance(value, (dict, FieldCondition)) else "marker"
+
+
 class Branch(_Model):
-    when: Annotated[str, BeforeValidator(_when), AfterValidator(_not_blank)]
+    when: Annotated[
+        Annotated[Annotated[str, AfterValidator(_not_blank)], Tag("marker")]
+        | Annotated[FieldCondition, Tag("field")],
+        Discriminator(_when_kind),
+        BeforeValidator(_when),
+    ]
     to: str
+
+    def matches(self, output: Any) -> bool:
+        if isinstance(self.when, FieldCondition):
+            return self.when.matches(output)
+        return self.when == "*" or self.when in output_text(output)
+
+    def describe(self) -> str:
+        return self.when.describe() if isinstance(self.when, FieldCondition) else self.when
+
+
+def output_text(output: Any) -> str:
+    """What a branch marker is searched in: the text, or JSON output as text."""
+    if output is None:
+        return ""
+    return output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
 
 
 class Defaults(_Model):
@@ -119,14 +241,16 @@ class Step(_Model):
     retries: int | None = Field(None, ge=0)
     max_visits: int | None = Field(None, ge=1)
 
+    _model_name: str | None = PrivateAttr(None)  # what `model` names through the workflow's models
+
     @property
     def kind(self) -> Literal["ai", "script"]:
         return "script" if self.script is not None else "ai"
 
     @property
     def actor(self) -> str:
-        """The model name of an AI step, the script path of a script step."""
-        return (self.script if self.kind == "script" else self.model) or ""
+        """The model name of an AI step (its alias resolved), the script path of a script step."""
+        return (self.script if self.kind == "script" else self._model_name or self.model) or ""
 
     def templates(self) -> Iterator[tuple[TemplatePath, str]]:
         return template_fields(self.prompt, self.system, self.input)
@@ -172,9 +296,21 @@ def _non_empty(steps: list[Step]) -> list[Step]:
     return steps
 
 
+def _models(value: dict[str, str]) -> dict[str, str]:
+    for alias, model in value.items():
+        if not STEP_NAME.fullmatch(alias):
+            raise ValueError(f"invalid model alias {alias!r}: use letters, digits and '_', not starting with a digit")
+        if not model.strip():
+            raise ValueError(f"model alias {alias!r} names no model")
+    return value
+
+
 class Workflow(_Model):
     name: WorkflowName
     description: str | None = None
+    # Aliases -> model names: steps say `model: grader`, and the fleet's actual models are
+    # settings of the file (or of `workflow load --model grader=qwen2.5:7b`).
+    models: Annotated[dict[str, str], AfterValidator(_models)] = Field(default_factory=dict)
     start: str | None = None
     defaults: Defaults = Field(default_factory=Defaults)
     steps: Annotated[list[Step], AfterValidator(_non_empty)]
@@ -186,6 +322,8 @@ class Workflow(_Model):
         # as duplicates are refused by validation anyway.
         for s in reversed(self.steps):
             self._by_name[s.name] = s
+            if s.model is not None:
+                s._model_name = self.models.get(s.model)
 
     def step(self, name: str) -> Step:
         """The step called `name`; KeyError if there is none."""

@@ -7,6 +7,7 @@ a prompt with a silent hole in it is worse than a failed interaction.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -82,7 +83,15 @@ class _Environment(SandboxedEnvironment):
         return super().getattr(obj, attribute)
 
 
-ENV = _Environment(undefined=_Undefined, autoescape=False, keep_trailing_newline=True)
+def _finalize(value: Any) -> Any:
+    # A JSON output printed into a prompt or a script input should read as JSON, which
+    # scripts can parse and models understand, not as a Python repr with single quotes.
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+ENV = _Environment(undefined=_Undefined, autoescape=False, keep_trailing_newline=True, finalize=_finalize)
 
 
 @lru_cache(maxsize=8192)

@@ -8,7 +8,7 @@ that one typo never hides the other problems of the file.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -18,11 +18,13 @@ from jinja2 import TemplateSyntaxError
 from pydantic import ValidationError
 
 from common.errors import WorkflowInvalid
+from common.structured import schema_problem
 from orchestrator.workflow.model import (
     AI_ONLY_KEYS,
     SCRIPT_ONLY_KEYS,
     Branch,
     Defaults,
+    FieldCondition,
     Step,
     TemplatePath,
     Workflow,
@@ -107,7 +109,19 @@ def _step_label(steps: Any, index: int) -> str:
 
 # ---- pass 1: values -------------------------------------------------------------------
 
-_FIELDS_AT = {"steps": set(Step.model_fields), "next": set(Branch.model_fields), "defaults": set(Defaults.model_fields)}
+_FIELDS_AT = {"steps": set(Step.model_fields), "next": set(Branch.model_fields), "defaults": set(Defaults.model_fields),
+              "when": set(FieldCondition.model_fields)}
+
+
+def _file_loc(loc: tuple) -> tuple:
+    # A branch's `when` is a marker or a field condition; pydantic names the variant it
+    # tried in the location ("when", "field", ...), which is no key of the file.
+    out = list(loc)
+    for k in range(len(out) - 1):
+        if out[k] == "when" and out[k + 1] in ("field", "marker"):
+            del out[k + 1]
+            break
+    return tuple(out)
 
 
 def _allowed_keys(loc: Loc) -> set[str]:
@@ -124,7 +138,7 @@ def _value_problems(data: dict, report: _Report) -> Workflow | None:
         errors = exc.errors(include_url=False)
     steps = data.get("steps")
     for err in errors:
-        loc = tuple(err["loc"])
+        loc = _file_loc(tuple(err["loc"]))
         field = format_path(loc[-1:]) if loc and isinstance(loc[-1], str) else format_path(loc) or "file"
         kind, msg, given = err["type"], err["msg"], err.get("input")
         if kind == "missing":
@@ -306,6 +320,41 @@ def _templates(i: int, s: dict, label: str, graph: _Graph, report: _Report) -> N
                 report.add(path, f"{at}: steps.{ref.step} can have no output when {label} runs ({why})", line(ref.lineno))
 
 
+def _model_alias(i: int, s: dict, label: str, aliases: Any, report: _Report) -> None:
+    # With a models mapping, steps name models only through it: a literal name beside
+    # the aliases is usually a typo of one, and would wait for a host that never comes.
+    model = s.get("model")
+    if isinstance(aliases, dict) and aliases and isinstance(model, str) and model not in aliases:
+        report.add(("steps", i, "model"), f"{label}: model {model!r} is not one of the file's models"
+                                          f"{_suggest(model, aliases)} (it has: {', '.join(aliases)})")
+
+
+def _format(i: int, s: dict, label: str, report: _Report) -> None:
+    fmt = s.get("format")
+    if isinstance(fmt, dict):
+        problem = schema_problem(fmt)
+        if problem:
+            report.add(("steps", i, "format"), f"{label}: format is not a valid JSON Schema: {problem}")
+
+
+def _field_condition(i: int, j: int, s: dict, when: dict, label: str, report: _Report) -> None:
+    """A field condition reads JSON: a script's object, or an AI step's structured answer."""
+    path = ("steps", i, "next", j, "when")
+    field = when.get("field")
+    if s.get("model") is None or not isinstance(field, str):
+        return  # a script step answers a JSON object; a bad field is a value problem
+    fmt = s.get("format")
+    if fmt is None:
+        report.add(path, f"{label}: a condition on field {field!r} needs JSON output: "
+                         "give the step a format (a JSON Schema, or \"json\")")
+        return
+    props = fmt.get("properties") if isinstance(fmt, dict) else None
+    head = field.split(".")[0]
+    if isinstance(props, dict) and props and head not in props:
+        report.add(path, f"{label}: field {head!r} is not among the format's properties"
+                         f"{_suggest(head, props)} (it has: {', '.join(props)})")
+
+
 def _rule_problems(data: dict, scripts_dir: Path | None, report: _Report) -> None:
     steps = data.get("steps")
     if not isinstance(steps, list):
@@ -323,11 +372,15 @@ def _rule_problems(data: dict, scripts_dir: Path | None, report: _Report) -> Non
             continue
         _step_shape(i, s, label, report)
         _script_path(i, s.get("script"), label, scripts_dir, report)
+        _format(i, s, label, report)
+        _model_alias(i, s, label, data.get("models"), report)
         for j, branch in enumerate(s.get("next") if isinstance(s.get("next"), list) else []):
             target = branch.get("to") if isinstance(branch, dict) else None
             if isinstance(target, str) and target not in graph.index:
                 report.add(("steps", i, "next", j, "to"),
                            f"{label}: branch leads to unknown step {target!r}{_suggest(target, graph.index)}")
+            if isinstance(branch, dict) and isinstance(branch.get("when"), dict):
+                _field_condition(i, j, s, branch["when"], label, report)
         for j, need in enumerate(s.get("needs") if isinstance(s.get("needs"), list) else []):
             if isinstance(need, str) and need == name:
                 report.add(("steps", i, "needs", j), f"{label} needs itself")
@@ -357,7 +410,22 @@ def _rule_problems(data: dict, scripts_dir: Path | None, report: _Report) -> Non
 # ---- entry points --------------------------------------------------------------------
 
 
-def _check(text: str, scripts_dir: Path | None) -> tuple[list[Problem], Workflow | None]:
+def _override_models(data: dict, models: Mapping[str, str], lines: _Lines) -> list[Problem]:
+    aliases = data.get("models")
+    if not isinstance(aliases, dict):
+        return [Problem("", lines.line(()), f"--model {k}={v}: the file has no models mapping to override")
+                for k, v in models.items()]
+    problems = []
+    for alias, model in models.items():
+        if alias not in aliases:
+            problems.append(Problem("models", lines.line(("models",)), f"--model {alias}={model}: the file has no model "
+                                    f"alias {alias!r}{_suggest(alias, aliases)} (it has: {', '.join(aliases)})"))
+        aliases[alias] = model
+    return problems
+
+
+def _check(text: str, scripts_dir: Path | None,
+           models: Mapping[str, str] | None = None) -> tuple[list[Problem], Workflow | None]:
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
@@ -379,6 +447,8 @@ def _check(text: str, scripts_dir: Path | None) -> tuple[list[Problem], Workflow
         return [Problem("", lines.line(()), f"the top level must be a mapping with name and steps, got {kind}")], None
 
     report = _Report(lines)
+    if models:
+        report.problems.extend(_override_models(data, models, lines))
     _duplicate_keys(root, (), report)
     workflow = _value_problems(data, report)
     _rule_problems(data, scripts_dir, report)
@@ -402,24 +472,28 @@ def _duplicate_keys(node: yaml.Node, path: Loc, report: _Report) -> None:
             _duplicate_keys(item, (*path, i), report)
 
 
-def validate_text(text: str, source: str = "<workflow>", scripts_dir: Path | None = None) -> list[Problem]:
-    """Every problem of a workflow file, in file order; [] means it is valid."""
-    return _check(text, scripts_dir)[0]
+def validate_text(text: str, source: str = "<workflow>", scripts_dir: Path | None = None,
+                  models: Mapping[str, str] | None = None) -> list[Problem]:
+    """Every problem of a workflow file, in file order; [] means it is valid.
+
+    `models` overrides entries of the file's models mapping (alias -> model name)."""
+    return _check(text, scripts_dir, models)[0]
 
 
-def load_text(text: str, source: str = "<workflow>", scripts_dir: Path | None = None) -> Workflow:
+def load_text(text: str, source: str = "<workflow>", scripts_dir: Path | None = None,
+              models: Mapping[str, str] | None = None) -> Workflow:
     """The workflow of a valid file; raises WorkflowInvalid(source, problems) otherwise."""
-    problems, workflow = _check(text, scripts_dir)
+    problems, workflow = _check(text, scripts_dir, models)
     if workflow is None:
         raise WorkflowInvalid(source, problems)
     return workflow
 
 
-def load_file(path: Path, scripts_dir: Path | None = None) -> Workflow:
+def load_file(path: Path, scripts_dir: Path | None = None, models: Mapping[str, str] | None = None) -> Workflow:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise WorkflowInvalid(str(path), [Problem("", None, f"cannot read the file: {reason}")]) from exc
-    return load_text(text, str(path), scripts_dir)
+    return load_text(text, str(path), scripts_dir, models)

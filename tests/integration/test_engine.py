@@ -37,7 +37,7 @@ class ScriptedModel:
         if isinstance(out, Failure):
             return TaskResult(interaction_id=task.interaction_id, attempt=task.attempt, failure=out, worker="scripted")
         return TaskResult(interaction_id=task.interaction_id, attempt=task.attempt, output=out, worker="scripted",
-                          metrics={"eval_count": len(out.split())}, started_at=utcnow(), finished_at=utcnow())
+                          metrics={"eval_count": len(str(out).split())}, started_at=utcnow(), finished_at=utcnow())
 
     def list_models(self) -> list[str]:
         return []
@@ -180,7 +180,7 @@ def test_output_matching_no_branch_ends_the_run_and_says_where(conn, tmp_path, s
     execute(conn, scripts_dir, lambda t: "I am not sure" if "grade 1" in t.prompt else "[PASS]", batch)
     first, second = runs(conn, batch)
     assert first["status"] == "failed"
-    assert "step grade: output matched no branch (expected one of [PASS], [FAIL])" in first["end_reason"]
+    assert "step grade: output matched no branch (expected one of [PASS], [FAIL]; output: I am not sure)" in first["end_reason"]
     assert second["status"] == "completed"  # the rest of the batch goes on
 
 
@@ -307,3 +307,68 @@ def test_one_result_that_cannot_be_stored_costs_only_itself(conn, tmp_path):
     status = {i["id"]: i["status"] for i in interactions(conn, batch)}
     assert status[bad.interaction_id] == "dispatched"  # the sweeper will send it again
     assert all(status[g.interaction_id] == "completed" for g in good)
+
+
+FLAG = """#!/usr/bin/env python3
+import json, sys
+x = json.load(sys.stdin)["x"]
+json.dump({"valid": x != "bad", "reason": "x is bad" if x == "bad" else ""}, sys.stdout)
+"""
+
+STRUCTURED = """
+name: structured
+models: {grader: "m:1", writer: "m:2"}
+steps:
+  - name: check
+    script: flag.py
+    input: {x: "{{ input.x }}"}
+    next:
+      - when: {field: valid, equals: true}
+        to: grade
+  - name: grade
+    model: grader
+    format:
+      type: object
+      properties:
+        verdict: {enum: [PASS, FAIL]}
+        score: {type: integer, minimum: 1, maximum: 10}
+      required: [verdict, score]
+    prompt: "grade {{ input.x }}"
+    next:
+      - when: {field: verdict, equals: PASS}
+        to: save
+      - when: {field: score, lte: 3}
+        to: rewrite
+  - name: rewrite
+    model: writer
+    prompt: "rewrite, it scored {{ steps.grade.output.score }}: {{ steps.grade.output }}"
+  - name: save
+    script: echo.py
+    input: {verdict: "{{ steps.grade.output.verdict }}", whole: "{{ steps.grade.output }}"}
+"""
+
+
+def test_branches_read_fields_of_json_outputs(conn, tmp_path, scripts_dir):
+    (scripts_dir / "flag.py").write_text(FLAG)
+    batch = start(conn, tmp_path, STRUCTURED, [["good"], ["low"], ["middling"], ["bad"]])
+    grades = {"grade good": {"verdict": "PASS", "score": 9}, "grade low": {"verdict": "FAIL", "score": 2},
+              "grade middling": {"verdict": "FAIL", "score": 5}}
+    model = execute(conn, scripts_dir, lambda t: grades.get(t.prompt, "rewritten"), batch)
+    # The aliases chose the models the calls went to.
+    assert {t.model for t in model.calls} == {"m:1", "m:2"}
+    good, low, middling, bad = runs(conn, batch)
+    steps = {r["id"]: [i["step"] for i in interactions(conn, batch) if i["run_id"] == r["id"]]
+             for r in (good, low, middling, bad)}
+    assert steps[good["id"]] == ["check", "grade", "save"] and good["status"] == "completed"
+    assert steps[low["id"]] == ["check", "grade", "rewrite"] and low["status"] == "completed"
+    save = next(i for i in interactions(conn, batch) if i["step"] == "save")
+    assert save["output"]["got"]["verdict"] == "PASS"
+    assert json.loads(save["output"]["got"]["whole"]) == {"verdict": "PASS", "score": 9}  # JSON, not a Python repr
+    rewrite = next(t for t in model.calls if t.step == "rewrite")
+    assert rewrite.prompt.startswith("rewrite, it scored 2: {")
+    assert json.loads(rewrite.prompt.partition(": ")[2]) == {"verdict": "FAIL", "score": 2}
+    # No branch for a middling FAIL, nor for an invalid row: each run says why, with the output.
+    assert middling["status"] == "failed"
+    assert "expected one of verdict == 'PASS', score <= 3; output: {" in middling["end_reason"]
+    assert '"score": 5' in middling["end_reason"]
+    assert bad["status"] == "failed" and '"reason": "x is bad"' in bad["end_reason"]

@@ -8,7 +8,8 @@ processes (sha256, never hash()) yet vary with the input the way a real model's 
   not a choice: it is usually quoted text (an earlier grade being improved), so it
   gets a plain answer.
 - A requested JSON format gets a JSON object; a schema gets each property filled
-  with a value of its type.
+  with a value of its type, within its minimum/maximum; an enum value is picked by
+  the hash, or the one the prompt names after "prefer" ("prefer FAIL").
 - Anything else gets a short summary built from the prompt's first and last words.
 Plain and JSON answers never contain a marker unless the prompt offered a choice,
 so a workflow's branches fire exactly where the test meant them to.
@@ -23,6 +24,7 @@ from typing import Any
 
 MARKER = re.compile(r"\[[A-Z_]+\]")
 PREFER = re.compile(r"prefer\s+(\[[A-Z_]+\])", re.IGNORECASE)
+PREFER_VALUE = re.compile(r"prefer\s+\[?(\w+)\]?")
 WORD = re.compile(r"[A-Za-z][A-Za-z+#.-]*[A-Za-z+#]")
 
 
@@ -92,7 +94,8 @@ def _fill(schema: Any, model: str, prompt: str, path: str, depth: int) -> Any:
     if "const" in schema:
         return schema["const"]
     if schema.get("enum"):
-        return schema["enum"][h % len(schema["enum"])]
+        preferred = PREFER_VALUE.findall(prompt)
+        return next((v for v in schema["enum"] if v in preferred), schema["enum"][h % len(schema["enum"])])
     for combinator in ("anyOf", "oneOf", "allOf"):
         if schema.get(combinator):
             return _fill(schema[combinator][0], model, prompt, path, depth + 1)
@@ -107,10 +110,12 @@ def _fill(schema: Any, model: str, prompt: str, path: str, depth: int) -> Any:
         if isinstance(items, dict) and items.get("type", "string") == "string" and "enum" not in items:
             return keywords(prompt)
         return [_fill(items, model, prompt, f"{path}[0]", depth + 1)]
-    if kind == "integer":
-        return h % 100
-    if kind == "number":
-        return (h % 1000) / 10
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", 0)
+        high = schema.get("maximum", low + 99)
+        if kind == "integer":
+            return int(low) + h % (int(high) - int(low) + 1)
+        return low + (h % 1000) / 1000 * (high - low)
     if kind == "boolean":
         return bool(h & 1)
     if kind == "null":

@@ -54,9 +54,9 @@ def test_same_answer_as_the_ollama_api(srv, backend):
 
 
 def test_json_mode_and_schema_give_parseable_json(backend):
-    assert isinstance(json.loads(backend.complete(task(format="json")).output), dict)
+    assert isinstance(backend.complete(task(format="json")).output, dict)
     result = backend.complete(task("Skills: Python, SQL and Terraform", format=SCHEMA))
-    answer = json.loads(result.output)
+    answer = result.output
     assert result.ok and "terraform" in answer["skills"] and isinstance(answer["years"], int)
 
 

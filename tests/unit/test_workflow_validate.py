@@ -483,6 +483,69 @@ CASES = [
             prompt: p
             prompt: q         # <-
         """, "steps[0].prompt", ["duplicate key 'prompt'"], 1),
+    ("a field condition on an AI step without a format", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            next:
+              - when: {field: verdict, equals: PASS}   # <-
+                to: b
+          - name: b
+            script: s.py
+        """, "steps[0].next[0].when", ["step 'a'", "field 'verdict'", "needs JSON output", "format"], 1),
+    ("a field condition on a property the schema lacks", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            format: {type: object, properties: {verdict: {enum: [PASS, FAIL]}}}
+            next:
+              - when: {field: verdit, equals: PASS}   # <-
+                to: b
+          - name: b
+            script: s.py
+        """, "steps[0].next[0].when", ["'verdit'", "did you mean 'verdict'"], 1),
+    ("a field condition that tests nothing", """
+        name: w
+        steps:
+          - name: a
+            script: s.py
+            next:
+              - when: {field: valid}   # <-
+                to: b
+          - name: b
+            script: s.py
+        """, "steps[0].next[0].when", ["step 'a'", "tests nothing", "equals"], 1),
+    ("a field condition with an unknown key", """
+        name: w
+        steps:
+          - name: a
+            script: s.py
+            next:
+              - when: {field: valid, equal: true}   # <-
+                to: b
+          - name: b
+            script: s.py
+        """, "steps[0].next[0].when.equal", ["unknown key 'equal'", "did you mean 'equals'"], 1),
+    ("a format that is not a JSON Schema", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            format: {type: objekt}   # <-
+        """, "steps[0].format", ["step 'a'", "not a valid JSON Schema"], 1),
+    ("a model that is not one of the file's aliases", """
+        name: w
+        models: {grader: "qwen2.5:7b", writer: "gemma3:1b"}
+        steps:
+          - name: a
+            model: grade          # <-
+            prompt: p
+        """, "steps[0].model", ["model 'grade' is not one of the file's models", "did you mean 'grader'"], 1),
 ]
 
 
@@ -568,3 +631,49 @@ def test_load_file_checks_scripts(tmp_path):
         load_file(HERE / "good_pipeline.yaml", scripts_dir=tmp_path)
     (problem,) = info.value.problems
     assert "'save_summary.py' not found" in problem.message
+
+
+MODELS = """
+name: w
+models: {grader: "qwen2.5:7b", writer: "gemma3:1b"}
+steps:
+  - name: a
+    model: grader
+    prompt: p
+    next: [{when: "*", to: b}]
+  - name: b
+    model: writer
+    prompt: q
+"""
+
+
+def test_model_aliases_name_the_fleets_models_and_can_be_overridden():
+    wf = load_text(MODELS)
+    assert [s.actor for s in wf.steps] == ["qwen2.5:7b", "gemma3:1b"]
+    other = load_text(MODELS, models={"grader": "llama3:8b"})
+    assert [s.actor for s in other.steps] == ["llama3:8b", "gemma3:1b"]
+    # What is stored and read back (catalog) keeps the aliases and their resolution.
+    assert [s.actor for s in Workflow.model_validate(other.model_dump(mode="json")).steps] == ["llama3:8b", "gemma3:1b"]
+    (problem,) = validate_text(MODELS, models={"grade": "x"})
+    assert "--model grade=x" in problem.message and "did you mean 'grader'" in problem.message
+
+
+@pytest.mark.parametrize(("when", "output", "matches"), [
+    ({"field": "verdict", "equals": "PASS"}, {"verdict": "PASS"}, True),
+    ({"field": "verdict", "equals": "PASS"}, '{"verdict": "PASS"}', True),   # JSON text from JSON mode
+    ({"field": "verdict", "equals": "PASS"}, "verdict: PASS", False),        # not JSON: no match
+    ({"field": "verdict", "equals": "PASS"}, {"verdict": "pass"}, False),
+    ({"field": "valid", "equals": True}, {"valid": True}, True),
+    ({"field": "valid", "equals": True}, {"valid": 1}, False),                # true is not 1
+    ({"field": "score", "equals": 7}, {"score": "7"}, False),                # "7" is not 7
+    ({"field": "score", "gte": 7}, {"score": "8"}, True),                    # but a number written as text compares
+    ({"field": "score", "gte": 3, "lte": 7}, {"score": 8}, False),
+    ({"field": "score", "gte": 3}, {"score": True}, False),
+    ({"field": "scores.total", "lte": 10}, {"scores": {"total": 9.5}}, True),
+    ({"field": "items.1", "one_of": ["b", "c"]}, {"items": ["a", "b"]}, True),
+    ({"field": "missing", "one_of": ["b"]}, {"items": []}, False),
+])
+def test_field_conditions(when, output, matches):
+    from orchestrator.workflow import Branch
+
+    assert Branch.model_validate({"when": when, "to": "x"}).matches(output) is matches
