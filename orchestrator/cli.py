@@ -418,7 +418,7 @@ def show(run_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) 
                       f"{i['input_chars']:,}", f"{i['output_chars']:,}" if i["output_chars"] is not None else "", duration)
     out.print(table)
     decisions = [e for e in story["events"] if e["kind"] in ("branch_taken", "no_branch_matched", "loop_bound_reached",
-                                                              "retried", "result_ignored")]
+                                                              "loop_exit", "retried", "result_ignored")]
     for e in decisions:
         out.print(f"  {e['at']:%H:%M:%S} {e['kind']}: {json.dumps(e['detail'])}", highlight=False)
     for i in story["interactions"]:

@@ -196,7 +196,7 @@ def on_completed(cur: psycopg.Cursor, ctx: RunContext, interaction: dict) -> lis
 
     visits, outputs = run_state(cur, ctx.run_id)
     created = []
-    for name in targets:
+    for name in targets:  # grows when a bounded step hands over to its on_max_visits step
         target = workflow.step(name)
         if target.needs:
             parents = fan_in_parents(workflow, target, visits, outputs)
@@ -207,13 +207,16 @@ def on_completed(cur: psycopg.Cursor, ctx: RunContext, interaction: dict) -> lis
         seen = visits.setdefault(name, StepVisits())
         visit = seen.visits + 1
         if target.max_visits is not None and visit > target.max_visits:
+            exit_to = target.on_max_visits
             record_event(
                 cur,
                 ctx,
-                "loop_bound_reached",
-                {"step": name, "max_visits": target.max_visits, "from": step.name},
+                "loop_exit" if exit_to else "loop_bound_reached",
+                {"step": name, "max_visits": target.max_visits, "from": step.name, "to": exit_to},
                 interaction["id"],
             )
+            if exit_to and exit_to not in targets:
+                targets.append(exit_to)
             continue
         row = build_interaction(
             workflow,

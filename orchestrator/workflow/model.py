@@ -240,6 +240,9 @@ class Step(_Model):
     timeout: float | None = Field(None, gt=0)
     retries: int | None = Field(None, ge=0)
     max_visits: int | None = Field(None, ge=1)
+    # Where a run goes instead of a visit past max_visits: a loop that gives up gracefully
+    # ("improve twice, then file a ticket and go on") rather than ending the run failed.
+    on_max_visits: str | None = None
 
     _model_name: str | None = PrivateAttr(None)  # what `model` names through the workflow's models
 

@@ -182,6 +182,10 @@ class _Graph:
                 target = branch.get("to") if isinstance(branch, dict) else None
                 if isinstance(target, str) and target in self.index:
                     self.edges[i].add(self.index[target])
+            exit_to = s.get("on_max_visits")
+            if isinstance(exit_to, str) and exit_to in self.index:
+                # The exit runs instead of a visit past the bound: this step has run by then.
+                self.edges[i].add(self.index[exit_to])
             for need in s.get("needs") if isinstance(s.get("needs"), list) else []:
                 # A step needing itself is reported as such, not also as an unbounded loop.
                 if isinstance(need, str) and need in self.index and self.index[need] != i:
@@ -374,6 +378,15 @@ def _rule_problems(data: dict, scripts_dir: Path | None, report: _Report) -> Non
         _script_path(i, s.get("script"), label, scripts_dir, report)
         _format(i, s, label, report)
         _model_alias(i, s, label, data.get("models"), report)
+        exit_to = s.get("on_max_visits")
+        if isinstance(exit_to, str):
+            if s.get("max_visits") is None:
+                report.add(("steps", i, "on_max_visits"), f"{label}: on_max_visits needs max_visits (the bound it acts on)")
+            if exit_to not in graph.index:
+                report.add(("steps", i, "on_max_visits"),
+                           f"{label}: on_max_visits names unknown step {exit_to!r}{_suggest(exit_to, graph.index)}")
+            elif exit_to == name:
+                report.add(("steps", i, "on_max_visits"), f"{label}: on_max_visits cannot name the step itself")
         for j, branch in enumerate(s.get("next") if isinstance(s.get("next"), list) else []):
             target = branch.get("to") if isinstance(branch, dict) else None
             if isinstance(target, str) and target not in graph.index:

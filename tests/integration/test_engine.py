@@ -372,3 +372,43 @@ def test_branches_read_fields_of_json_outputs(conn, tmp_path, scripts_dir):
     assert "expected one of verdict == 'PASS', score <= 3; output: {" in middling["end_reason"]
     assert '"score": 5' in middling["end_reason"]
     assert bad["status"] == "failed" and '"reason": "x is bad"' in bad["end_reason"]
+
+
+GIVE_UP = """
+name: give_up
+defaults: {retries: 0}
+steps:
+  - name: grade
+    model: "m:1"
+    max_visits: 3
+    prompt: "grade {{ input.x }} answer [PASS] or [FAIL]"
+    next:
+      - {when: "[PASS]", to: done}
+      - {when: "[FAIL]", to: improve}
+  - name: improve
+    model: "m:1"
+    max_visits: 2
+    on_max_visits: ticket
+    prompt: "improve {{ steps.grade.output }}"
+    next:
+      - {when: "*", to: grade}
+  - name: ticket
+    model: "m:2"
+    prompt: "file a ticket: {{ steps.grade.output }}"
+    next:
+      - {when: "*", to: done}
+  - name: done
+    script: echo.py
+    input: {grade: "{{ steps.grade.output }}"}
+"""
+
+
+def test_a_loop_that_hits_its_bound_can_hand_over_instead_of_failing(conn, tmp_path, scripts_dir):
+    batch = start(conn, tmp_path, GIVE_UP, [["1"]])
+    execute(conn, scripts_dir, lambda t: "[FAIL]" if t.step == "grade" else f"{t.step} text", batch)
+    (run,) = runs(conn, batch)
+    assert run["status"] == "completed", run["end_reason"]
+    assert [i["step"] for i in interactions(conn, batch)] == [
+        "grade", "improve", "grade", "improve", "grade", "ticket", "done"]
+    (exit_event,) = events(conn, run["id"], "loop_exit")
+    assert exit_event["detail"] == {"step": "improve", "max_visits": 2, "from": "grade", "to": "ticket"}

@@ -546,6 +546,30 @@ CASES = [
             model: grade          # <-
             prompt: p
         """, "steps[0].model", ["model 'grade' is not one of the file's models", "did you mean 'grader'"], 1),
+    ("on_max_visits names an unknown step", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            max_visits: 2
+            on_max_visits: tiket     # <-
+            next: [{when: "*", to: a}]
+          - name: ticket
+            model: m
+            prompt: "{{ steps.a.output }}"
+        """, "steps[0].on_max_visits", ["unknown step 'tiket'", "did you mean 'ticket'"], 3),  # + ticket unreachable
+    ("on_max_visits without max_visits", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            on_max_visits: b     # <-
+          - name: b
+            model: m
+            prompt: p
+        """, "steps[0].on_max_visits", ["needs max_visits"], 1),
 ]
 
 
