@@ -82,5 +82,6 @@ def _fail(code: int, message: str, *, with_traceback: bool = True) -> NoReturn:
     # stderr line in the failure message.
     if with_traceback:
         traceback.print_exc(file=sys.stderr)
-    print(message, file=sys.stderr, flush=True)
+    # One line: the runner quotes the last one, and a driver's message often spans several.
+    print(" | ".join(line.strip() for line in message.splitlines() if line.strip()), file=sys.stderr, flush=True)
     raise SystemExit(code)

@@ -106,9 +106,11 @@ class Farm:
                                  "--concurrency", str(concurrency), "--models", models, "--probe-interval", "1",
                                  *metrics], self.env())
 
-    def scripts(self, name: str = "scripts", directory: Path = SCRIPTS) -> subprocess.Popen:
+    def scripts(self, name: str = "scripts", directory: Path = SCRIPTS, *, database: bool = False) -> subprocess.Popen:
+        # Scripts that save to the database get its URL, as a deployment would give it.
+        env = self.env(WAVEFARM_DATABASE_URL=self.db_url) if database else self.env()
         return self.start(name, [str(BIN / "script-worker"), "--scripts-dir", str(directory), "--name", name,
-                                 "--concurrency", "2"], self.env())
+                                 "--concurrency", "2"], env)
 
     def start_standard(self, host_a: str, host_b: str, *, serves: tuple[str, ...] = ("serve",)) -> None:
         """serve, a GPU worker on each of two hosts, a script worker; returns once all consume."""
@@ -173,10 +175,11 @@ class Farm:
         self.wait_for(f"batch {batch_id} to end", ended, timeout=timeout, every=0.5)
 
     # -- work -----------------------------------------------------------------------
-    def submit(self, csv_path: Path, workflow: Path = WORKFLOW, scripts_dir: Path = SCRIPTS) -> int:
+    def submit(self, csv_path: Path, workflow: Path = WORKFLOW, scripts_dir: Path = SCRIPTS,
+               key: str | None = None) -> int:
         wf = load_file(workflow, scripts_dir)
         catalog.store(self.db, wf, workflow.read_text())
-        return batches.submit(self.db, csv_path, wf.name).batch_id
+        return batches.submit(self.db, csv_path, wf.name, key_column=key).batch_id
 
 
 def outcomes(conn: psycopg.Connection, batch_id: int) -> dict[str, tuple]:
