@@ -43,7 +43,9 @@ def parse_answer(content: str, fmt: Format) -> Any:
     """The JSON value a structured answer holds; raises InvalidOutput when it does not
     parse or does not satisfy the schema (every violation, most specific first)."""
     try:
-        value = json.loads(content)
+        # strict=False: a raw newline inside a string is not strict JSON, but it is what
+        # some servers' grammars let through (llama.cpp's), and the value is unambiguous.
+        value = json.loads(content, strict=False)
     except ValueError:
         raise InvalidOutput("did not answer JSON") from None
     if isinstance(fmt, dict):

@@ -5,22 +5,39 @@ It reports the metric keys the Ollama backend does (prompt_eval_count, eval_coun
 total_duration in ns, finish_reason), so the orchestrator does not care which server a
 host runs. The call cycle (timeouts, failures, format validation, scrubbing) is
 base.HttpBackend's.
+
+A JSON schema has two spellings in response_format, and no one payload suits every
+server: OpenAI and vLLM take `{"type": "json_schema", "json_schema": {...}}` (vLLM
+reads `{"type": "json_object"}` as plain JSON mode and ignores a schema beside it);
+llama-cpp-python's server (`python -m llama_cpp.server`) refuses that type (HTTP 500,
+a validation error naming response_format) and constrains by a grammar built from
+`{"type": "json_object", "schema": {...}}`, as llama.cpp's own llama-server did before
+it learnt json_schema (ggml-org/llama.cpp#9527; it takes both now). The backend sends
+the standard form first; a server that refuses it gets the other one, and the backend
+keeps to whichever form the server last accepted.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import threading
+from typing import Any, Literal
 
 import requests
 from requests.auth import AuthBase
 
-from common.messages import AiTask, Failure, FailureClass
+from common.messages import AiTask, Failure, FailureClass, TaskResult
 from gpu_worker.backends.base import PREVIEW_CHARS, Answer, HttpBackend, normalize_base_url
 
 # Sampling options with the same name and meaning in Ollama's options and the OpenAI
 # API. The rest (num_ctx, top_k, repeat_penalty, ...) are dropped: strict servers refuse
 # unknown fields, and a workflow written for Ollama must still run on vLLM.
 SHARED_OPTIONS = ("temperature", "top_p", "seed", "stop", "frequency_penalty", "presence_penalty")
+
+SchemaForm = Literal["json_schema", "json_object"]
+_OTHER_FORM: dict[str, SchemaForm] = {"json_schema": "json_object", "json_object": "json_schema"}
+
+log = logging.getLogger(__name__)
 
 
 class _Bearer(AuthBase):
@@ -56,6 +73,31 @@ class OpenAIBackend(HttpBackend):
         # (there is only one); both stay scrubbed from messages either way.
         super().__init__(server_root(base_url), pool_size=pool_size, worker=worker,
                          auth=_Bearer(api_key) if api_key else None, secrets=[api_key] if api_key else None)
+        # How this server takes a JSON schema (see the module's docstring), learnt from its
+        # first refusal; each call's own choice is thread-local, as pool threads share self.
+        self.schema_form: SchemaForm = "json_schema"
+        self._call = threading.local()
+
+    def complete(self, task: AiTask) -> TaskResult:
+        form = self.schema_form
+        result = self._complete_as(task, form)
+        if not isinstance(task.format, dict) or not refused_response_format(result):
+            return result
+        other = _OTHER_FORM[form]
+        retried = self._complete_as(task, other)
+        if not refused_response_format(retried):
+            if self.schema_form != other:
+                log.info("%s refused response_format type %s for a JSON schema: sending type %s from now on",
+                         self.server, form, other)
+            self.schema_form = other
+        return retried
+
+    def _complete_as(self, task: AiTask, form: SchemaForm) -> TaskResult:
+        self._call.form = form
+        try:
+            return super().complete(task)
+        finally:
+            self._call.form = None
 
     def _payload(self, task: AiTask) -> dict[str, Any]:
         messages = [{"role": "user", "content": task.prompt}]
@@ -64,7 +106,8 @@ class OpenAIBackend(HttpBackend):
         payload: dict[str, Any] = {"model": task.model, "messages": messages, "stream": False}
         payload.update(map_options(task.options))
         if task.format is not None:
-            payload["response_format"] = response_format(task.format)
+            form = getattr(self._call, "form", None) or self.schema_form
+            payload["response_format"] = response_format(task.format, schema_form=form)
         return payload
 
     def _read(self, body: dict[str, Any], task: AiTask, metrics: dict[str, Any], elapsed_s: float) -> Answer | Failure:
@@ -111,8 +154,18 @@ def map_options(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def response_format(fmt: str | dict[str, Any]) -> dict[str, Any]:
-    """AiTask.format as OpenAI's response_format: JSON mode, or structured output by schema."""
+def response_format(fmt: str | dict[str, Any], *, schema_form: SchemaForm = "json_schema") -> dict[str, Any]:
+    """AiTask.format as OpenAI's response_format: JSON mode, or structured output by schema,
+    in the spelling `schema_form` names (see the module's docstring)."""
     if isinstance(fmt, dict):
+        if schema_form == "json_object":
+            return {"type": "json_object", "schema": fmt}
         return {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt, "strict": True}}
     return {"type": "json_object"}
+
+
+def refused_response_format(result: TaskResult) -> bool:
+    """The server refused the request for its response_format (not for the prompt or the model)."""
+    failure = result.failure
+    return (failure is not None and failure.failure_class in (FailureClass.BAD_REQUEST, FailureClass.SERVER_ERROR)
+            and "response_format" in failure.message)

@@ -68,7 +68,78 @@ def test_options_map_and_num_predict_limits_tokens(backend):
                                                            "top_p": 0.9, "stop": ["\n"]}
     assert map_options({"num_predict": -1}) == {}
     assert response_format("json") == {"type": "json_object"}
-    assert response_format(SCHEMA)["json_schema"] == {"name": "output", "schema": SCHEMA, "strict": True}
+    assert response_format(SCHEMA) == {"type": "json_schema",
+                                       "json_schema": {"name": "output", "schema": SCHEMA, "strict": True}}
+    # llama-cpp-python's server spelling: JSON mode with the schema beside it.
+    assert response_format(SCHEMA, schema_form="json_object") == {"type": "json_object", "schema": SCHEMA}
+    assert response_format("json", schema_form="json_object") == {"type": "json_object"}
+
+
+# What llama-cpp-python's server (0.3.x) answers to response_format type json_schema: its
+# request model allows only "text" and "json_object", and its error handler turns the
+# validation error into a 500.
+LLAMA_CPP_PYTHON_REFUSAL = {"error": {
+    "message": "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+               "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema', "
+               "'ctx': {'expected': \"'text' or 'json_object'\"}}",
+    "type": "internal_server_error", "param": None, "code": None}}
+
+
+def _json_response(status: int, body: dict) -> requests.Response:
+    response = requests.Response()
+    response.status_code, response._content = status, json.dumps(body).encode()
+    response.headers["Content-Type"] = "application/json"
+    return response
+
+
+def _llama_cpp_python(backend, monkeypatch) -> list:
+    """Make the fake server speak llama-cpp-python's dialect of response_format; returns what was sent."""
+    sent: list = []
+    post = backend.session.post
+
+    def dialect(url, **kw):
+        fmt = kw["json"].get("response_format")
+        sent.append(fmt)
+        if fmt and fmt["type"] == "json_schema":
+            return _json_response(500, LLAMA_CPP_PYTHON_REFUSAL)
+        if fmt and "schema" in fmt:  # constrained by the schema, as its grammar does
+            kw["json"] = {**kw["json"], "response_format": {
+                "type": "json_schema", "json_schema": {"name": "output", "schema": fmt["schema"]}}}
+        return post(url, **kw)
+
+    monkeypatch.setattr(backend.session, "post", dialect)
+    return sent
+
+
+def test_a_server_that_refuses_json_schema_gets_the_schema_as_json_object(backend, monkeypatch):
+    sent = _llama_cpp_python(backend, monkeypatch)
+    result = backend.complete(task("Skills: Python, SQL and Terraform", format=SCHEMA))
+    assert result.ok and "terraform" in result.output["skills"] and isinstance(result.output["years"], int)
+    assert sent == [response_format(SCHEMA), {"type": "json_object", "schema": SCHEMA}]
+    assert backend.schema_form == "json_object"
+    # Learnt once: the next schema step is one call; JSON mode and plain text are untouched.
+    assert backend.complete(task("Skills: Go", format=SCHEMA)).ok and len(sent) == 3
+    assert sent[2] == {"type": "json_object", "schema": SCHEMA}
+    assert backend.complete(task(format="json")).ok and sent[3] == {"type": "json_object"}
+    assert backend.complete(task()).ok and sent[4] is None
+
+
+def test_only_a_refused_response_format_tries_the_other_form(srv, backend, monkeypatch):
+    sent: list = []
+
+    def refuse(url, **kw):
+        sent.append(kw["json"]["response_format"]["type"])
+        return _json_response(400, {"error": {"message": "response_format is not supported by this model"}})
+
+    monkeypatch.setattr(backend.session, "post", refuse)
+    result = backend.complete(task(format=SCHEMA))
+    # Both spellings refused: the answer is the second refusal, and nothing is learnt.
+    assert result.failure.failure_class == FailureClass.BAD_REQUEST and "response_format" in result.failure.message
+    assert sent == ["json_schema", "json_object"] and backend.schema_form == "json_schema"
+    monkeypatch.undo()
+    srv.set_fault(MODEL, "error")  # any other failure is the task's answer, after one call
+    assert backend.complete(task(format=SCHEMA)).failure.failure_class == FailureClass.SERVER_ERROR
+    assert srv.requests[MODEL] == 1 and backend.schema_form == "json_schema"
 
 
 def test_answer_that_is_not_json_is_invalid_output(srv, backend):
