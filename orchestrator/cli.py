@@ -472,5 +472,9 @@ def _read_text(path: Path) -> str:
         raise WavefarmError(f"{path} is not UTF-8 text") from None
 
 
+from orchestrator import demo as _demo  # noqa: E402  (orchestrator/demo.py: the zero-setup demo)
+app.command("demo")(_demo.demo)
+
+
 def main() -> None:
     run_app(app, err)

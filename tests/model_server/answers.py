@@ -108,8 +108,10 @@ def _fill(schema: Any, model: str, prompt: str, path: str, depth: int) -> Any:
     if kind == "array":
         items = schema.get("items") or {"type": "string"}
         if isinstance(items, dict) and items.get("type", "string") == "string" and "enum" not in items:
-            return keywords(prompt)
-        return [_fill(items, model, prompt, f"{path}[0]", depth + 1)]
+            words = [_fit(w, items) for w in keywords(prompt)]
+        else:
+            words = [_fill(items, model, prompt, f"{path}[0]", depth + 1)]
+        return words[:schema.get("maxItems", len(words))]
     if kind in ("integer", "number"):
         low = schema.get("minimum", 0)
         high = schema.get("maximum", low + 99)
@@ -120,4 +122,10 @@ def _fill(schema: Any, model: str, prompt: str, path: str, depth: int) -> Any:
         return bool(h & 1)
     if kind == "null":
         return None
-    return text_answer(model, prompt)
+    return _fit(text_answer(model, prompt), schema)
+
+
+def _fit(text: str, schema: dict) -> str:
+    """A string within the schema's length bounds, as a grammar-constrained server gives."""
+    text = text[:schema.get("maxLength", len(text))]
+    return text.ljust(schema.get("minLength", 0), ".")

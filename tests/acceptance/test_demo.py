@@ -1,0 +1,185 @@
+"""`orchestrator demo` as a newcomer runs it: no Postgres, no broker, no WAVEFARM_*
+settings, an empty home directory. The demo starts an embedded Postgres and the farm's
+processes itself, and must leave nothing running when it is done."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from orchestrator.demo import DemoError, choose_models
+from tests.model_server import ModelServer
+
+BIN = Path(sys.executable).parent
+
+
+# -- choosing models ------------------------------------------------------------------------
+def test_choose_models_prefers_the_served_model_of_the_same_name_else_the_first():
+    served = ["gemma3:1b", "qwen2.5:7b"]
+    aliases = {"summariser": "gemma3:1b", "grader": "gemma2", "editor": "qwen2.5:7b"}
+    assert choose_models(aliases, served) == {"summariser": "gemma3:1b", "grader": "gemma3:1b",
+                                              "editor": "qwen2.5:7b"}
+
+
+def test_choose_models_reads_ollama_names_without_a_tag_as_latest():
+    assert choose_models({"writer": "llama3"}, ["phi3:mini", "llama3:latest"]) == {"writer": "llama3:latest"}
+    assert choose_models({"writer": "llama3:latest"}, ["phi3:mini", "llama3"]) == {"writer": "llama3"}
+
+
+def test_choose_models_takes_a_list_of_aliases_as_model_names():
+    assert choose_models(["qwen2.5:7b", "phi3"], ["gemma3:270m", "qwen2.5:7b"]) == {
+        "qwen2.5:7b": "qwen2.5:7b", "phi3": "gemma3:270m"}
+
+
+def test_choose_models_needs_a_served_model():
+    with pytest.raises(DemoError, match="no model"):
+        choose_models({"grader": "gemma2"}, [])
+
+
+# -- the whole demo ---------------------------------------------------------------------------
+@pytest.fixture
+def newcomer(tmp_path) -> tuple[Path, dict[str, str]]:
+    """An empty home and an environment with no wavefarm settings and no XDG overrides."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WAVEFARM_", "XDG_", "PG"))}
+    env["HOME"] = str(home)
+    return home, env
+
+
+def demo(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(BIN / "orchestrator"), "demo", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=280)
+    print(proc.stderr[-6000:], proc.stdout[-3000:], sep="\n")  # shown when the test fails
+    return proc
+
+
+def left_running(home: Path) -> list[str]:
+    """Processes of this demo still alive: children inherit HOME, postgres names its data directory."""
+    found = []
+    for proc in psutil.process_iter(["pid", "status", "cmdline"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if proc.pid == os.getpid():
+                continue
+            if str(home) in cmdline or proc.environ().get("HOME") == str(home):
+                found.append(f"{proc.pid}: {cmdline}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def wait_none_left(home: Path, timeout: float = 10.0) -> list[str]:
+    until = time.monotonic() + timeout
+    while (left := left_running(home)) and time.monotonic() < until:
+        time.sleep(0.2)
+    return left
+
+
+@pytest.fixture
+def model_server():
+    with ModelServer(models=["gemma3:1b", "qwen2.5:7b"], latency=0.01, slots=4) as server:
+        yield server
+
+
+@pytest.fixture
+def stop_db_after(newcomer, tmp_path):
+    """Whatever happened in the test, no embedded Postgres of it outlives it."""
+    yield
+    subprocess.run([str(BIN / "orchestrator"), "demo", "--stop-db"], env=newcomer[1], cwd=tmp_path,
+                   capture_output=True, timeout=120)
+
+
+def test_demo_runs_the_example_from_nothing_and_leaves_nothing_running(newcomer, tmp_path, model_server,
+                                                                       stop_db_after):
+    home, env = newcomer
+    data = home / ".local" / "share" / "wavefarm"
+    first = demo(env, tmp_path, "--ollama-url", model_server.url)
+    assert first.returncode == 0
+    assert "creating the embedded Postgres" in first.stderr
+    ended = re.search(r"all (\d+) runs ended in", first.stderr)
+    assert ended and int(ended.group(1)) > 0
+    assert "runs: running 0 " in first.stdout                      # every run ended
+    assert "interactions by model" in first.stdout and "results (the first" in first.stdout
+    assert re.search(r"orchestrator show \d+", first.stdout)
+    assert "export WAVEFARM_DATABASE_URL=" in first.stdout
+    password = (data / "postgres.pass").read_text().strip().rsplit(":", 1)[1]
+    assert password not in first.stdout + first.stderr
+    assert (data / "logs" / "serve.log").is_file() and (data / "logs" / "gpu-worker.log").is_file()
+    assert wait_none_left(home) == []
+
+    # A demo that crashed leaves a postmaster.pid behind, naming a pid that is now
+    # another process: the next start must not be blocked by it.
+    pgdata = data / "postgres"
+    impostor = subprocess.Popen(["sleep", "300"])
+    try:
+        (pgdata / "postmaster.pid").write_text(
+            f"{impostor.pid}\n{pgdata}\n{int(time.time())}\n5\n\n127.0.0.1\n  0  0\nready   \n")
+        second = demo(env, tmp_path, "--ollama-url", model_server.url, "--keep-db")
+    finally:
+        impostor.kill()
+        impostor.wait()
+    assert second.returncode == 0
+    assert "creating the embedded Postgres" not in second.stderr  # the data directory is reused
+    assert "stale postmaster.pid" in second.stderr
+    assert "ended in an earlier demo" in second.stderr            # the same rows are not run twice
+    assert "runs: running 0 " in second.stdout
+    # --keep-db: the printed commands reach the embedded database.
+    url = re.search(r"export WAVEFARM_DATABASE_URL='([^']+)'", second.stdout).group(1)
+    status = subprocess.run([str(BIN / "orchestrator"), "status", "--batch", "1"], cwd=tmp_path, text=True,
+                            capture_output=True, env={**env, "WAVEFARM_DATABASE_URL": url}, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert "runs: running 0 " in status.stdout
+
+    # A server already running is reused, and stopped by its last user.
+    third = demo(env, tmp_path, "--ollama-url", model_server.url)
+    assert third.returncode == 0
+    assert "reusing the embedded Postgres" in third.stderr
+    assert wait_none_left(home) == []
+    assert "not running" in demo(env, tmp_path, "--stop-db").stderr
+
+
+def start_demo(env: dict[str, str], cwd: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    """A demo in the background, returned once its farm's processes are started."""
+    log = cwd / "demo.err"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen([str(BIN / "orchestrator"), "demo", *args], env=env, cwd=cwd,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+    until = time.monotonic() + 120
+    while "started serve" not in log.read_text() and proc.poll() is None and time.monotonic() < until:
+        time.sleep(0.2)
+    assert proc.poll() is None, log.read_text()
+    return proc, log
+
+
+def test_ctrl_c_stops_the_farm_and_the_database(newcomer, tmp_path, model_server, stop_db_after):
+    home, env = newcomer
+    proc, log = start_demo(env, tmp_path, "--ollama-url", model_server.url)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=90) == 130, log.read_text()
+    assert "interrupted: stopping the farm" in log.read_text()
+    assert wait_none_left(home) == []
+
+
+def test_a_worker_that_dies_is_reported_with_its_log_and_the_rest_is_stopped(newcomer, tmp_path, model_server,
+                                                                              stop_db_after):
+    home, env = newcomer
+    proc, log = start_demo(env, tmp_path, "--ollama-url", model_server.url)
+    worker = next(c for c in psutil.Process(proc.pid).children() if "gpu-worker" in " ".join(c.cmdline()))
+    worker.kill()
+    assert proc.wait(timeout=90) == 1, log.read_text()
+    text = log.read_text()
+    assert re.search(r"gpu-worker stopped unexpectedly \(exit -9\); the end of .*gpu-worker\.log", text), text
+    assert "  | " in text  # the tail of its log
+    assert wait_none_left(home) == []
