@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from common import embedded_postgres
 from common.cli import run_app
 from common.errors import WavefarmError
 from common.logs import setup_logging
@@ -52,11 +53,15 @@ ScriptsDir = Annotated[
 
 @contextmanager
 def database() -> Iterator[psycopg.Connection]:
-    conn = connect(get_settings().require_database_url())
+    conn = connect(_database_url())
     try:
         yield conn
     finally:
         conn.close()
+
+
+def _database_url() -> str:
+    return embedded_postgres.configured_or_embedded_url(say=lambda text: err.print(text, highlight=False))
 
 
 def _scripts_dir(option: Path | None) -> Path | None:
@@ -223,7 +228,7 @@ def _local_executor(conn: psycopg.Connection, ollama_url: str | None, scripts_di
         scripts_dir=scripts_dir,
         concurrency=concurrency,
         # Scripts that write to the database get its URL (SPEC: script contract).
-        script_env={"WAVEFARM_DATABASE_URL": settings.require_database_url()},
+        script_env={"WAVEFARM_DATABASE_URL": _database_url()},
     )
 
 
@@ -279,7 +284,7 @@ def serve(
     from orchestrator.service import Service
 
     celery_app = make_app(settings.require_broker_url(), batched_publish=True)
-    pool = open_pool(settings.require_database_url(), size=settings.db_pool_size)
+    pool = open_pool(_database_url(), size=settings.db_pool_size)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

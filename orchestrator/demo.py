@@ -1,7 +1,7 @@
 """`orchestrator demo`: the main job in one command on a machine with nothing but Python.
 
 It sets up what the farm needs and nobody installed: an embedded Postgres in the user's
-data directory (orchestrator/embedded.py), the filesystem broker next to it
+data directory (common/embedded_postgres.py), the filesystem broker next to it
 (common/celery_app.py), and a model server (one given, a local Ollama, or the built-in
 small model). Then it runs the farm as production does, as separate processes:
 `orchestrator serve`, a `script-worker` and a `gpu-worker`, each logging to a file in
@@ -27,6 +27,7 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import Annotated, Iterator, Literal, Optional
 
+import psycopg
 import typer
 import yaml
 from rich.console import Console, Group
@@ -45,6 +46,9 @@ GRACE_S = 15.0       # a child's time to stop after SIGTERM before SIGKILL
 POLL_S = 0.5
 STALL_S = 60.0     # no change for this long: say what the farm knows
 RESULT_ROWS = 10
+# The built-in model runs on the CPU, one call at a time: a posting takes it a minute or
+# two (about a dozen calls), so by default the demo gives it the first few rows only.
+BUILTIN_LIMIT = 6
 # Script steps are a Python subprocess each (most of a script's time is starting up):
 # more of them at once than cores still pays, as they also wait on the database.
 SCRIPT_SLOTS = min(8, max(4, os.cpu_count() or 1))
@@ -67,29 +71,9 @@ class Example:
 
 
 def default_example() -> Example:
-    """examples/postings/ (its workflow names models through aliases) when it is there,
-    else the older examples/posting_pipeline.yaml."""
+    """examples/postings/: the job-posting pipeline, its scripts and sample postings."""
     folder = EXAMPLES / "postings"
-    if (folder / "workflow.yaml").is_file():
-        csvs = sorted(folder.glob("*.csv"))
-        batch = folder / "postings.csv" if (folder / "postings.csv").is_file() else (csvs[0] if csvs else
-                                                                                      EXAMPLES / "postings.csv")
-        scripts = folder / "scripts" if (folder / "scripts").is_dir() else EXAMPLES / "scripts"
-        return Example(folder / "workflow.yaml", batch, scripts, _key_of(batch))
-    return Example(EXAMPLES / "posting_pipeline.yaml", EXAMPLES / "postings.csv", EXAMPLES / "scripts", "posting_id")
-
-
-KEY_COLUMNS = ("posting_id", "source_id", "id")
-
-
-def _key_of(batch: Path) -> str | None:
-    """The column that identifies a posting in a sample file, if it has one of the usual names."""
-    try:
-        with batch.open(newline="", encoding="utf-8-sig") as f:
-            header = next(csv.reader(f), [])
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return None
-    return next((c for c in KEY_COLUMNS if c in header), None)
+    return Example(folder / "workflow.yaml", folder / "postings.csv", folder / "scripts", "source_id")
 
 
 def choose_models(aliases: Mapping[str, str] | Iterable[str], served_models: Sequence[str]) -> dict[str, str]:
@@ -123,6 +107,7 @@ class ModelServer:
     url: str
     models: list[str]
     where: str  # how it was found, for the user
+    builtin: bool = False  # the small CPU model of gpu_worker.local_model: one call at a time, slow
 
 
 def _list_models(api: str, url: str) -> list[str]:
@@ -161,7 +146,8 @@ def find_model_server(ollama_url: str | None, openai_url: str | None, data: Path
             url = stack.enter_context(local_model.serve(models_dir))
         except getattr(local_model, "LocalModelError", RuntimeError) as exc:
             raise DemoError(f"the built-in model did not start: {exc}") from None
-        return ModelServer("openai", url, _list_models("openai", url), f"built-in {local_model.MODEL_NAME}")
+        return ModelServer("openai", url, _list_models("openai", url), f"built-in {local_model.MODEL_NAME}",
+                           builtin=True)
     raise DemoError(
         "no model server found: the demo needs one of\n"
         f"  - Ollama: install it (https://ollama.com/download), run `ollama serve` and `ollama pull gemma3:270m`, "
@@ -280,10 +266,11 @@ def demo(
     use_env: Annotated[bool, typer.Option("--use-env", help="Use WAVEFARM_DATABASE_URL and WAVEFARM_BROKER_URL where set, instead of the embedded ones.")] = False,
     keep_db: Annotated[bool, typer.Option("--keep-db", help="Leave the embedded Postgres running afterwards (for status, show, export).")] = False,
     stop_db: Annotated[bool, typer.Option("--stop-db", help="Stop an embedded Postgres left running by --keep-db, and exit.")] = False,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=0, help=f"Submit the first N rows only (default: all; {BUILTIN_LIMIT} on the built-in CPU model; 0: all).")] = None,
 ) -> None:
     """Run the example job end to end on this machine, with nothing to set up: an
     embedded Postgres, a local broker, the farm's processes, a model server."""
-    from orchestrator import embedded
+    from common import embedded_postgres as embedded
 
     data = embedded.data_dir()
     if stop_db:
@@ -296,7 +283,7 @@ def demo(
     with ExitStack() as stack:
         try:
             with _terminate_as_interrupt():
-                _run(example, ollama_url, openai_url, use_env, keep_db, data, stack, outcome)
+                _run(example, ollama_url, openai_url, use_env, keep_db, data, stack, outcome, limit)
         except KeyboardInterrupt:
             err.print("[yellow]interrupted: stopping the farm[/yellow]")
             code = 130
@@ -334,9 +321,10 @@ def _example(workflow: Path | None, batch: Path | None, scripts_dir: Path | None
 
 
 def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_env: bool, keep_db: bool,
-         data: Path, stack: ExitStack, outcome: dict) -> None:
-    from common.celery_app import filesystem_broker_url
-    from orchestrator import batches, catalog, embedded, reports
+         data: Path, stack: ExitStack, outcome: dict, limit: int | None) -> None:
+    from common.local_broker import local_broker_url
+    from common import embedded_postgres as embedded
+    from orchestrator import batches, catalog, reports
     from orchestrator.db import connect
     from orchestrator.db.migrate import upgrade
     from orchestrator.workflow import load_file
@@ -361,7 +349,7 @@ def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_e
         db_url = pg.start()
         outcome["embedded_url"] = db_url
     if broker_url is None:
-        broker_url = filesystem_broker_url(data / "broker")
+        broker_url = local_broker_url(data / "broker")
     err.print(f"database: {redact_url(db_url)}\nbroker: {redact_url(broker_url)}", highlight=False)
 
     conn = connect(db_url)
@@ -378,7 +366,12 @@ def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_e
     stored = catalog.store(conn, wf, example.workflow.read_text(encoding="utf-8"))
     err.print(f"workflow {stored.name} v{stored.version} from {example.workflow}", highlight=False)
 
-    report = batches.submit(conn, example.batch, stored.name, key_column=example.key)
+    if limit is None and server.builtin:
+        limit = BUILTIN_LIMIT
+        err.print(f"the built-in model answers one call at a time on the CPU (a minute or two per posting): "
+                  f"submitting the first {limit} rows (--limit 0 for all of them)", highlight=False)
+    source = _first_rows(example.batch, limit, data / "samples") if limit else example.batch
+    report = batches.submit(conn, source, stored.name, key_column=example.key)
     outcome["batch_id"] = report.batch_id
     err.print(f"batch {report.batch_id}: {report.runs_created} run(s) created from {example.batch.name}"
               + (f", {report.runs_existing} submitted before" if report.runs_existing else "")
@@ -390,6 +383,8 @@ def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_e
     else:
         _farm(conn, report.batch_id, example, server, db_url, broker_url, logs, stack, outcome)
     _print_results(conn, report.batch_id, example.key, outcome)
+    _print_report(conn, report.batch_id, example)
+    outcome["embedded"] = "embedded_url" in outcome
 
 
 def _farm(conn, batch_id: int, example: Example, server: ModelServer, db_url: str, broker_url: str, logs: Path,
@@ -409,7 +404,8 @@ def _farm(conn, batch_id: int, example: Example, server: ModelServer, db_url: st
                    env={**env, "WAVEFARM_DATABASE_URL": db_url})
     # A GPU host has the broker only, never the database.
     children.start("gpu-worker", [*_command("gpu-worker", "gpu_worker.cli"), f"--{server.api}-url", server.url,
-                                  "--models", "auto", "--name", "demo-gpu", "--concurrency", "4",
+                                  "--models", "auto", "--name", "demo-gpu",
+                                  "--concurrency", "1" if server.builtin else "4",
                                   "--probe-interval", "2"])
     err.print(f"started serve, script-worker and gpu-worker (logs in {logs})", highlight=False)
 
@@ -533,6 +529,40 @@ def _print_results(conn, batch_id: int, key: str | None, outcome: dict) -> None:
                            else "one run's chain of interactions")
 
 
+def _first_rows(batch: Path, limit: int, folder: Path) -> Path:
+    """The first `limit` records of a CSV file (records, not lines: a field may hold
+    line breaks), as a file of their own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sample = folder / f"{batch.stem}-first-{limit}.csv"
+    with batch.open(newline="", encoding="utf-8-sig") as f, sample.open("w", newline="", encoding="utf-8") as out:
+        reader, writer = csv.reader(f), csv.writer(out, lineterminator="\n")
+        for row in islice(reader, limit + 1):  # the header and `limit` records
+            writer.writerow(row)
+    return sample
+
+
+def _print_report(conn, batch_id: int, example: Example) -> None:
+    """The example's own view of its results: `report.sql` beside the workflow, if any
+    (the postings example shows what it saved to the postings table)."""
+    query = example.workflow.parent / "report.sql"
+    if not query.is_file():
+        return
+    try:
+        rows = conn.execute(query.read_text(encoding="utf-8"), {"batch_id": batch_id}).fetchall()
+    except psycopg.Error as exc:
+        conn.rollback()
+        err.print(f"[yellow]{query.name} did not run: {exc.diag.message_primary or exc}[/yellow]", highlight=False)
+        return
+    if not rows:
+        return
+    table = Table(title=f"what the scripts saved ({query.relative_to(REPO) if query.is_relative_to(REPO) else query})")
+    for column in rows[0]:
+        table.add_column(column, overflow="fold")
+    for row in rows[:RESULT_ROWS * 3]:
+        table.add_row(*("" if v is None else _short(v, 70) for v in row.values()))
+    out.print(table)
+
+
 def _short(value: object, limit: int = 90) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     text = " ".join(str(text).split())
@@ -542,17 +572,20 @@ def _short(value: object, limit: int = 90) -> str:
 def _print_next(outcome: dict, data: Path, keep_db: bool) -> None:
     batch_id = outcome["batch_id"]
     lines = ["", "[bold]where to look next[/bold]"]
-    if "embedded_url" in outcome:
-        lines.append(f"  export WAVEFARM_DATABASE_URL='{outcome['embedded_url']}'")
+    # Without WAVEFARM_DATABASE_URL every command uses the embedded Postgres (starting it
+    # if needed); a shell that sets it must point it here to see the demo's data.
+    prefix = ""
+    if outcome.get("embedded") and get_settings().database_url is not None:
+        prefix = f"WAVEFARM_DATABASE_URL='{outcome['embedded_url']}' "
     if outcome.get("show_run") is not None:
-        lines.append(f"  orchestrator show {outcome['show_run']}    # {outcome['show_why']}")
-    lines += [f"  orchestrator status --batch {batch_id}",
-              f"  orchestrator export --batch {batch_id} --format csv -o results.csv",
+        lines.append(f"  {prefix}orchestrator show {outcome['show_run']}    # {outcome['show_why']}")
+    lines += [f"  {prefix}orchestrator status --batch {batch_id}",
+              f"  {prefix}orchestrator export --batch {batch_id} --format csv -o results.csv",
               f"  logs of serve and the workers: {data / 'logs'}"]
-    if "embedded_url" in outcome:
+    if outcome.get("embedded"):
         if keep_db:
-            lines.append("  the embedded Postgres is still running; `orchestrator demo --stop-db` stops it")
+            lines.append("  the embedded Postgres is still running (`orchestrator demo --stop-db` stops it)")
         else:
-            lines.append("  the embedded Postgres is stopped now: `orchestrator demo --keep-db` (quick: the batch is "
-                         "done) leaves it running for these commands, `orchestrator demo --stop-db` stops it then")
+            lines.append("  these commands start the embedded Postgres for themselves (`--keep-db` leaves it "
+                         "running between them)")
     out.print("\n".join(lines), highlight=False)

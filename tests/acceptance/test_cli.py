@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLES
 
 BIN = Path(sys.executable).parent
+# A small pipeline that uses every shape the engine knows (the flagship is examples/postings).
+EXAMPLES = Path(__file__).resolve().parent / "pipeline"
 
 
 def cli(db_url: str | None, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -51,10 +52,24 @@ def test_validate_accepts_the_example_and_refuses_a_broken_file(tmp_path):
     assert re.search(rf"{re.escape(str(broken))}:\d+: steps\[\d\]\.next\[\d\]\.to: .*'recrod'", bad.stderr), bad.stderr
 
 
-def test_missing_database_setting_is_a_clear_error(tmp_path):
-    proc = cli(None, "status", check=False)
-    assert proc.returncode == 2
-    assert "WAVEFARM_DATABASE_URL is not set" in proc.stderr
+def test_without_a_database_setting_commands_use_the_embedded_postgres(tmp_path):
+    # SPEC: WAVEFARM_DATABASE_URL unset means an embedded Postgres in the data directory.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAVEFARM_")}
+    env["WAVEFARM_DATA_DIR"] = str(tmp_path / "data")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "orchestrator"), *args], capture_output=True, text=True, env=env,
+                              timeout=300)
+
+    upgraded = run("db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "WAVEFARM_DATABASE_URL is not set: using the embedded Postgres" in upgraded.stderr
+    status = run("status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["batches"] == []  # the same database, already migrated
+    # The last command out stopped the server: nothing of it is left running.
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "data")], capture_output=True, text=True)
+    assert leftovers.stdout == ""
 
 
 def test_unreachable_database_error_hides_the_password():

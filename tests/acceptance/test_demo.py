@@ -112,7 +112,9 @@ def test_demo_runs_the_example_from_nothing_and_leaves_nothing_running(newcomer,
     assert "runs: running 0 " in first.stdout                      # every run ended
     assert "interactions by model" in first.stdout and "results (the first" in first.stdout
     assert re.search(r"orchestrator show \d+", first.stdout)
-    assert "export WAVEFARM_DATABASE_URL=" in first.stdout
+    # What the example's scripts saved: a posting with its score, a rejected row with its reason.
+    assert "what the scripts saved" in first.stdout
+    assert "rejected: company is empty" in first.stdout and re.search(r"\b\d+ (GENUINE|BORDERLINE|LIKELY_INTERN)", first.stdout)
     password = (data / "postgres.pass").read_text().strip().rsplit(":", 1)[1]
     assert password not in first.stdout + first.stderr
     assert (data / "logs" / "serve.log").is_file() and (data / "logs" / "gpu-worker.log").is_file()
@@ -134,10 +136,10 @@ def test_demo_runs_the_example_from_nothing_and_leaves_nothing_running(newcomer,
     assert "stale postmaster.pid" in second.stderr
     assert "ended in an earlier demo" in second.stderr            # the same rows are not run twice
     assert "runs: running 0 " in second.stdout
-    # --keep-db: the printed commands reach the embedded database.
-    url = re.search(r"export WAVEFARM_DATABASE_URL='([^']+)'", second.stdout).group(1)
+    # The printed commands need no setting: they use the embedded Postgres (--keep-db: the running one).
+    assert "orchestrator status --batch 1" in second.stdout
     status = subprocess.run([str(BIN / "orchestrator"), "status", "--batch", "1"], cwd=tmp_path, text=True,
-                            capture_output=True, env={**env, "WAVEFARM_DATABASE_URL": url}, timeout=60)
+                            capture_output=True, env=env, timeout=60)
     assert status.returncode == 0, status.stderr
     assert "runs: running 0 " in status.stdout
 
@@ -145,6 +147,11 @@ def test_demo_runs_the_example_from_nothing_and_leaves_nothing_running(newcomer,
     third = demo(env, tmp_path, "--ollama-url", model_server.url)
     assert third.returncode == 0
     assert "reusing the embedded Postgres" in third.stderr
+    assert wait_none_left(home) == []
+    # With the server stopped, a command starts it for itself and stops it again.
+    show = subprocess.run([str(BIN / "orchestrator"), "show", "1"], cwd=tmp_path, text=True,
+                          capture_output=True, env=env, timeout=120)
+    assert show.returncode == 0 and "intake" in show.stdout, show.stderr
     assert wait_none_left(home) == []
     assert "not running" in demo(env, tmp_path, "--stop-db").stderr
 

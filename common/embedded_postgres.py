@@ -30,6 +30,7 @@ What we do instead (docs/embedded.md):
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import logging
@@ -49,15 +50,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-import platformdirs
 import psutil
 import psycopg
 
 from common.errors import WavefarmError
+from common.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-APP_NAME = "wavefarm"
 SYSTEM_USER = "wavefarm-postgres"   # runs the server when we are root
 DB_USER = "wavefarm"
 DB_NAME = "wavefarm"
@@ -70,8 +70,37 @@ class EmbeddedPostgresError(WavefarmError):
 
 
 def data_dir() -> Path:
-    """The user's wavefarm data directory (~/.local/share/wavefarm on Linux)."""
-    return Path(platformdirs.user_data_dir(APP_NAME))
+    """The user's wavefarm data directory (~/.local/share/wavefarm on Linux, or WAVEFARM_DATA_DIR)."""
+    return get_settings().local_data_dir()
+
+
+_in_use: "EmbeddedPostgres | None" = None
+
+
+def configured_or_embedded_url(say: Callable[[str], None] | None = None) -> str:
+    """WAVEFARM_DATABASE_URL; unset, the embedded Postgres (started, or the running one
+    reused), released when this process exits."""
+    settings = get_settings()
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    global _in_use
+    if _in_use is None:
+        pg = EmbeddedPostgres(data_dir(), say=say)
+        log.warning("WAVEFARM_DATABASE_URL is not set: using the embedded Postgres in %s", pg.root)
+        pg.start()
+        # Leave the server as we found it: one already running (a demo's --keep-db, a serve)
+        # stays up; one started for this command stops with it, unless others use it.
+        atexit.register(lambda: pg.release(keep_running=pg.reused))
+        _in_use = pg
+    return _in_use.url
+
+
+def running_url() -> str | None:
+    """The embedded Postgres's URL while it runs, without starting it: a script worker
+    with no WAVEFARM_DATABASE_URL hands it to the scripts that save to the database."""
+    pg = EmbeddedPostgres(data_dir())
+    port = pg.running_port() if pg.pgdata.exists() else None
+    return database_url(port, pg.passfile) if port else None
 
 
 def bin_dir() -> Path:
