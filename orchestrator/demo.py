@@ -373,7 +373,7 @@ def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_e
     source = _first_rows(example.batch, limit, data / "samples") if limit else example.batch
     report = batches.submit(conn, source, stored.name, key_column=example.key)
     outcome["batch_id"] = report.batch_id
-    err.print(f"batch {report.batch_id}: {report.runs_created} run(s) created from {example.batch.name}"
+    err.print(f"batch {report.batch_id}: {report.runs_created} run(s) created from {source.name}"
               + (f", {report.runs_existing} submitted before" if report.runs_existing else "")
               + (f", {len(report.rejected)} row(s) rejected" if report.rejected else ""), highlight=False)
 
