@@ -4,11 +4,16 @@ writes gets a fresh copy of it (CREATE DATABASE ... TEMPLATE, as procrastinate d
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -17,18 +22,49 @@ from psycopg import sql
 from orchestrator.db import connect
 from orchestrator.db.migrate import upgrade
 
-ADMIN_URL = os.environ.get("WAVEFARM_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+LOCAL_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 
+@lru_cache(maxsize=1)
+def admin_url() -> str:
+    """Where the tests make their databases: WAVEFARM_TEST_ADMIN_URL, else the local
+    Postgres, else (a machine with nothing but Python) an embedded Postgres of the
+    test session's own, stopped when the session ends."""
+    explicit = os.environ.get("WAVEFARM_TEST_ADMIN_URL")
+    if explicit:
+        return explicit
+    try:
+        psycopg.connect(LOCAL_ADMIN_URL, connect_timeout=3).close()
+        return LOCAL_ADMIN_URL
+    except psycopg.OperationalError:
+        pass
+    from common.embedded_postgres import EmbeddedPostgres
+
+    pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="wavefarm-test-pg-")), say=lambda _text: None)
+    url = pg.start()
+
+    def stop_and_remove() -> None:
+        pg.stop()
+        shutil.rmtree(pg.root, ignore_errors=True)
+
+    atexit.register(stop_and_remove)
+    return url
+
+
+def uses_local_postgres() -> bool:
+    """The tests' Postgres is this machine's cluster, which a test may restart."""
+    return admin_url() == LOCAL_ADMIN_URL
+
+
 def database_url(name: str) -> str:
-    base, _, _ = ADMIN_URL.rpartition("/")
-    return f"{base}/{name}"
+    # Only the path names the database: the embedded server's URL carries a query.
+    return urlunsplit(urlsplit(admin_url())._replace(path=f"/{name}"))
 
 
 def _admin(statement: sql.Composable) -> None:
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+    with psycopg.connect(admin_url(), autocommit=True) as admin:
         admin.execute(statement)
 
 
