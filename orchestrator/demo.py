@@ -29,7 +29,6 @@ from typing import Annotated, Iterator, Literal, Optional
 
 import psycopg
 import typer
-import yaml
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -327,7 +326,6 @@ def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_e
     from orchestrator import batches, catalog, reports
     from orchestrator.db import connect
     from orchestrator.db.migrate import upgrade
-    from orchestrator.workflow import load_file
 
     data.mkdir(parents=True, exist_ok=True)
     logs = data / "logs"
@@ -357,7 +355,7 @@ def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_e
     for m in upgrade(conn):
         _say(f"applied migration {m.version:04d} {m.name}")
 
-    wf = _load_workflow(load_file, example, server.models)
+    wf = _load_workflow(example, server.models)
     missing = sorted({s.actor for s in wf.steps if s.kind == "ai"} - set(server.models))
     if missing:
         raise DemoError(f"the workflow {example.workflow.name} needs model(s) {', '.join(missing)}, which "
@@ -384,7 +382,6 @@ def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_e
         _farm(conn, report.batch_id, example, server, db_url, broker_url, logs, stack, outcome)
     _print_results(conn, report.batch_id, example.key, outcome)
     _print_report(conn, report.batch_id, example)
-    outcome["embedded"] = "embedded_url" in outcome
 
 
 def _farm(conn, batch_id: int, example: Example, server: ModelServer, db_url: str, broker_url: str, logs: Path,
@@ -415,25 +412,19 @@ def _farm(conn, batch_id: int, example: Example, server: ModelServer, db_url: st
     _stop_children(children)
 
 
-def _load_workflow(load_file, example: Example, served: list[str]):
+def _load_workflow(example: Example, served: list[str]):
+    """The workflow with each of its model aliases pointed at a model the server has."""
+    from orchestrator.workflow import load_file
+
     wf = load_file(example.workflow, example.scripts_dir)
-    aliases = getattr(wf, "models", None) or _aliases_in(example.workflow)
+    aliases = wf.models
     if not aliases:
         return wf
     chosen = choose_models(aliases, served)
     for alias, model in chosen.items():
-        if model != aliases.get(alias):
-            _say(f"model alias {alias}: {aliases.get(alias)} is not served, using {model}")
+        if model != aliases[alias]:
+            _say(f"model alias {alias}: {aliases[alias]} is not served, using {model}")
     return load_file(example.workflow, example.scripts_dir, chosen)
-
-
-def _aliases_in(path: Path) -> dict[str, str]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}
-    models = data.get("models") if isinstance(data, dict) else None
-    return {str(k): str(v) for k, v in models.items()} if isinstance(models, dict) else {}
 
 
 def _release(pg, keep_db: bool) -> None:
@@ -575,14 +566,14 @@ def _print_next(outcome: dict, data: Path, keep_db: bool) -> None:
     # Without WAVEFARM_DATABASE_URL every command uses the embedded Postgres (starting it
     # if needed); a shell that sets it must point it here to see the demo's data.
     prefix = ""
-    if outcome.get("embedded") and get_settings().database_url is not None:
+    if "embedded_url" in outcome and get_settings().database_url is not None:
         prefix = f"WAVEFARM_DATABASE_URL='{outcome['embedded_url']}' "
     if outcome.get("show_run") is not None:
         lines.append(f"  {prefix}orchestrator show {outcome['show_run']}    # {outcome['show_why']}")
     lines += [f"  {prefix}orchestrator status --batch {batch_id}",
               f"  {prefix}orchestrator export --batch {batch_id} --format csv -o results.csv",
               f"  logs of serve and the workers: {data / 'logs'}"]
-    if outcome.get("embedded"):
+    if "embedded_url" in outcome:
         if keep_db:
             lines.append("  the embedded Postgres is still running (`orchestrator demo --stop-db` stops it)")
         else:

@@ -10,13 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.messages import AiTask, Failure, FailureClass
-from gpu_worker.backends.base import (  # noqa: F401 (timeouts re-exported: they were defined here first)
-    CONNECT_TIMEOUT_S,
-    LIST_TIMEOUT_S,
-    PREVIEW_CHARS,
-    Answer,
-    HttpBackend,
-)
+from gpu_worker.backends.base import Answer, HttpBackend
 
 METRIC_KEYS = ("prompt_eval_count", "eval_count", "total_duration", "load_duration",
                "prompt_eval_duration", "eval_duration")

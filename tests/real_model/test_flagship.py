@@ -10,7 +10,6 @@ without, one broken. The run takes a few minutes on two CPU cores."""
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import pytest
 from jsonschema import Draft202012Validator
