@@ -25,8 +25,11 @@ throughput at L=0, and one record through a `--chain-steps` sequential chain at 
 `--profile DIR` adds one more wavefarm batch (`--profile-batch thr|thr0|chain`, default
 thr) with py-spy attached to serve and to every GPU worker: raw collapsed stacks in DIR
 (`py-spy record --idle --threads --format raw`), and a summary of where serve's loop and
-the workers' threads spend their wall-clock time. The headline figures come from the
-unprofiled batches. A batch that does not end within `--timeout` s gets its
+the workers' threads spend their wall-clock time; with `--profile-gil`, only samples of
+the thread holding the GIL (`py-spy --gil`: where the Python CPU goes, idle left out).
+The headline figures come from the unprofiled batches. Every batch also reports the
+CPU time per AI call of each process group (bench/cpu.py): serve, the workers,
+RabbitMQ, Postgres, and this process (the fake model servers). A batch that does not end within `--timeout` s gets its
 interactions by status and a `py-spy dump` of every process printed; `--logs DIR`
 keeps the processes' logs.
 """
@@ -49,6 +52,7 @@ from pathlib import Path
 import redis
 
 from bench.common import scratch_database
+from bench.cpu import CpuMeter
 from orchestrator import batches, catalog
 from orchestrator.workflow import load_text
 from tests.distributed.farm import BIN, Farm, broker, postings
@@ -134,21 +138,22 @@ def farm_batch(farm: Farm, servers: list[ModelServer], tmp: Path, *, tag: str, r
     catalog.store(conn, load_text(text), text)
     csv_path = postings(tmp / f"{name}.csv", records)
     set_latency(servers, latency)
-    t0 = time.time()
-    batch_id = batches.submit(conn, csv_path, name).batch_id
-    submit_s = time.time() - t0
-    poll = 0.02 if records * steps <= 100 else 0.1
+    with cpu_meter(farm) as meter:
+        t0 = time.time()
+        batch_id = batches.submit(conn, csv_path, name).batch_id
+        submit_s = time.time() - t0
+        poll = 0.02 if records * steps <= 100 else 0.1
 
-    def ended() -> bool:
-        row = conn.execute("SELECT count(*) FILTER (WHERE status = 'running') AS running FROM runs "
-                           "WHERE batch_id = %s", (batch_id,)).fetchone()
-        return row["running"] == 0
+        def ended() -> bool:
+            row = conn.execute("SELECT count(*) FILTER (WHERE status = 'running') AS running FROM runs "
+                               "WHERE batch_id = %s", (batch_id,)).fetchone()
+            return row["running"] == 0
 
-    try:
-        farm.wait_for(f"wavefarm batch {name}", ended, timeout=timeout or BATCH_TIMEOUT, every=poll)
-    except AssertionError:
-        stalled(farm, batch_id)
-        raise
+        try:
+            farm.wait_for(f"wavefarm batch {name}", ended, timeout=timeout or BATCH_TIMEOUT, every=poll)
+        except AssertionError:
+            stalled(farm, batch_id)
+            raise
     end = conn.execute("SELECT extract(epoch FROM max(at))::float8 AS t FROM events WHERE batch_id = %s",
                        (batch_id,)).fetchone()["t"]
     runs = {r["status"]: r["n"] for r in conn.execute(
@@ -183,7 +188,15 @@ def farm_batch(farm: Farm, servers: list[ModelServer], tmp: Path, *, tag: str, r
                           "per_apply": b["n"] / max(1, tx["applies"]),
                           "per_dispatch": b["n"] / max(1, tx["dispatches"]),
                           "max_concurrent": [s.max_concurrent[MODEL] for s in servers],
-                          "served": [sum(s.served.values()) for s in servers]})
+                          "served": [sum(s.served.values()) for s in servers], "cpu": meter.seconds})
+
+
+def cpu_meter(farm: Farm) -> CpuMeter:
+    """serve, the workers (GPU workers or the baseline's), and by name RabbitMQ, Postgres, this process."""
+    groups: dict[str, list[int]] = {}
+    for name, proc in farm.procs.items():
+        groups.setdefault("serve" if name.startswith("serve") else "workers", []).append(proc.pid)
+    return CpuMeter(groups)
 
 
 def stalled(farm: Farm, batch_id: int | None) -> None:
@@ -242,33 +255,36 @@ def celery_batch(farm: Farm, servers: list[ModelServer], *, tag: str, records: i
     set_latency(servers, latency)
     chains = [cb.record_chain(f"Role {i}", f"Posting {i}: SQL, Python, care for detail.", steps, MODEL, key)
               for i in range(records)]
-    t0 = time.time()
-    with cb.app.producer_or_acquire() as producer:
-        for c in chains:
-            c.apply_async(producer=producer)
-    publish_s = time.time() - t0
-    poll = 0.02 if records * steps <= 100 else 0.1
-    try:
-        farm.wait_for(f"celery chains {tag}", lambda: r.llen(key) >= records, timeout=timeout or BATCH_TIMEOUT,
-                      every=poll)
-        end = max(float(t) for t in r.lrange(key, 0, -1))
-    finally:
-        r.delete(key)
+    with cpu_meter(farm) as meter:
+        t0 = time.time()
+        with cb.app.producer_or_acquire() as producer:
+            for c in chains:
+                c.apply_async(producer=producer)
+        publish_s = time.time() - t0
+        poll = 0.02 if records * steps <= 100 else 0.1
+        try:
+            farm.wait_for(f"celery chains {tag}", lambda: r.llen(key) >= records, timeout=timeout or BATCH_TIMEOUT,
+                          every=poll)
+            end = max(float(t) for t in r.lrange(key, 0, -1))
+        finally:
+            r.delete(key)
     calls = served(servers)
     return Measure("celery", tag, records, steps, latency, end - t0, calls, capacity, ok=calls == records * steps,
                    note=f"model calls {calls}",
                    extra={"submit_s": publish_s, "max_concurrent": [s.max_concurrent[MODEL] for s in servers],
-                          "served": [sum(s.served.values()) for s in servers]})
+                          "served": [sum(s.served.values()) for s in servers], "cpu": meter.seconds})
 
 
 # -- profiling ------------------------------------------------------------------------------
-def profile_start(farm: Farm, names: list[str], out: Path) -> list[tuple[str, subprocess.Popen, Path]]:
+def profile_start(farm: Farm, names: list[str], out: Path, *, gil: bool = False) -> list[tuple[str, subprocess.Popen, Path]]:
+    """`gil`: sample only the thread holding the GIL (where Python CPU goes), not wall clock."""
     out.mkdir(parents=True, exist_ok=True)
+    sampling = ["--gil"] if gil else ["--idle"]
     spies = []
     for name in names:
         path = out / f"{name}.txt"
         proc = subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(farm.procs[name].pid), "--format", "raw",
-                                 "--rate", "200", "--idle", "--threads", "-o", str(path)],
+                                 "--rate", "200", *sampling, "--threads", "-o", str(path)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         spies.append((name, proc, path))
     time.sleep(1.0)  # py-spy attaches
@@ -379,6 +395,14 @@ def summarise_profile(path: Path) -> str:
 
 
 # -- the run ---------------------------------------------------------------------------------
+CPU_GROUPS = ("serve", "workers", "rabbitmq", "postgres", "bench")
+# CPU time per AI call by process group (bench.cpu): "bench" is this process, where the
+# fake model servers answer; on two shared cores the total is what bounds throughput.
+CPU_ROWS = [(f"CPU ms per call: {g}", lambda m, g=g: f"{1000 * m.extra['cpu'].get(g, 0.0) / m.calls:.2f}")
+            for g in CPU_GROUPS]
+CPU_ROWS.append(("CPU ms per call: total", lambda m: f"{1000 * sum(m.extra['cpu'].values()) / m.calls:.2f}"))
+
+
 def table(results: list[Measure]) -> str:
     def get(system: str, label: str) -> Measure | None:
         return next((m for m in results if m.system == system and m.label == label), None)
@@ -402,6 +426,7 @@ def table(results: list[Measure]) -> str:
             ("records/s", lambda m: f"{m.records_per_s:.1f}"),
             ("AI calls/s", lambda m: f"{m.calls_per_s:.1f}"),
             ("calls per host", lambda m: "/".join(map(str, m.extra["served"]))),
+            *CPU_ROWS,
         ]),
         ("sequential chain at L=0", "chain", [
             ("steps x records", lambda m: f"{m.steps} x {m.records}"),
@@ -450,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", type=Path, default=None, help="directory for py-spy profiles of an extra batch")
     p.add_argument("--profile-batch", choices=["thr", "thr0", "chain"], default="thr",
                    help="which wavefarm batch to repeat under py-spy")
+    p.add_argument("--profile-gil", action="store_true",
+                   help="py-spy samples only the thread holding the GIL (CPU) instead of wall clock")
     p.add_argument("--logs", type=Path, default=None,
                    help="keep the processes' logs here (default: a temporary directory)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds one batch may take before the bench gives up")
@@ -493,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
                     report(farm_batch(farm, servers, tmp, tag="chain", records=args.chain_records,
                                       steps=args.chain_steps, latency=0.0, capacity=capacity))
                 if args.profile:
-                    spies = profile_start(farm, ["serve", *[n for n in names if n != "serve"]], args.profile)
+                    spies = profile_start(farm, ["serve", *[n for n in names if n != "serve"]], args.profile,
+                                          gil=args.profile_gil)
                     try:
                         shape = {"thr": (args.records, args.steps, args.latency),
                                  "thr0": (args.records, args.steps, 0.0),
