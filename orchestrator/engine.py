@@ -1,27 +1,34 @@
 """What happens after an interaction ends: branches, fan-in, loop bounds, run endings.
 
-Branching happens here and only here. Every function runs inside the transaction
-that recorded the result, with the run's row locked (results.py), so two results of
-the same run never decide at once and a fan-in step is created exactly once.
+Branching happens here and only here, and here it is pure: the engine reads a run's
+state from a `RunView` (what results.py read from the database for the locked run,
+kept up to date as each result of the batch is applied in turn) and writes its
+decisions (events, children) into `Decisions`, which results.py then stores in a few
+statements for the whole batch. The run's row stays locked from the read to the
+commit, so two results of the same run never decide at once and a fan-in step is
+created exactly once.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
-from psycopg.types.json import Jsonb
-
 from common.errors import RenderError
 from common.messages import FailureClass
-from orchestrator.db import Q
 from orchestrator.states import Status
 from orchestrator.workflow import Step, Workflow, render_step
 from orchestrator.workflow.model import output_text
 
 # Engine decisions recorded in the event log that make a run end as failed.
 PROBLEM_EVENTS = ("no_branch_matched", "loop_bound_reached")
+
+# Children get their real ids when results.py inserts them, after every decision of
+# the batch. Until then a child is known by a provisional id above any real one: all
+# the engine does with ids is compare them, and a child is newer than every
+# interaction of its run that exists.
+_PROVISIONAL_BASE = 2**62
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,54 @@ class StepVisits:
     visits: int = 0
     last_id: int = 0
     last_completed_id: int | None = None
-    statuses: list[str] = field(default_factory=list)
+    output_visit: int | None = None  # the visit whose output is the step's latest
+
+
+@dataclass
+class RunView:
+    """One locked run as the engine sees it: each step's visits and latest output."""
+
+    ctx: RunContext
+    visits: dict[str, StepVisits] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_rows(cls, ctx: RunContext, rows: list[dict]) -> RunView:
+        """From the `run_steps` rows of this run."""
+        view = cls(ctx)
+        for r in rows:
+            view.visits[r["step"]] = StepVisits(r["visits"], r["last_id"], r["last_completed_id"], r["output_visit"])
+            if r["output_visit"] is not None:
+                view.outputs[r["step"]] = r["output"]
+        return view
+
+    def completed(self, interaction: dict) -> None:
+        """An interaction of this run completed: its output becomes the step's latest
+        unless a later visit of the step completed first."""
+        seen = self.visits.setdefault(interaction["step"], StepVisits())
+        seen.last_completed_id = max(seen.last_completed_id or 0, interaction["id"])
+        if seen.output_visit is None or interaction["visit"] >= seen.output_visit:
+            seen.output_visit = interaction["visit"]
+            self.outputs[interaction["step"]] = interaction["output"]
+
+
+@dataclass
+class Decisions:
+    """What the engine decided over a batch of results, in the order it decided."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    children: list[dict[str, Any]] = field(default_factory=list)
+    _provisional: itertools.count = field(default_factory=lambda: itertools.count(_PROVISIONAL_BASE))
+
+    def event(self, ctx: RunContext, kind: str, detail: dict, interaction_id: int | None = None) -> None:
+        self.events.append({"batch_id": ctx.batch_id, "run_id": ctx.run_id, "interaction_id": interaction_id,
+                            "kind": kind, "attempt": None, "detail": detail})
+
+    def child(self, row: dict[str, Any]) -> int:
+        """A new interaction to insert; returns its provisional id."""
+        assert all(p < _PROVISIONAL_BASE for p in row["parent_ids"]), "a parent must be a stored interaction"
+        self.children.append(row)
+        return next(self._provisional)
 
 
 def template_context(ctx_input: dict[str, str], outputs: dict[str, Any], run_id: int, batch_id: int) -> dict:
@@ -104,36 +158,6 @@ def build_interaction(
     return row
 
 
-def insert_interaction(cur: psycopg.Cursor, row: dict[str, Any]) -> int | None:
-    params = dict(row, input=Jsonb(row["input"]))
-    cur.execute(Q["insert_interaction"], params)
-    created = cur.fetchone()
-    return created["id"] if created else None
-
-
-def record_event(cur: psycopg.Cursor, ctx: RunContext, kind: str, detail: dict, interaction_id: int | None = None) -> None:
-    cur.execute(
-        Q["insert_event"],
-        {
-            "batch_id": ctx.batch_id,
-            "run_id": ctx.run_id,
-            "interaction_id": interaction_id,
-            "kind": kind,
-            "attempt": None,
-            "detail": Jsonb(detail),
-        },
-    )
-
-
-def run_state(cur: psycopg.Cursor, run_id: int) -> tuple[dict[str, StepVisits], dict[str, Any]]:
-    """Each step's visits, and each completed step's latest output, of one run."""
-    cur.execute(Q["run_steps"], {"run_id": run_id})
-    rows = cur.fetchall()
-    visits = {r["step"]: StepVisits(r["visits"], r["last_id"], r["last_completed_id"], r["statuses"]) for r in rows}
-    outputs = {r["step"]: r["output"] for r in rows if r["has_output"]}
-    return visits, outputs
-
-
 def arrived(workflow: Workflow, need: str, target: str, visits: dict[str, StepVisits], outputs: dict[str, Any]) -> int | None:
     """The interaction by which `need` arrived at fan-in step `target`, or None.
 
@@ -164,21 +188,23 @@ def fan_in_parents(workflow: Workflow, step: Step, visits: dict[str, StepVisits]
     return parents
 
 
-def on_completed(cur: psycopg.Cursor, ctx: RunContext, interaction: dict) -> list[int]:
-    """Evaluate the finished step's branches and fan-ins; create what became ready."""
-    workflow = ctx.workflow
+def on_completed(view: RunView, interaction: dict, decisions: Decisions) -> None:
+    """Evaluate the finished step's branches and fan-ins; decide what became ready.
+
+    `view` already holds the interaction's own completion (RunView.completed)."""
+    ctx, workflow = view.ctx, view.ctx.workflow
     step = workflow.step(interaction["step"])
     output = interaction["output"]
 
     targets: list[str] = []
     matched = [b for b in step.next if b.matches(output)]
     for branch in matched:
-        record_event(cur, ctx, "branch_taken", {"step": step.name, "when": branch.describe(), "to": branch.to}, interaction["id"])
+        decisions.event(ctx, "branch_taken", {"step": step.name, "when": branch.describe(), "to": branch.to},
+                        interaction["id"])
         if branch.to not in targets:
             targets.append(branch.to)
     if step.next and not matched:
-        record_event(
-            cur,
+        decisions.event(
             ctx,
             "no_branch_matched",
             {
@@ -191,11 +217,8 @@ def on_completed(cur: psycopg.Cursor, ctx: RunContext, interaction: dict) -> lis
     for dependent in workflow.fan_in_dependents(step.name):
         if dependent.name not in targets:
             targets.append(dependent.name)
-    if not targets:
-        return []
 
-    visits, outputs = run_state(cur, ctx.run_id)
-    created = []
+    visits, outputs = view.visits, view.outputs
     for name in targets:  # grows when a bounded step hands over to its on_max_visits step
         target = workflow.step(name)
         if target.needs:
@@ -208,8 +231,7 @@ def on_completed(cur: psycopg.Cursor, ctx: RunContext, interaction: dict) -> lis
         visit = seen.visits + 1
         if target.max_visits is not None and visit > target.max_visits:
             exit_to = target.on_max_visits
-            record_event(
-                cur,
+            decisions.event(
                 ctx,
                 "loop_exit" if exit_to else "loop_bound_reached",
                 {"step": name, "max_visits": target.max_visits, "from": step.name, "to": exit_to},
@@ -228,50 +250,37 @@ def on_completed(cur: psycopg.Cursor, ctx: RunContext, interaction: dict) -> lis
             parents=parents,
             outputs=outputs,
         )
-        new_id = insert_interaction(cur, row)
-        if new_id is not None:
-            seen.visits, seen.last_id = visit, new_id
-            created.append(new_id)
-    return created
+        seen.visits, seen.last_id = visit, decisions.child(row)
 
 
-def finish_if_done(cur: psycopg.Cursor, ctx: RunContext) -> str | None:
-    """End the run when nothing is pending or in flight; return its new status.
+def run_ending(view: RunView, failed: list[dict], problems: list[dict]) -> tuple[str, str]:
+    """How a run that has nothing pending or in flight ends: (status, end_reason).
 
     A run is completed only when every path ended at a terminal step. A failed
-    interaction, an output that matched no branch, a loop bound reached, or a
-    fan-in whose needs never all completed make it failed, and its end_reason
-    says which, where.
+    interaction (`failed`: its rows), an output that matched no branch or a loop bound
+    reached (`problems`: those events), or a fan-in whose needs never all completed
+    make it failed, and the reason says which, where.
     """
-    cur.execute(Q["run_open_count"], {"run_id": ctx.run_id})
-    if cur.fetchone()["open"] > 0:
-        return None
-
-    problems: list[str] = []
-    cur.execute(Q["run_failed_interactions"], {"run_id": ctx.run_id})
-    for f in cur.fetchall():
-        problems.append(
+    reasons: list[str] = []
+    for f in failed:
+        reasons.append(
             f"step {f['step']} failed after {f['attempt']} attempt(s) ({f['failure_class']}): {f['failure_message']}"
         )
-    cur.execute(Q["run_problem_events"], {"run_id": ctx.run_id, "kinds": list(PROBLEM_EVENTS)})
-    for e in cur.fetchall():
+    for e in problems:
         d = e["detail"]
         if e["kind"] == "no_branch_matched":
             expected = ", ".join(d["expected"])
             head = d.get("output_head", "")
             got = f"; output: {head[:160]}" if head else ""
-            problems.append(f"step {d['step']}: output matched no branch (expected one of {expected}{got})")
+            reasons.append(f"step {d['step']}: output matched no branch (expected one of {expected}{got})")
         else:
-            problems.append(f"step {d['step']}: loop bound reached (max_visits={d['max_visits']}, from {d['from']})")
-    visits, outputs = run_state(cur, ctx.run_id)
-    for step in ctx.workflow.steps:
+            reasons.append(f"step {d['step']}: loop bound reached (max_visits={d['max_visits']}, from {d['from']})")
+    workflow, visits, outputs = view.ctx.workflow, view.visits, view.outputs
+    for step in workflow.steps:
         if step.needs and step.name not in visits and any(n in visits for n in step.needs):
-            waiting = [n for n in step.needs if arrived(ctx.workflow, n, step.name, visits, outputs) is None]
-            problems.append(f"step {step.name} never started: still waiting for {', '.join(waiting)}")
-    if problems:
-        status, reason = "failed", "; ".join(problems)
-    else:
-        ended_at = [s.name for s in ctx.workflow.steps if s.name in visits and not s.next]
-        status, reason = "completed", f"every path reached a terminal step ({', '.join(ended_at) or 'the last step'})"
-    cur.execute(Q["finish_run"], {"id": ctx.run_id, "status": status, "reason": reason})
-    return status
+            waiting = [n for n in step.needs if arrived(workflow, n, step.name, visits, outputs) is None]
+            reasons.append(f"step {step.name} never started: still waiting for {', '.join(waiting)}")
+    if reasons:
+        return "failed", "; ".join(reasons)
+    ended_at = [s.name for s in workflow.steps if s.name in visits and not s.next]
+    return "completed", f"every path reached a terminal step ({', '.join(ended_at) or 'the last step'})"

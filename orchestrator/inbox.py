@@ -36,6 +36,7 @@ class Inbox:
         self._conn: Connection | None = None
         self._consumer: Consumer | None = None
         self._buffer: list[Delivery] = []
+        self._acks_multiple = False
 
     @property
     def connection_errors(self) -> tuple[type[BaseException], ...]:
@@ -48,9 +49,11 @@ class Inbox:
         try:
             if not self._buffer:
                 self._conn.drain_events(timeout=wait_s)
-            # Then only what has already arrived: stop at the first wait.
+            # Then only what has already arrived: stop at the first wait. A timeout of
+            # zero is a non-blocking read (6 us); any positive one, however small, costs
+            # a millisecond of timer granularity per call (measured: 0.0001 s took 1.1 ms).
             while len(self._buffer) < limit:
-                self._conn.drain_events(timeout=0.0001)
+                self._conn.drain_events(timeout=0)
         except socket.timeout:
             pass
         except self.connection_errors:
@@ -60,7 +63,15 @@ class Inbox:
         return taken
 
     def ack(self, deliveries: list[Delivery]) -> None:
-        for d in deliveries:
+        if not deliveries:
+            return
+        if self._acks_multiple and deliveries[-1].message.channel is self._consumer.channel:
+            # AMQP acknowledges every delivery up to a tag in one frame. The deliveries
+            # taken are the oldest unacknowledged ones of this channel, in order, so
+            # one ack of the last covers exactly them.
+            deliveries[-1].message.ack(multiple=True)
+            return
+        for d in deliveries:  # kombu's virtual transports (Redis) ack one tag at a time
             d.message.ack()
 
     def close(self) -> None:
@@ -82,6 +93,7 @@ class Inbox:
                             accept=["json"], prefetch_count=self.prefetch)
         consumer.consume()
         self._conn, self._consumer = conn, consumer
+        self._acks_multiple = conn.transport.driver_type == "amqp"
 
     def _on_message(self, body: object, message: Message) -> None:
         try:

@@ -1,8 +1,8 @@
 """`orchestrator serve` in distributed mode: the loop that owns the farm.
 
-Each turn: take the reports that arrived (results, heartbeats), apply them in one
-transaction and only then acknowledge them; dispatch what became ready; now and then
-sweep deadlines. A database or broker that goes away is waited for, never fatal:
+Each turn: take the reports that arrived (results, heartbeats), apply them and
+dispatch what became ready in one transaction, and only then acknowledge them; now
+and then sweep deadlines. A database or broker that goes away is waited for, never fatal:
 unacknowledged reports come back from the broker, unpublished work is still pending.
 """
 
@@ -24,7 +24,7 @@ from orchestrator.catalog import WorkflowCache
 from orchestrator.dispatch import Dispatcher
 from orchestrator.inbox import Delivery, Inbox
 from orchestrator.metrics import APPLY_SECONDS, RESULTS
-from orchestrator.results import apply_results
+from orchestrator.results import ApplyFailed, apply_in, log_applied, outcome_counts
 from orchestrator.sweeper import sweep
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class Service:
         self._last_sweep = 0.0
         self._last_dispatch = 0.0
         self.outcomes: Counter = Counter()
+        self._conn: psycopg.Connection | None = None
 
     def run(self, stop: threading.Event) -> None:
         backoff = 0.5
@@ -64,40 +65,85 @@ class Service:
                 # database and the broker still hold everything.
                 log.exception("serve turn failed; retrying in %.1fs", backoff)
             self.inbox.close()  # what we held goes back to the broker
+            self._release()  # a broken connection is discarded by the pool
             stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
         self.inbox.close()
+        self._release()
 
     def turn(self) -> None:
         deliveries = self.inbox.collect(limit=self.batch_size, wait_s=self.idle_wait_s)
-        if deliveries:
-            self.apply(deliveries)
         now = time.monotonic()
         if deliveries or now - self._last_dispatch >= self.dispatch_every_s:
-            with self.pool.connection() as conn:
-                self.dispatcher.dispatch(conn)
+            self.apply_and_dispatch(deliveries)
             self._last_dispatch = now
         if now - self._last_sweep >= self.sweep_every_s:
-            with self.pool.connection() as conn:
-                swept = sweep(conn, self.cache)
+            swept = sweep(self._connection(), self.cache)
             if swept:
                 log.warning("deadline passed with no result for %d interaction(s): %s", sum(swept.values()),
                             dict(swept))
                 self._count(swept)
             self._last_sweep = now
 
-    def apply(self, deliveries: list[Delivery]) -> None:
+    def apply_and_dispatch(self, deliveries: list[Delivery]) -> None:
+        """One transaction: record heartbeats, apply results (their children become
+        pending), publish what the queues have room for; then acknowledge the reports.
+
+        The children of a result are on their way to a worker in the same turn that
+        applied it, with one commit for both. Dispatching runs in a savepoint: a broker
+        that refuses the publish costs the dispatch only, and the results are still
+        recorded and acknowledged (the work stays pending for the next turn).
+        """
         results = [d.report.result for d in deliveries if isinstance(d.report, ResultReport)]
         statuses = [d.report.status for d in deliveries if isinstance(d.report, WorkerReport)]
         t0 = time.perf_counter()
-        with self.pool.connection() as conn:
-            if statuses:
-                workers.record(conn, statuses)
-            if results:
-                self._count(apply_results(conn, results, self.cache))
-        APPLY_SECONDS.observe(time.perf_counter() - t0)
+        try:
+            applied, broker_error = self._turn_transaction(statuses, results, isolate=False)
+        except ApplyFailed:
+            log.warning("a batch of %d result(s) could not be applied whole; applying them one by one",
+                        len(results))
+            applied, broker_error = self._turn_transaction(statuses, results, isolate=True)
+        if deliveries:
+            APPLY_SECONDS.observe(time.perf_counter() - t0)
+        log_applied(applied)
+        self._count(outcome_counts(applied))
         # Only now: the transaction that applied them has committed.
         self.inbox.ack(deliveries)
+        if broker_error is not None:
+            raise broker_error
+
+    def _turn_transaction(self, statuses: list, results: list, *, isolate: bool):
+        conn = self._connection()
+        broker_error: BaseException | None = None
+        with conn.transaction():
+            if statuses:
+                workers.record(conn, statuses)
+            applied = apply_in(conn, results, self.cache, isolate=isolate)
+            try:
+                with conn.transaction():
+                    self.dispatcher.dispatch_in(conn)
+            except (BrokerError, *self.inbox.connection_errors) as exc:
+                if not results and not statuses:
+                    raise
+                broker_error = exc
+        return applied, broker_error
+
+    def _connection(self) -> psycopg.Connection:
+        """serve's own connection, held across turns: taking one from the pool each turn
+        would cost a liveness check (a round trip) every time. One that broke (Postgres
+        restarted) is handed back on the turn's error, and the next turn takes a new one."""
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._release()
+            self._conn = self.pool.getconn()
+        return self._conn
+
+    def _release(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                self.pool.putconn(conn)
+            except Exception:  # a pool already closed: nothing to give back to
+                pass
 
     def _count(self, outcomes: Counter) -> None:
         self.outcomes.update(outcomes)

@@ -16,11 +16,13 @@ template cannot be rendered for this run.
 
 Every change is one UPDATE guarded by the expected status AND attempt, so a stale or
 duplicate result (an old attempt, a message the broker delivered twice) matches no
-row and changes nothing. The events table gets a row for every change from a trigger.
+row and changes nothing; one statement moves a whole batch of interactions at once.
+The events table gets a row for every change from a trigger.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -52,43 +54,54 @@ TRANSITIONS: dict[tuple[Status, Status], str] = {
 }
 
 
-def transition(
-    cur: psycopg.Cursor,
-    interaction_id: int,
-    *,
-    from_: Status,
-    to: Status,
-    attempt: int,
-    **fields: Any,
-) -> dict | None:
-    """Move one interaction from `from_` to `to` if it is still at `attempt`.
+# The fields each transition's query writes besides the status.
+FIELDS: dict[str, tuple[str, ...]] = {
+    "mark_dispatched": (),
+    "mark_completed": ("output", "output_chars", "metrics", "worker"),
+    "mark_failed": ("failure_class", "failure_message", "failure_detail", "metrics", "worker"),
+    "requeue": (),
+    "mark_cancelled": (),
+}
+_JSON_FIELDS = frozenset({"output", "metrics", "failure_detail"})
 
-    Returns the updated row, or None when the guard did not match (the change was
-    already made, or the row moved on): callers treat None as "stale, ignore".
+
+def transition_many(cur: psycopg.Cursor, rows: Sequence[Mapping[str, Any]], *, from_: Status,
+                    to: Status) -> list[dict]:
+    """Move each interaction of `rows` (`id`, `attempt`, and the fields the transition
+    writes) from `from_` to `to` if it is still at that attempt: one statement for all.
+
+    Returns the rows that moved; one whose guard did not match (the change was
+    already made, or the row moved on) is absent: callers treat it as "stale, ignore".
     Raises TransitionRefused for a pair the table does not allow.
     """
     query = TRANSITIONS.get((Status(from_), Status(to)))
     if query is None:
-        raise TransitionRefused(f"interaction {interaction_id}: {from_} -> {to} is not an allowed transition")
-    params = {
-        "id": interaction_id,
+        ids = ", ".join(str(r["id"]) for r in rows) or "-"
+        raise TransitionRefused(f"interaction {ids}: {from_} -> {to} is not an allowed transition")
+    if not rows:
+        return []
+    fields = FIELDS[query]
+    for row in rows:
+        unknown = set(row) - {"id", "attempt", *fields}
+        if unknown:
+            raise TypeError(f"unknown field for {from_} -> {to}: {', '.join(sorted(unknown))}")
+    params: dict[str, Any] = {
         "from_status": str(from_),
-        "to_status": str(to),
-        "attempt": attempt,
-        "output": None,
-        "output_chars": None,
-        "metrics": None,
-        "worker": None,
-        "failure_class": None,
-        "failure_message": None,
-        "failure_detail": None,
+        "id": [r["id"] for r in rows],
+        "attempt": [r["attempt"] for r in rows],
     }
-    for key, value in fields.items():
-        if key not in params:
-            raise TypeError(f"unknown field for a transition: {key}")
-        params[key] = Jsonb(value) if key in {"output", "metrics", "failure_detail"} and value is not None else value
+    for name in fields:
+        values = [r.get(name) for r in rows]
+        params[name] = [Jsonb(v) if v is not None else None for v in values] if name in _JSON_FIELDS else values
     cur.execute(Q[query], params)
-    return cur.fetchone()
+    return cur.fetchall()
+
+
+def transition(cur: psycopg.Cursor, interaction_id: int, *, from_: Status, to: Status, attempt: int,
+               **fields: Any) -> dict | None:
+    """transition_many for one interaction: the updated row, or None when the guard did not match."""
+    moved = transition_many(cur, [{"id": interaction_id, "attempt": attempt, **fields}], from_=from_, to=to)
+    return moved[0] if moved else None
 
 
 def claim_pending(cur: psycopg.Cursor, *, limit: int, batch_id: int | None = None) -> list[dict]:

@@ -10,18 +10,16 @@ from collections import Counter
 import psycopg
 
 from common.messages import Failure, FailureClass, TaskResult, utcnow
+from orchestrator import locks
 from orchestrator.catalog import WorkflowCache
 from orchestrator.db import Q
 from orchestrator.results import apply_results
-
-_LOCK_KEY = 0x57A75EEB  # one sweeper at a time across `serve` processes
-
 
 def sweep(conn: psycopg.Connection, cache: WorkflowCache, *, limit: int = 500) -> Counter:
     # One transaction, under a transaction-scoped advisory lock: a second serve process
     # skips its sweep instead of reporting the same attempts lost a second time.
     with conn.transaction():
-        if not conn.execute(Q["try_advisory_xact_lock"], {"key": _LOCK_KEY}).fetchone()["locked"]:
+        if not conn.execute(Q["try_advisory_xact_lock"], {"key": locks.SWEEP}).fetchone()["locked"]:
             return Counter()
         expired = conn.execute(Q["expired_interactions"], {"limit": limit}).fetchall()
         if not expired:

@@ -13,5 +13,4 @@ STALE_S = 30.0
 
 def record(conn: psycopg.Connection, statuses: list[WorkerStatus]) -> None:
     with conn.transaction(), conn.cursor() as cur:
-        for s in statuses:
-            cur.execute(Q["upsert_worker"], s.model_dump())
+        cur.executemany(Q["upsert_worker"], [s.model_dump() for s in statuses])

@@ -81,15 +81,42 @@ COPY interactions (run_id, batch_id, step, kind, actor, visit, status, max_attem
                    parent_ids, input, failure_class, failure_message)
 FROM STDIN
 
--- name: insert_interaction
--- The unique (run_id, step, visit) makes a second creation of the same child a no-op.
-INSERT INTO interactions (run_id, batch_id, step, kind, actor, visit, status, max_attempts, timeout_s,
-                          parent_ids, input, failure_class, failure_message, ended_at)
-VALUES (%(run_id)s, %(batch_id)s, %(step)s, %(kind)s, %(actor)s, %(visit)s, %(status)s,
-        %(max_attempts)s, %(timeout_s)s, %(parent_ids)s, %(input)s, %(failure_class)s,
-        %(failure_message)s, CASE WHEN %(status)s = 'failed' THEN now() END)
-ON CONFLICT (run_id, step, visit) DO NOTHING
-RETURNING id
+-- name: store_decisions
+-- What the engine decided over a batch of results, in one statement: its events (in
+-- the order decided), then its children (their `created` events come from the trigger,
+-- which fires at the end of the statement, so after the decisions that made them),
+-- and for each run in %(runs)s how much is still open (pending or dispatched) after it.
+-- Children are arrays, one element per child; parent_ids as array text, since a SQL
+-- array cannot hold arrays of different lengths. The unique (run_id, step, visit)
+-- makes a second creation of the same child a no-op.
+WITH decided AS (
+    INSERT INTO events (batch_id, run_id, interaction_id, kind, attempt, detail)
+    SELECT e.batch_id, e.run_id, e.interaction_id, e.kind, e.attempt, e.detail
+    FROM unnest(%(e_batch_id)s::bigint[], %(e_run_id)s::bigint[], %(e_interaction_id)s::bigint[],
+                %(e_kind)s::text[], %(e_attempt)s::integer[], %(e_detail)s::jsonb[])
+         WITH ORDINALITY AS e (batch_id, run_id, interaction_id, kind, attempt, detail, n)
+    ORDER BY e.n
+), born AS (
+    INSERT INTO interactions (run_id, batch_id, step, kind, actor, visit, status, max_attempts, timeout_s,
+                              parent_ids, input, failure_class, failure_message, ended_at)
+    SELECT v.run_id, v.batch_id, v.step, v.kind, v.actor, v.visit, v.status, v.max_attempts, v.timeout_s,
+           v.parent_ids::bigint[], v.input, v.failure_class, v.failure_message,
+           CASE WHEN v.status = 'failed' THEN now() END
+    FROM unnest(%(run_id)s::bigint[], %(batch_id)s::bigint[], %(step)s::text[], %(kind)s::text[],
+                %(actor)s::text[], %(visit)s::integer[], %(status)s::text[], %(max_attempts)s::integer[],
+                %(timeout_s)s::double precision[], %(parent_ids)s::text[], %(input)s::jsonb[],
+                %(failure_class)s::text[], %(failure_message)s::text[])
+         WITH ORDINALITY AS v (run_id, batch_id, step, kind, actor, visit, status, max_attempts, timeout_s,
+                               parent_ids, input, failure_class, failure_message, n)
+    ORDER BY v.n
+    ON CONFLICT (run_id, step, visit) DO NOTHING
+    RETURNING run_id, status
+)
+-- The statement does not see its own inserts: the children born pending are added.
+SELECT r.run_id,
+       (SELECT count(*) FROM interactions i WHERE i.run_id = r.run_id AND i.status IN ('pending', 'dispatched'))
+       + (SELECT count(*) FROM born b WHERE b.run_id = r.run_id AND b.status = 'pending') AS open
+FROM unnest(%(runs)s::bigint[]) AS r (run_id)
 
 -- name: finish_runs_born_failed
 -- Runs whose first interaction could not even be rendered end at once.
@@ -100,15 +127,12 @@ WHERE r.batch_id = %(batch_id)s AND r.status = 'running' AND i.run_id = r.id
   AND i.status = 'failed' AND i.failure_class = 'render_error'
   AND NOT EXISTS (SELECT 1 FROM interactions o WHERE o.run_id = r.id AND o.status IN ('pending', 'dispatched'))
 
--- name: insert_event
-INSERT INTO events (batch_id, run_id, interaction_id, kind, attempt, detail)
-VALUES (%(batch_id)s, %(run_id)s, %(interaction_id)s, %(kind)s, %(attempt)s, %(detail)s)
-
 -- name: mark_dispatched
-UPDATE interactions
-SET status = 'dispatched', dispatched_at = now(), deadline = now() + make_interval(secs => timeout_s)
-WHERE id = %(id)s AND status = %(from_status)s AND attempt = %(attempt)s
-RETURNING *
+UPDATE interactions i
+SET status = 'dispatched', dispatched_at = now(), deadline = now() + make_interval(secs => i.timeout_s)
+FROM unnest(%(id)s::bigint[], %(attempt)s::integer[]) AS v (id, attempt)
+WHERE i.id = v.id AND i.status = %(from_status)s AND i.attempt = v.attempt
+RETURNING i.id, i.run_id, i.batch_id, i.step, i.kind, i.actor, i.visit, i.status, i.attempt, i.max_attempts, i.output
 
 -- name: claim_pending
 -- pending -> dispatched for the oldest pending work; SKIP LOCKED keeps claimers apart.
@@ -141,31 +165,21 @@ FROM (
 WHERE i.id = claimed.id
 RETURNING i.*
 
--- name: pending_actors
--- Distinct (kind, actor) with pending work, by skipping through interactions_dispatch
--- one actor at a time (a loose index scan): cheap however much is pending.
-WITH RECURSIVE a AS (
-    (SELECT kind, actor FROM interactions WHERE status = 'pending' ORDER BY kind, actor LIMIT 1)
+-- name: pending_work
+-- Every (kind, actor, batch) with pending work, with the batch's priority, by skipping
+-- through interactions_dispatch one triple at a time (a loose index scan): cheap
+-- however much is pending.
+WITH RECURSIVE w AS (
+    (SELECT kind, actor, batch_id FROM interactions WHERE status = 'pending'
+     ORDER BY kind, actor, batch_id LIMIT 1)
     UNION ALL
-    SELECT n.kind, n.actor FROM a CROSS JOIN LATERAL (
-        SELECT kind, actor FROM interactions
-        WHERE status = 'pending' AND (kind, actor) > (a.kind, a.actor)
-        ORDER BY kind, actor LIMIT 1) n
+    SELECT n.kind, n.actor, n.batch_id FROM w CROSS JOIN LATERAL (
+        SELECT kind, actor, batch_id FROM interactions
+        WHERE status = 'pending' AND (kind, actor, batch_id) > (w.kind, w.actor, w.batch_id)
+        ORDER BY kind, actor, batch_id LIMIT 1) n
 )
-SELECT kind, actor FROM a
-
--- name: pending_batches
--- The batches with pending work for one actor (loose index scan again), with priority.
-WITH RECURSIVE b AS (
-    (SELECT batch_id FROM interactions WHERE status = 'pending' AND kind = %(kind)s AND actor = %(actor)s
-     ORDER BY batch_id LIMIT 1)
-    UNION ALL
-    SELECT n.batch_id FROM b CROSS JOIN LATERAL (
-        SELECT batch_id FROM interactions
-        WHERE status = 'pending' AND kind = %(kind)s AND actor = %(actor)s AND batch_id > b.batch_id
-        ORDER BY batch_id LIMIT 1) n
-)
-SELECT b.batch_id, bt.priority FROM b JOIN batches bt ON bt.id = b.batch_id
+SELECT w.kind, w.actor, w.batch_id, b.priority FROM w JOIN batches b ON b.id = w.batch_id
+ORDER BY w.kind, w.actor, w.batch_id
 
 -- name: try_advisory_xact_lock
 SELECT pg_try_advisory_xact_lock(%(key)s) AS locked
@@ -196,77 +210,86 @@ SELECT name, kind, queues, concurrency, server, models, circuit, stopping, first
 FROM workers ORDER BY kind, name
 
 -- name: mark_completed
-UPDATE interactions
-SET status = 'completed', output = %(output)s, output_chars = %(output_chars)s, metrics = %(metrics)s,
-    worker = %(worker)s, ended_at = now(), failure_class = NULL, failure_message = NULL, failure_detail = NULL
-WHERE id = %(id)s AND status = %(from_status)s AND attempt = %(attempt)s
-RETURNING *
+UPDATE interactions i
+SET status = 'completed', output = v.output, output_chars = v.output_chars, metrics = v.metrics,
+    worker = v.worker, ended_at = now(), failure_class = NULL, failure_message = NULL, failure_detail = NULL
+FROM unnest(%(id)s::bigint[], %(attempt)s::integer[], %(output)s::jsonb[], %(output_chars)s::integer[],
+            %(metrics)s::jsonb[], %(worker)s::text[]) AS v (id, attempt, output, output_chars, metrics, worker)
+WHERE i.id = v.id AND i.status = %(from_status)s AND i.attempt = v.attempt
+RETURNING i.id, i.run_id, i.batch_id, i.step, i.kind, i.actor, i.visit, i.status, i.attempt, i.max_attempts, i.output
 
 -- name: mark_failed
-UPDATE interactions
-SET status = 'failed', failure_class = %(failure_class)s, failure_message = %(failure_message)s,
-    failure_detail = %(failure_detail)s, metrics = %(metrics)s, worker = %(worker)s, ended_at = now()
-WHERE id = %(id)s AND status = %(from_status)s AND attempt = %(attempt)s
-RETURNING *
+UPDATE interactions i
+SET status = 'failed', failure_class = v.failure_class, failure_message = v.failure_message,
+    failure_detail = v.failure_detail, metrics = v.metrics, worker = v.worker, ended_at = now()
+FROM unnest(%(id)s::bigint[], %(attempt)s::integer[], %(failure_class)s::text[], %(failure_message)s::text[],
+            %(failure_detail)s::jsonb[], %(metrics)s::jsonb[], %(worker)s::text[])
+     AS v (id, attempt, failure_class, failure_message, failure_detail, metrics, worker)
+WHERE i.id = v.id AND i.status = %(from_status)s AND i.attempt = v.attempt
+RETURNING i.id, i.run_id, i.batch_id, i.step, i.kind, i.actor, i.visit, i.status, i.attempt, i.max_attempts, i.output
 
 -- name: requeue
 -- The last failure stays on the row (show tells why it was retried) until an attempt completes.
-UPDATE interactions
-SET status = 'pending', attempt = attempt + 1, dispatched_at = NULL, deadline = NULL, ended_at = NULL
-WHERE id = %(id)s AND status = %(from_status)s AND attempt = %(attempt)s
-RETURNING *
+UPDATE interactions i
+SET status = 'pending', attempt = i.attempt + 1, dispatched_at = NULL, deadline = NULL, ended_at = NULL
+FROM unnest(%(id)s::bigint[], %(attempt)s::integer[]) AS v (id, attempt)
+WHERE i.id = v.id AND i.status = %(from_status)s AND i.attempt = v.attempt
+RETURNING i.id, i.run_id, i.batch_id, i.step, i.kind, i.actor, i.visit, i.status, i.attempt, i.max_attempts, i.output
 
 -- name: mark_cancelled
-UPDATE interactions SET status = 'cancelled', ended_at = now()
-WHERE id = %(id)s AND status = %(from_status)s AND attempt = %(attempt)s
-RETURNING *
+UPDATE interactions i SET status = 'cancelled', ended_at = now()
+FROM unnest(%(id)s::bigint[], %(attempt)s::integer[]) AS v (id, attempt)
+WHERE i.id = v.id AND i.status = %(from_status)s AND i.attempt = v.attempt
+RETURNING i.id, i.run_id, i.batch_id, i.step, i.kind, i.actor, i.visit, i.status, i.attempt, i.max_attempts, i.output
 
 -- name: expired_interactions
 SELECT id, attempt, timeout_s FROM interactions
 WHERE status = 'dispatched' AND deadline < now()
 ORDER BY deadline LIMIT %(limit)s
 
--- name: interaction_runs
-SELECT id, run_id FROM interactions WHERE id = ANY(%(ids)s)
+-- name: lock_result_targets
+-- The interactions a batch of results is for, with their runs, both locked. Every
+-- decision about a run happens with its row locked, so results of one run apply one
+-- at a time; the interaction's lock waits for the commit of its own dispatch (another
+-- serve process may have published the task and the worker been quick), so the
+-- guarded transition that follows sees `dispatched`. One lock order for every
+-- transaction that applies results, runs then interactions by id: two serve processes
+-- applying overlapping batches wait for each other instead of deadlocking.
+SELECT i.id, i.run_id, r.batch_id, r.workflow_id, r.input
+FROM interactions i JOIN runs r ON r.id = i.run_id
+WHERE i.id = ANY(%(ids)s)
+ORDER BY i.run_id, i.id
+FOR UPDATE OF r, i
 
--- name: lock_interaction
--- A result can overtake the commit of its own dispatch (another serve process
--- published the task and the worker was quick). This waits for that commit, so the
--- guarded transition sees `dispatched` instead of a stale `pending`.
-SELECT id FROM interactions WHERE id = %(id)s FOR UPDATE
+-- name: interaction_states
+SELECT id, status, attempt FROM interactions WHERE id = ANY(%(ids)s)
 
--- name: interaction_state
-SELECT status, attempt FROM interactions WHERE id = %(id)s
-
--- name: lock_run
--- Every decision about a run happens with its row locked: results of one run apply one at a time.
-SELECT id, batch_id, workflow_id, input, status FROM runs WHERE id = %(id)s FOR UPDATE
+-- name: wait_for_dispatches
+-- Held by a dispatching transaction (try_advisory_xact_lock on the dispatch key): a
+-- result for an interaction this transaction cannot see yet waits here until the
+-- transaction that created and published it has ended.
+SELECT pg_advisory_xact_lock_shared(%(key)s)
 
 -- name: run_steps
--- Per step of one run: how often it ran, its last interaction, and its latest output
--- (the engine's whole view of a run, in one round trip).
-SELECT step, max(visit) AS visits, max(id) AS last_id,
+-- Per run and step: how often it ran, its last interaction, and its latest output (the
+-- engine's whole view of a batch of runs, in one round trip).
+SELECT run_id, step, max(visit) AS visits, max(id) AS last_id,
        max(id) FILTER (WHERE status = 'completed') AS last_completed_id,
-       array_agg(status ORDER BY visit) AS statuses,
-       bool_or(status = 'completed') AS has_output,
+       max(visit) FILTER (WHERE status = 'completed') AS output_visit,
        (array_agg(output ORDER BY visit DESC) FILTER (WHERE status = 'completed'))[1] AS output
-FROM interactions WHERE run_id = %(run_id)s GROUP BY step
+FROM interactions WHERE run_id = ANY(%(run_ids)s) GROUP BY run_id, step
 
--- name: run_open_count
-SELECT count(*) AS open FROM interactions
-WHERE run_id = %(run_id)s AND status IN ('pending', 'dispatched')
+-- name: failed_interactions
+SELECT run_id, step, attempt, failure_class, failure_message FROM interactions
+WHERE run_id = ANY(%(run_ids)s) AND status = 'failed' ORDER BY run_id, id
 
--- name: run_failed_interactions
-SELECT step, attempt, failure_class, failure_message FROM interactions
-WHERE run_id = %(run_id)s AND status = 'failed' ORDER BY id
+-- name: problem_events
+SELECT run_id, kind, detail FROM events WHERE run_id = ANY(%(run_ids)s) AND kind = ANY(%(kinds)s) ORDER BY run_id, id
 
--- name: run_problem_events
-SELECT kind, detail FROM events WHERE run_id = %(run_id)s AND kind = ANY(%(kinds)s) ORDER BY id
-
--- name: finish_run
-UPDATE runs SET status = %(status)s, end_reason = %(reason)s, ended_at = now()
-WHERE id = %(id)s AND status = 'running'
-RETURNING id
+-- name: finish_runs
+UPDATE runs r SET status = v.status, end_reason = v.reason, ended_at = now()
+FROM unnest(%(id)s::bigint[], %(status)s::text[], %(reason)s::text[]) AS v (id, status, reason)
+WHERE r.id = v.id AND r.status = 'running'
 
 -- name: list_batches
 SELECT b.id, b.workflow_name, w.version AS workflow_version, b.source_name, b.created_at,
