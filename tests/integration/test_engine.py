@@ -394,3 +394,67 @@ def test_a_loop_that_hits_its_bound_can_hand_over_instead_of_failing(conn, tmp_p
         "grade", "improve", "grade", "improve", "grade", "ticket", "done"]
     (exit_event,) = events(conn, run["id"], "loop_exit")
     assert exit_event["detail"] == {"step": "improve", "max_visits": 2, "from": "grade", "to": "ticket"}
+
+
+def _complete(conn, batch_id: int, steps: set[str], output) -> list[TaskResult]:
+    """Claim every pending interaction of `steps` and answer each with `output(row)`."""
+    with conn.transaction(), conn.cursor() as cur:
+        rows = [r for r in claim_pending(cur, limit=100, batch_id=batch_id) if r["step"] in steps]
+    return [TaskResult(interaction_id=r["id"], attempt=r["attempt"], output=output(r)) for r in rows]
+
+
+def test_a_batch_with_several_results_of_one_run_decides_as_one_at_a_time_would(conn, tmp_path, scripts_dir):
+    """b and c of the same run, in one batch: the fan-in d is created once, from both,
+    exactly as when b and c are applied one after the other."""
+    together = start(conn, tmp_path, SHAPES, [["1"]])
+    (tmp_path / "two").mkdir()
+    apart = start(conn, tmp_path / "two", SHAPES.replace("name: shapes", "name: shapes2"), [["1"]])
+    cache = WorkflowCache()
+    for batch in (together, apart):
+        assert apply_results(conn, _complete(conn, batch, {"a"}, lambda r: "A"), cache)["completed"] == 1
+    both = _complete(conn, together, {"b", "c"}, lambda r: f"out of {r['step']}")
+    assert apply_results(conn, both, cache)["completed"] == 2
+    for result in _complete(conn, apart, {"b", "c"}, lambda r: f"out of {r['step']}"):
+        assert apply_results(conn, [result], cache)["completed"] == 1
+
+    def story(batch: int) -> list[tuple]:
+        chain = interactions(conn, batch)
+        step_of = {i["id"]: i["step"] for i in chain}
+        return [(i["step"], i["visit"], i["status"], sorted(step_of[p] for p in i["parent_ids"])) for i in chain]
+
+    assert story(together) == story(apart) == [
+        ("a", 1, "completed", []), ("b", 1, "completed", ["a"]), ("c", 1, "completed", ["a"]),
+        ("d", 1, "pending", ["b", "c"])]
+    d = next(i for i in interactions(conn, together) if i["step"] == "d")
+    row = conn.execute("SELECT input FROM interactions WHERE id = %s", (d["id"],)).fetchone()
+    assert row["input"]["input"] == {"b": "out of b", "c": "out of c"}
+
+
+def test_a_result_that_overtakes_the_commit_of_its_own_dispatch_waits_for_it(conn, db_url, tmp_path):
+    """Another serve process created and published an interaction in a transaction that
+    has not committed yet, and the worker was quick: its result must wait for that
+    commit, not be dropped as unknown."""
+    import threading
+
+    from orchestrator import locks
+    from orchestrator.db import connect
+
+    batch = start(conn, tmp_path, SHAPES, [["1"]])
+    (first,) = _complete(conn, batch, {"a"}, lambda r: "A")
+    other = connect(db_url)
+    other.execute("BEGIN")
+    other.execute("SELECT pg_advisory_xact_lock(%s)", (locks.DISPATCH,))  # it is dispatching
+    child = other.execute(
+        "INSERT INTO interactions (run_id, batch_id, step, kind, actor, visit, status, attempt, max_attempts,"
+        " timeout_s, input, dispatched_at) SELECT run_id, batch_id, 'b', 'ai', 'm:1', 1, 'dispatched', 1, 3, 30,"
+        " '{}'::jsonb, now() FROM interactions WHERE id = %s RETURNING id", (first.interaction_id,)).fetchone()["id"]
+    outcome: dict = {}
+    applier = threading.Thread(target=lambda: outcome.update(apply_results(
+        connect(db_url), [TaskResult(interaction_id=child, attempt=1, output="B")], WorkflowCache())))
+    applier.start()
+    applier.join(timeout=1.0)
+    assert applier.is_alive(), "the result should wait for the dispatch in progress"
+    other.execute("COMMIT")
+    applier.join(timeout=10)
+    assert outcome == {"completed": 1}
+    other.close()
