@@ -19,6 +19,8 @@ each matters):
 
 from __future__ import annotations
 
+import functools
+
 from celery import Celery
 from kombu import Exchange, Queue
 
@@ -72,6 +74,7 @@ def make_app(broker_url: str | None = None, *, name: str = "wavefarm", batched_p
     return app
 
 
+@functools.cache  # one immutable declaration: built once, not on every result published
 def reports_queue() -> Queue:
     return Queue(REPORTS_QUEUE, Exchange(REPORTS_QUEUE, type="direct", durable=True),
                  routing_key=REPORTS_QUEUE, durable=True)

@@ -149,3 +149,12 @@ def test_pool_serves_parallel_calls(srv):
             results = list(pool.map(lambda i: b.complete(task(f"posting {i}")), range(8)))
     assert all(r.ok for r in results)
     assert slow.max_concurrent[MODEL] == 4
+
+
+def test_the_proxy_settings_of_the_environment_are_read_once_for_the_server(monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert OllamaBackend("http://gpu-7:11434").session.proxies.get("http") == "http://proxy.example:3128"
+    monkeypatch.setenv("NO_PROXY", "gpu-7")
+    assert OllamaBackend("http://gpu-7:11434").session.proxies == {}
