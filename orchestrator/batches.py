@@ -97,6 +97,9 @@ def submit(
             for r in bad:
                 cur.execute(Q["insert_reject"], {"batch_id": batch["id"], "line": r.line, "reason": r.reason, "raw": r.raw})
             created = _insert_runs(cur, batch, batch_workflow, good)
+            if created:
+                # serve dispatches at once instead of at its next idle tick (delivered on commit).
+                cur.execute(Q["notify_work"], {"batch_id": batch["id"]})
         report.rejected.extend(bad)
         report.runs_created += created
         report.runs_existing += len(good) - created

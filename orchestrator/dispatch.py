@@ -75,17 +75,17 @@ class Dispatcher:
         that commit, and results for interactions this transaction created wait on it
         (orchestrator/results.py).
         """
-        with conn.cursor() as cur, conn.cursor() as pending_cur, conn.cursor() as flight_cur:
+        with conn.cursor() as cur:
             cur.execute(Q["try_advisory_xact_lock"], {"key": locks.DISPATCH})
-            pending_cur.execute(Q["pending_work"])
-            flight_cur.execute(Q["in_flight_counts"])
-            slots = self._live_slots(conn)
             if not cur.fetchone()["locked"]:
                 return 0  # another serve process is dispatching right now
-            pending = pending_cur.fetchall()
-            in_flight = flight_cur.fetchall()
+            cur.execute(Q["dispatch_view"])
+            view = cur.fetchall()
+            pending = [r for r in view if r["what"] == "pending"]
             if not pending:
                 return 0
+            in_flight = [r for r in view if r["what"] == "in_flight"]
+            slots = self._live_slots(conn)
             # Queue windows are shared by the actors that map to one queue (all scripts).
             used: dict[str, int] = defaultdict(int)
             for r in in_flight:

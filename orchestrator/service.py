@@ -21,6 +21,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from common.messages import ResultReport, WorkerReport
 from orchestrator import workers
 from orchestrator.catalog import WorkflowCache
+from orchestrator.db import Q
 from orchestrator.dispatch import Dispatcher
 from orchestrator.inbox import Delivery, Inbox
 from orchestrator.metrics import APPLY_SECONDS, RESULTS
@@ -34,7 +35,7 @@ DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 
 class Service:
     def __init__(self, pool: ConnectionPool, app: Celery, *, batch_size: int = 200, window_factor: float = 2.0,
-                 sweep_every_s: float = 2.0, dispatch_every_s: float = 0.05, idle_wait_s: float = 0.05) -> None:
+                 sweep_every_s: float = 2.0, dispatch_every_s: float = 0.05, idle_wait_s: float = 0.01) -> None:
         self.pool = pool
         self.app = app
         self.inbox = Inbox(app, prefetch=batch_size * 2)
@@ -74,7 +75,7 @@ class Service:
     def turn(self) -> None:
         deliveries = self.inbox.collect(limit=self.batch_size, wait_s=self.idle_wait_s)
         now = time.monotonic()
-        if deliveries or now - self._last_dispatch >= self.dispatch_every_s:
+        if deliveries or self._work_submitted() or now - self._last_dispatch >= self.dispatch_every_s:
             self.apply_and_dispatch(deliveries)
             self._last_dispatch = now
         if now - self._last_sweep >= self.sweep_every_s:
@@ -131,18 +132,29 @@ class Service:
     def _connection(self) -> psycopg.Connection:
         """serve's own connection, held across turns: taking one from the pool each turn
         would cost a liveness check (a round trip) every time. One that broke (Postgres
-        restarted) is handed back on the turn's error, and the next turn takes a new one."""
+        restarted) is handed back on the turn's error, and the next turn takes a new one.
+        It listens for submissions (`_work_submitted`)."""
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._release()
-            self._conn = self.pool.getconn()
+            conn = self.pool.getconn()
+            conn.execute(Q["listen_for_work"])
+            self._conn = conn
         return self._conn
+
+    def _work_submitted(self) -> bool:
+        """Whether a submission created pending work since the last look: a new batch
+        starts at once instead of at the next idle dispatch tick. Reading what the
+        server already sent costs no round trip."""
+        return any(True for _ in self._connection().notifies(timeout=0))
 
     def _release(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             try:
+                if not conn.broken:
+                    conn.execute(Q["unlisten"])  # the pool's next user must not get our notifications
                 self.pool.putconn(conn)
-            except Exception:  # a pool already closed: nothing to give back to
+            except Exception:  # broken after all, or a pool already closed: the pool discards it
                 pass
 
     def _count(self, outcomes: Counter) -> None:

@@ -165,10 +165,12 @@ FROM (
 WHERE i.id = claimed.id
 RETURNING i.*
 
--- name: pending_work
--- Every (kind, actor, batch) with pending work, with the batch's priority, by skipping
--- through interactions_dispatch one triple at a time (a loose index scan): cheap
--- however much is pending.
+-- name: dispatch_view
+-- What a dispatch turn needs in one round trip, as rows of two kinds:
+-- 'pending': every (kind, actor, batch) with pending work and the batch's priority,
+--   found by skipping through interactions_dispatch one triple at a time (a loose
+--   index scan: cheap however much is pending);
+-- 'in_flight': how many are dispatched per (kind, actor) (interactions_in_flight).
 WITH RECURSIVE w AS (
     (SELECT kind, actor, batch_id FROM interactions WHERE status = 'pending'
      ORDER BY kind, actor, batch_id LIMIT 1)
@@ -178,14 +180,26 @@ WITH RECURSIVE w AS (
         WHERE status = 'pending' AND (kind, actor, batch_id) > (w.kind, w.actor, w.batch_id)
         ORDER BY kind, actor, batch_id LIMIT 1) n
 )
-SELECT w.kind, w.actor, w.batch_id, b.priority FROM w JOIN batches b ON b.id = w.batch_id
-ORDER BY w.kind, w.actor, w.batch_id
+SELECT * FROM (
+    SELECT 'pending' AS what, w.kind, w.actor, w.batch_id, b.priority, NULL::bigint AS n
+    FROM w JOIN batches b ON b.id = w.batch_id
+    UNION ALL
+    SELECT 'in_flight', kind, actor, NULL, NULL, count(*) FROM interactions WHERE status = 'dispatched'
+    GROUP BY kind, actor
+) v ORDER BY what DESC, kind, actor, batch_id
+
+-- name: listen_for_work
+-- serve's connection: told when a submission has created pending work.
+LISTEN wavefarm_work
+
+-- name: unlisten
+UNLISTEN *
+
+-- name: notify_work
+SELECT pg_notify('wavefarm_work', %(batch_id)s::text)
 
 -- name: try_advisory_xact_lock
 SELECT pg_try_advisory_xact_lock(%(key)s) AS locked
-
--- name: in_flight_counts
-SELECT kind, actor, count(*) AS n FROM interactions WHERE status = 'dispatched' GROUP BY kind, actor
 
 -- name: live_capacity
 -- Slots per queue: the concurrency of every live worker consuming it.
