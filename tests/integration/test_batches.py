@@ -8,7 +8,7 @@ import pytest
 from common.errors import CsvFileError, NotFound
 from orchestrator import batches, catalog
 from orchestrator.workflow import load_text
-from tests.integration.helpers import write_csv
+from tests.integration.helpers import MINIMAL, write_csv
 
 WF = """
 name: posts
@@ -106,3 +106,29 @@ def test_runs_pin_the_workflow_version_they_started_with(conn, tmp_path, workflo
         {"batch_id": first.batch_id, "version": 1, "prompt": "Summarise a: b"},
         {"batch_id": second.batch_id, "version": 2, "prompt": "Sum up c: d"},
     ]
+
+
+def test_serve_is_told_of_a_submission_and_of_nothing_else(db_url, tmp_path):
+    """A submitted batch wakes serve (Postgres NOTIFY) instead of waiting for its next
+    idle tick; with nothing submitted there is nothing to wake it."""
+    import time
+
+    from common.celery_app import make_app
+    from orchestrator.db import connect, open_pool
+    from orchestrator.service import Service
+
+    pool = open_pool(db_url, size=2)
+    try:
+        service = Service(pool, make_app("amqp://guest:guest@127.0.0.1:1//", batched_publish=True))
+        assert not service._work_submitted()
+        with connect(db_url) as conn:
+            catalog.store(conn, load_text(MINIMAL), MINIMAL)
+            batches.submit(conn, write_csv(tmp_path / "in.csv", ["x"], [["1"], ["2"]]), "minimal")
+        until = time.monotonic() + 5
+        while not service._work_submitted():
+            assert time.monotonic() < until, "serve was never told of the submission"
+            time.sleep(0.01)
+        assert not service._work_submitted()  # told once
+        service._release()
+    finally:
+        pool.close()
