@@ -152,6 +152,7 @@ def _wait_ready(proc: subprocess.Popen, url: str, log: Path, start: int, timeout
             try:
                 r = http.get(f"{url}/v1/models", timeout=2)
                 if r.status_code == 200 and MODEL_NAME in [m.get("id") for m in r.json().get("data", [])]:
+                    _first_call(http, proc, url, log, start)
                     return
             except (requests.RequestException, ValueError, AttributeError):
                 pass
@@ -159,6 +160,37 @@ def _wait_ready(proc: subprocess.Popen, url: str, log: Path, start: int, timeout
                 raise LocalModelError(f"llama_cpp.server did not answer {url}/v1/models within {timeout:.0f}s; "
                                       f"end of {log}:\n{_tail(log, start)}")
             time.sleep(0.2)
+
+
+# What to run when llama.cpp was compiled for CPU features this machine cannot use.
+PORTABLE_BUILD = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" '
+                  "pip install --force-reinstall --no-deps --no-cache-dir 'llama-cpp-python[server]'")
+
+
+def _first_call(http: requests.Session, proc: subprocess.Popen, url: str, log: Path, start: int) -> None:
+    """One token, before anyone relies on the server. llama-cpp-python compiles llama.cpp
+    for the CPU it is installed on (-march=native): in a virtual machine that reports AMX
+    but does not run it, the server starts, lists its model, then dies of a general
+    protection fault at its first call, which a caller would only see as a refused
+    connection. This says so where it happens."""
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    try:
+        r = http.post(f"{url}/v1/chat/completions", json=body, timeout=START_TIMEOUT_S)
+        if r.status_code == 200:
+            return
+        problem = f"answered its first call with HTTP {r.status_code}"
+    except requests.RequestException:
+        problem = "broke off its first call"
+    try:
+        code = proc.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        code = None
+    if code is not None and code < 0:
+        problem = f"died of signal {-code} at its first call"
+    raise LocalModelError(
+        f"llama_cpp.server {problem}. If this machine's kernel log says 'general protection fault ... "
+        f"in libggml-cpu', llama.cpp was compiled for CPU features it cannot use here; rebuild it "
+        f"portably: {PORTABLE_BUILD}\nend of {log}:\n{_tail(log, start)}")
 
 
 @contextmanager

@@ -134,12 +134,14 @@ def _apply_set(cur: psycopg.Cursor, results: Sequence[TaskResult], cache: Workfl
     run_ids = sorted({t["run_id"] for t in targets.values()})
     cur.execute(Q["run_steps"], {"run_ids": run_ids})
     views = _views(cur, cur.fetchall(), targets, cache)
-    completed = {row["id"]: row for row in transition_many(
+    # Keyed by (interaction, attempt): a batch can hold a late result of an old attempt
+    # beside the current one's, and only the current one moved.
+    completed = {(row["id"], row["attempt"]): row for row in transition_many(
         cur, [_completion(r) for r in known if r.ok], from_=Status.DISPATCHED, to=Status.COMPLETED)}
-    failed = {row["id"]: row for row in transition_many(
+    failed = {(row["id"], row["attempt"]): row for row in transition_many(
         cur, [_failure(r) for r in known if not r.ok], from_=Status.DISPATCHED, to=Status.FAILED)}
-    retry = [row for row in failed.values() if _retryable(row, unique[(row["id"], row["attempt"])])]
-    requeued = {row["id"] for row in transition_many(
+    retry = [row for key, row in failed.items() if _retryable(row, unique[key])]
+    requeued = {(row["id"], row["attempt"] - 1) for row in transition_many(
         cur, [{"id": row["id"], "attempt": row["attempt"]} for row in retry], from_=Status.FAILED, to=Status.PENDING)}
 
     applied: list[Applied] = []
@@ -150,14 +152,15 @@ def _apply_set(cur: psycopg.Cursor, results: Sequence[TaskResult], cache: Workfl
         run_id = targets[r.interaction_id]["run_id"]
         view = views[run_id]
         ids = {"run_id": run_id, "batch_id": view.ctx.batch_id}
-        if r.interaction_id in completed:
-            row = completed[r.interaction_id]
+        key = (r.interaction_id, r.attempt)
+        if key in completed:
+            row = completed[key]
             view.completed(row)
             engine.on_completed(view, row, decisions)
             outcome = "completed"
-        elif r.interaction_id in requeued:
+        elif key in requeued:
             outcome = "retried"
-        elif r.interaction_id in failed:
+        elif key in failed:
             outcome = "failed"
         else:
             ignored.append(r)

@@ -458,3 +458,19 @@ def test_a_result_that_overtakes_the_commit_of_its_own_dispatch_waits_for_it(con
     applier.join(timeout=10)
     assert outcome == {"completed": 1}
     other.close()
+
+
+def test_a_late_result_beside_the_current_attempts_in_one_batch_is_the_one_ignored(conn, tmp_path):
+    batch = start(conn, tmp_path, SHAPES, [["1"]])
+    row = _claim_one(conn, batch)
+    cache = WorkflowCache()
+    lost = TaskResult(interaction_id=row["id"], attempt=1,
+                      failure=Failure(failure_class=FailureClass.WORKER_LOST, message="no result by the deadline"))
+    assert apply_results(conn, [lost], cache)["retried"] == 1
+    _claim_one(conn, batch)
+    late = TaskResult(interaction_id=row["id"], attempt=1, output="from the lost worker")
+    current = TaskResult(interaction_id=row["id"], attempt=2, output="from the second")
+    assert apply_results(conn, [late, current], cache) == {"completed": 1, "ignored": 1}
+    a = conn.execute("SELECT output, attempt FROM interactions WHERE id = %s", (row["id"],)).fetchone()
+    assert a == {"output": "from the second", "attempt": 2}
+    assert [i["step"] for i in interactions(conn, batch)] == ["a", "b", "c"]  # b and c once
