@@ -18,14 +18,14 @@ from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from common.messages import ResultReport, WorkerReport
+from common.messages import ResultReport, TaskResult, WorkerReport, WorkerStatus
 from orchestrator import workers
 from orchestrator.catalog import WorkflowCache
 from orchestrator.db import Q
 from orchestrator.dispatch import Dispatcher
 from orchestrator.inbox import Delivery, Inbox
 from orchestrator.metrics import APPLY_SECONDS, RESULTS
-from orchestrator.results import ApplyFailed, apply_in, log_applied, outcome_counts
+from orchestrator.results import Applied, ApplyFailed, apply_in, log_applied, outcome_counts
 from orchestrator.sweeper import sweep
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,8 @@ class Service:
         if broker_error is not None:
             raise broker_error
 
-    def _turn_transaction(self, statuses: list, results: list, *, isolate: bool):
+    def _turn_transaction(self, statuses: list[WorkerStatus], results: list[TaskResult], *,
+                          isolate: bool) -> tuple[list[Applied], BaseException | None]:
         conn = self._connection()
         broker_error: BaseException | None = None
         with conn.transaction():
@@ -154,8 +155,8 @@ class Service:
                 if not conn.broken:
                     conn.execute(Q["unlisten"])  # the pool's next user must not get our notifications
                 self.pool.putconn(conn)
-            except Exception:  # broken after all, or a pool already closed: the pool discards it
-                pass
+            except Exception:  # broken after all, or a pool already closed
+                conn.close()
 
     def _count(self, outcomes: Counter) -> None:
         self.outcomes.update(outcomes)

@@ -253,13 +253,19 @@ def test_duplicate_result_is_applied_once(conn, tmp_path):
     assert len(events(conn, row["run_id"], "result_ignored")) == 2
 
 
-def test_late_result_of_an_old_attempt_is_ignored(conn, tmp_path):
+def _first_attempt_retried(conn, tmp_path) -> tuple[int, dict, WorkflowCache]:
+    """A batch whose first interaction's attempt 1 timed out and was put back for attempt 2."""
     batch = start(conn, tmp_path, SHAPES, [["1"]])
     row = _claim_one(conn, batch)
     cache = WorkflowCache()
     lost = TaskResult(interaction_id=row["id"], attempt=1,
                       failure=Failure(failure_class=FailureClass.TIMEOUT, message="slow"))
     assert apply_results(conn, [lost], cache)["retried"] == 1
+    return batch, row, cache
+
+
+def test_late_result_of_an_old_attempt_is_ignored(conn, tmp_path):
+    batch, row, cache = _first_attempt_retried(conn, tmp_path)
     late = TaskResult(interaction_id=row["id"], attempt=1, output="too late")
     assert apply_results(conn, [late], cache)["ignored"] == 1
     again = _claim_one(conn, batch)
@@ -461,12 +467,7 @@ def test_a_result_that_overtakes_the_commit_of_its_own_dispatch_waits_for_it(con
 
 
 def test_a_late_result_beside_the_current_attempts_in_one_batch_is_the_one_ignored(conn, tmp_path):
-    batch = start(conn, tmp_path, SHAPES, [["1"]])
-    row = _claim_one(conn, batch)
-    cache = WorkflowCache()
-    lost = TaskResult(interaction_id=row["id"], attempt=1,
-                      failure=Failure(failure_class=FailureClass.WORKER_LOST, message="no result by the deadline"))
-    assert apply_results(conn, [lost], cache)["retried"] == 1
+    batch, row, cache = _first_attempt_retried(conn, tmp_path)
     _claim_one(conn, batch)
     late = TaskResult(interaction_id=row["id"], attempt=1, output="from the lost worker")
     current = TaskResult(interaction_id=row["id"], attempt=2, output="from the second")
