@@ -342,19 +342,19 @@ def summarise_serve(path: Path) -> str:
         total += n
         leaf = names[-1]
         kind = "waiting on Postgres" if leaf in DB_WAIT else "waiting on the broker" if leaf in BROKER_IO else "CPU"
-        phase = next((p for p in ("Inbox.collect", "Inbox.ack", "record", "apply_results",
-                                  "Dispatcher.dispatch", "sweep") if p in names), "other")
-        phases[f"{phase:<20} {kind}"] += n
+        phase = next((p for p in ("Inbox.collect", "Inbox.ack", "record", "apply_in",
+                                  "Dispatcher.dispatch_in", "sweep") if p in names), "other")
+        phases[f"{phase:<24} {kind}"] += n
         if "Celery.send_task" in names:
             what = "task-sent event" if "EventDispatcher.publish" in names else \
                 "waiting for the publisher confirm" if kind != "CPU" else "send_task CPU"
             publish[what] += n
         if kind == "CPU" or kind == "waiting on Postgres":
             # the innermost orchestrator frame: which of our lines asked for the time
-            ours = [x for x in names if x.split(".")[0] in ("apply_results", "_apply_one", "_decide") or
-                    x.startswith(("Dispatcher", "engine", "transition", "insert_interaction", "record_event",
-                                  "run_state", "finish_if_done", "on_completed",
-                                  "claim_for_dispatch", "build_interaction", "_render"))]
+            ours = [x for x in names if x in ("apply_in", "_apply_set", "_lock_targets", "_views", "_store",
+                                               "_ignore", "_end_runs") or
+                    x.startswith(("Dispatcher", "RunView", "Decisions", "on_completed", "run_ending",
+                                  "transition_many", "claim_for_dispatch", "build_interaction", "_render"))]
             hot[f"{(ours[-1] if ours else '?'):<28} {kind}"] += n
     out = [f"  serve main loop: {total} samples (wall clock, idle included)"]
     out += _pct(phases, total)

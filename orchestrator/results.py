@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -40,6 +41,7 @@ from orchestrator.states import Status, transition_many
 log = logging.getLogger(__name__)
 
 DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+T = TypeVar("T")
 
 
 @dataclass
@@ -53,12 +55,12 @@ class Applied:
 
 def apply_results(conn: psycopg.Connection, results: Sequence[TaskResult], cache: WorkflowCache) -> Counter:
     """Apply results in a transaction of their own; returns outcome counts."""
-    try:
+
+    def transaction(isolate: bool) -> list[Applied]:
         with conn.transaction():
-            applied = apply_in(conn, results, cache)
-    except ApplyFailed:
-        with conn.transaction():
-            applied = apply_in(conn, results, cache, isolate=True)
+            return apply_in(conn, results, cache, isolate=isolate)
+
+    applied = whole_or_isolated(transaction, len(results))
     log_applied(applied)
     return outcome_counts(applied)
 
@@ -67,6 +69,17 @@ class ApplyFailed(Exception):
     """Applying a batch of results raised: roll its transaction back and apply them
     again with `isolate=True`. The database having gone away is not this: it raises
     psycopg's own error, and nothing of the batch is applied."""
+
+
+def whole_or_isolated(transaction: Callable[[bool], T], results: int) -> T:
+    """Run `transaction(isolate)`, a transaction that applies a batch of results with
+    apply_in: first whole; if the batch could not be applied whole (its transaction
+    rolled back), once more with each result isolated."""
+    try:
+        return transaction(False)
+    except ApplyFailed:
+        log.warning("a batch of %d result(s) could not be applied whole; applying them one by one", results)
+        return transaction(True)
 
 
 def apply_in(conn: psycopg.Connection, results: Sequence[TaskResult], cache: WorkflowCache, *,

@@ -25,7 +25,7 @@ from orchestrator.db import Q
 from orchestrator.dispatch import Dispatcher
 from orchestrator.inbox import Delivery, Inbox
 from orchestrator.metrics import APPLY_SECONDS, RESULTS
-from orchestrator.results import Applied, ApplyFailed, apply_in, log_applied, outcome_counts
+from orchestrator.results import Applied, apply_in, log_applied, outcome_counts, whole_or_isolated
 from orchestrator.sweeper import sweep
 
 log = logging.getLogger(__name__)
@@ -98,12 +98,8 @@ class Service:
         results = [d.report.result for d in deliveries if isinstance(d.report, ResultReport)]
         statuses = [d.report.status for d in deliveries if isinstance(d.report, WorkerReport)]
         t0 = time.perf_counter()
-        try:
-            applied, broker_error = self._turn_transaction(statuses, results, isolate=False)
-        except ApplyFailed:
-            log.warning("a batch of %d result(s) could not be applied whole; applying them one by one",
-                        len(results))
-            applied, broker_error = self._turn_transaction(statuses, results, isolate=True)
+        applied, broker_error = whole_or_isolated(
+            lambda isolate: self._turn_transaction(statuses, results, isolate=isolate), len(results))
         if deliveries:
             APPLY_SECONDS.observe(time.perf_counter() - t0)
         log_applied(applied)

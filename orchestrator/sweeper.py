@@ -15,6 +15,7 @@ from orchestrator.catalog import WorkflowCache
 from orchestrator.db import Q
 from orchestrator.results import apply_results
 
+
 def sweep(conn: psycopg.Connection, cache: WorkflowCache, *, limit: int = 500) -> Counter:
     # One transaction, under a transaction-scoped advisory lock: a second serve process
     # skips its sweep instead of reporting the same attempts lost a second time.
