@@ -7,7 +7,6 @@ one test can never reach another."""
 from __future__ import annotations
 
 import csv
-import itertools
 import os
 import signal
 import socket
@@ -30,7 +29,6 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 SCRIPTS = HERE / "scripts"
 WORKFLOW = HERE / "workflows" / "screening.yaml"
-_redis_db = itertools.count(1)
 
 
 def rabbitmqctl(*args: str) -> None:
@@ -63,13 +61,32 @@ def broker(kind: str) -> Iterator[str]:
     else:
         import redis
 
-        db = 1 + next(_redis_db) % 14
+        db = _claim_redis_db()
         client = redis.Redis(host="127.0.0.1", port=6379, db=db)
         client.flushdb()
         try:
             yield f"redis://127.0.0.1:6379/{db}"
         finally:
             client.flushdb()
+            redis.Redis(host="127.0.0.1", port=6379, db=0).delete(_REDIS_CLAIM.format(db))
+
+
+_REDIS_CLAIM = "wavefarm-tests:db:{}"
+
+
+def _claim_redis_db() -> int:
+    """A Redis database (1-15) no other test process is using: claimed with SET NX in
+    database 0 (the claim expires if its test process dies), so two test sessions on one
+    machine never flush each other's queues."""
+    import redis
+
+    admin = redis.Redis(host="127.0.0.1", port=6379, db=0)
+    for _ in range(600):
+        for db in range(1, 16):
+            if admin.set(_REDIS_CLAIM.format(db), os.getpid(), nx=True, ex=1800):
+                return db
+        time.sleep(1)
+    raise AssertionError("no free Redis database for the test in 10 minutes")
 
 
 def postings(path: Path, n: int, first: int = 0) -> Path:

@@ -204,8 +204,12 @@ def restart_rabbitmq() -> None:
     rabbitmqctl("await_startup")
 
 
+# Restarts the machine's own Postgres or RabbitMQ: everything else using them at that
+# moment (another test session, a developer's farm) sees the outage too. Deselect with
+# -m "not restarts_local_services".
+@pytest.mark.restarts_local_services
 @pytest.mark.parametrize("restart", [restart_postgres, restart_rabbitmq], ids=["postgres", "rabbitmq"])
-def test_a_restarted_database_or_broker_mid_batch_loses_nothing(farm, hosts, csv_path, oracle, restart):
+def test_restarting_this_machines_database_or_broker_mid_batch_loses_nothing(farm, hosts, csv_path, oracle, restart):
     a, b = hosts
     farm.start_standard(a.url, b.url)
     batch_id = farm.submit(csv_path)
