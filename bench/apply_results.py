@@ -16,6 +16,7 @@ from common.messages import TaskResult
 from orchestrator import batches, catalog
 from orchestrator.catalog import WorkflowCache
 from orchestrator.db import connect
+from orchestrator.db.store import Store
 from orchestrator.results import apply_results
 from orchestrator.states import claim_pending
 from orchestrator.workflow import load_text
@@ -41,18 +42,18 @@ steps:
 """
 
 
-def drain(conn, batch_id: int, per_transaction: int) -> tuple[int, float]:
+def drain(db: Store, batch_id: int, per_transaction: int) -> tuple[int, float]:
     cache = WorkflowCache()
     applied, spent = 0, 0.0
     while True:
-        with conn.transaction(), conn.cursor() as cur:
-            rows = claim_pending(cur, limit=2000, batch_id=batch_id)
+        with db.transaction():
+            rows = claim_pending(db, limit=2000, batch_id=batch_id)
         if not rows:
             return applied, spent
-        results = [TaskResult(interaction_id=r["id"], attempt=r["attempt"], output=f"out {r['id']}") for r in rows]
+        results = [TaskResult(interaction_id=r.id, attempt=r.attempt, output=f"out {r.id}") for r in rows]
         t0 = time.perf_counter()
         for i in range(0, len(results), per_transaction):
-            apply_results(conn, results[i:i + per_transaction], cache)
+            apply_results(db, results[i:i + per_transaction], cache)
         spent += time.perf_counter() - t0
         applied += len(results)
 
@@ -60,12 +61,13 @@ def drain(conn, batch_id: int, per_transaction: int) -> tuple[int, float]:
 def main(runs: int) -> None:
     with tempfile.TemporaryDirectory() as tmp, scratch_database() as url:
         conn = connect(url)
-        catalog.store(conn, load_text(WORKFLOW), WORKFLOW)
+        db = Store(conn)
+        catalog.store(db, load_text(WORKFLOW), WORKFLOW)
         for per_transaction in (1, 50):
             path = write_postings(Path(tmp) / f"p{per_transaction}.csv", runs)
             path.write_text(path.read_text().replace("Data analyst", f"Analyst{per_transaction}"))
-            batch_id = batches.submit(conn, path, "bench").batch_id
-            applied, spent = drain(conn, batch_id, per_transaction)
+            batch_id = batches.submit(db, path, "bench").batch_id
+            applied, spent = drain(db, batch_id, per_transaction)
             print(f"{per_transaction:>3} result(s)/transaction: {applied} results in {spent:.2f} s = "
                   f"{applied / spent:,.0f} results/s")
         conn.close()

@@ -54,6 +54,7 @@ import redis
 from bench.common import scratch_database
 from bench.cpu import CpuMeter
 from orchestrator import batches, catalog
+from orchestrator.db.store import Store
 from orchestrator.workflow import load_text
 from tests.distributed.farm import BIN, Farm, broker, postings
 from tests.model_server import ModelServer
@@ -135,12 +136,12 @@ def farm_batch(farm: Farm, servers: list[ModelServer], tmp: Path, *, tag: str, r
     name = f"bench_{tag}_{uuid.uuid4().hex[:6]}"
     text = workflow_text(name, steps)
     conn = farm.db
-    catalog.store(conn, load_text(text), text)
+    catalog.store(Store(conn), load_text(text), text)
     csv_path = postings(tmp / f"{name}.csv", records)
     set_latency(servers, latency)
     with cpu_meter(farm) as meter:
         t0 = time.time()
-        batch_id = batches.submit(conn, csv_path, name).batch_id
+        batch_id = batches.submit(Store(conn), csv_path, name).batch_id
         submit_s = time.time() - t0
         poll = 0.02 if records * steps <= 100 else 0.1
 
@@ -165,7 +166,9 @@ def farm_batch(farm: Farm, servers: list[ModelServer], tmp: Path, *, tag: str, r
         """SELECT count(*) AS n,
                   avg(extract(epoch FROM c.dispatched_at - coalesce(p.ended_at, c.created_at)))::float8 AS pending_s,
                   avg(extract(epoch FROM c.ended_at - c.dispatched_at))::float8 AS in_flight_s,
-                  avg((c.metrics->>'wall_s')::float8)::float8 AS model_s,
+                  avg((SELECT (a.metrics->>'wall_s')::float8 FROM attempts a
+                       WHERE a.interaction_id = c.id AND a.attempt = c.attempt AND a.outcome = 'completed'))::float8
+                      AS model_s,
                   sum(c.attempt - 1)::int AS retries
            FROM interactions c LEFT JOIN interactions p ON p.id = c.parent_ids[1]
            WHERE c.batch_id = %s AND c.status = 'completed'""", (batch_id,)).fetchone()

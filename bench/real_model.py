@@ -39,6 +39,7 @@ import requests
 from bench.common import scratch_database
 from gpu_worker import local_model
 from orchestrator import batches, catalog
+from orchestrator.db.store import Store
 from orchestrator.workflow import load_text
 from tests.distributed.farm import Farm, broker, postings
 
@@ -104,9 +105,9 @@ def farm_batch(farm: Farm, csv_path: Path, records: int, max_tokens: int, label:
     name = f"real_{label}_{uuid.uuid4().hex[:6]}"
     text = workflow_text(name, max_tokens)
     conn = farm.db
-    catalog.store(conn, load_text(text), text)
+    catalog.store(Store(conn), load_text(text), text)
     t0 = time.time()
-    batch_id = batches.submit(conn, csv_path, name).batch_id
+    batch_id = batches.submit(Store(conn), csv_path, name).batch_id
 
     def ended() -> bool:
         return conn.execute("SELECT count(*) FILTER (WHERE status = 'running') AS n FROM runs WHERE batch_id = %s",
@@ -116,9 +117,9 @@ def farm_batch(farm: Farm, csv_path: Path, records: int, max_tokens: int, label:
     end = conn.execute("SELECT extract(epoch FROM max(at))::float8 AS t FROM events WHERE batch_id = %s",
                        (batch_id,)).fetchone()["t"]
     row = conn.execute(
-        """SELECT count(*) AS n, coalesce(sum((metrics->>'eval_count')::int), 0) AS tokens,
+        """SELECT count(*) AS n, coalesce(sum(output_tokens), 0) AS tokens,
                   coalesce(sum((metrics->>'wall_s')::float8), 0) AS model_s
-           FROM interactions WHERE batch_id = %s AND status = 'completed'""", (batch_id,)).fetchone()
+           FROM attempts WHERE batch_id = %s AND outcome = 'completed'""", (batch_id,)).fetchone()
     return Run(label, row["n"], row["tokens"], end - t0, row["model_s"], ok=row["n"] == records,
                note=f"{row['n']} of {records} interactions completed (logs in {farm.logs})")
 

@@ -2,6 +2,12 @@
 
 The orchestrator renders everything before a task leaves it: a worker executes,
 it never builds prompts or reads the database.
+
+Versioned for rolling upgrades: every message carries the version of the code that
+wrote it (`v`), and a reader ignores fields it does not know, so a newer worker's
+report still reaches an older orchestrator (and is applied) instead of being
+dropped while its interaction waits for the deadline. A change that an older reader
+cannot safely ignore needs a new message, not a new field.
 """
 
 from __future__ import annotations
@@ -26,19 +32,14 @@ class FailureClass(StrEnum):
     SCRIPT_NOT_FOUND = "script_not_found"  # no such file in the scripts directory, or it escapes it
     RENDER_ERROR = "render_error"        # the step's template could not be rendered for this run
     WORKER_LOST = "worker_lost"          # no result before the deadline (lost message, dead worker)
+    SERVER_BUSY = "server_busy"          # the model server said it is busy (HTTP 429 or 503)
+    UNREADABLE = "unreadable_report"     # the worker's report could not be read
 
 
-# Failures a second attempt may cure. The others are deterministic: retrying only
-# burns GPU time and hides the real problem from the user.
-RETRYABLE: frozenset[FailureClass] = frozenset(
-    {
-        FailureClass.TIMEOUT,
-        FailureClass.CONNECTION_ERROR,
-        FailureClass.SERVER_ERROR,
-        FailureClass.INVALID_OUTPUT,
-        FailureClass.WORKER_LOST,
-    }
-)
+# What each class means for retries: common/retries.py, the one place of the retry rule.
+
+# The version of the messages this code writes; readers accept others (see above).
+MESSAGE_VERSION = 2
 
 
 def utcnow() -> datetime:
@@ -46,10 +47,11 @@ def utcnow() -> datetime:
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class TaskBase(_Message):
+    v: int = MESSAGE_VERSION
     interaction_id: int
     attempt: int = Field(ge=1)
     run_id: int
@@ -92,6 +94,20 @@ class Failure(_Message):
     message: str
     exit_code: int | None = None
     stderr_tail: str | None = None
+    retry_after_s: float | None = None  # what a busy server asked for (Retry-After)
+
+
+class Usage(_Message):
+    """What one call used, for accounting: tokens, and where its time went. Durations in
+    seconds; None where the server does not say (an OpenAI-compatible server gives no
+    load or eval times)."""
+
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    load_s: float | None = None
+    prompt_eval_s: float | None = None
+    eval_s: float | None = None
+    call_s: float | None = None  # the whole call: the server's own total where it gives one, else measured
 
 
 class TaskResult(_Message):
@@ -106,8 +122,10 @@ class TaskResult(_Message):
     attempt: int = Field(ge=1)
     output: str | dict[str, Any] | list[Any] | None = None
     failure: Failure | None = None
-    metrics: dict[str, Any] = Field(default_factory=dict)  # tokens, durations, exit code
+    usage: Usage | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)  # what else the call said: finish reason, exit code
     worker: str = ""
+    server: str | None = None  # host:port of the model server that answered
     started_at: datetime | None = None
     finished_at: datetime | None = None
 
@@ -136,11 +154,13 @@ class WorkerStatus(_Message):
 
 class ResultReport(_Message):
     type: Literal["result"] = "result"
+    v: int = MESSAGE_VERSION
     result: TaskResult
 
 
 class WorkerReport(_Message):
     type: Literal["worker"] = "worker"
+    v: int = MESSAGE_VERSION
     status: WorkerStatus
 
 

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.errors import ConfigError
@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     # longest step timeout, or a slow model call would be handed to a second worker
     # while the first still works on it (docs/operations.md).
     broker_visibility_timeout_s: int = 6 * 3600
+    # The retry rule's backoff (common/retries.py): the n-th retry of an interaction
+    # waits between half and all of min(max, base * 2**(n-1)) seconds.
+    retry_backoff_s: float = Field(1.0, gt=0, le=3600)
+    retry_backoff_max_s: float = Field(60.0, gt=0, le=24 * 3600)
+    # A server busy (HTTP 429/503) this many times in a row for one interaction fails it.
+    busy_retries: int = Field(10, ge=0, le=1000)
 
     def require_database_url(self) -> str:
         return _required(self.database_url, "WAVEFARM_DATABASE_URL",

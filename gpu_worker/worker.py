@@ -20,6 +20,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from common.messages import AiTask, FailureClass, TaskResult
 from common.queues import AI_TASK
 from common.reporting import publish_result
+from common.retries import handed_back
 from common.worker_runtime import WorkerRuntime
 from gpu_worker.backends.base import ModelBackend
 from gpu_worker.breaker import CircuitBreaker
@@ -34,9 +35,6 @@ CALL_SECONDS = Histogram("wavefarm_model_call_seconds", "Model call latency", ["
 TOKENS = Counter("wavefarm_tokens_total", "Tokens by model and kind (prompt, completion)", ["model", "kind"])
 IN_PROGRESS = Gauge("wavefarm_worker_in_progress", "Model calls in progress", ["model"])
 
-# Failures that say "this host cannot serve the call", not "this call failed":
-# the message goes back to the queue, the interaction keeps its attempts.
-HOST_PROBLEMS = {FailureClass.CONNECTION_ERROR, FailureClass.MODEL_MISSING}
 
 
 class GpuWorker:
@@ -71,7 +69,9 @@ class GpuWorker:
             TASKS.labels(task.model, "handed_back").inc()
             raise Reject("model server unavailable", requeue=True)
         result = self.execute(task)
-        if result.failure is not None and result.failure.failure_class in HOST_PROBLEMS:
+        if result.failure is not None and handed_back(result.failure.failure_class):
+            # "This host cannot serve the call", not "this call failed": the message goes
+            # back to the queue for another host, the interaction keeps its attempts.
             self._host_problem(task, result)
         publish_result(self.app, result)
 

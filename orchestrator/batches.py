@@ -9,23 +9,20 @@ from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
 
-import psycopg
-from psycopg.types.json import Jsonb
-
-from orchestrator import catalog
+from orchestrator import catalog, engine
 from orchestrator.csv_rows import BadRow, CsvSummary, GoodRow, file_digest, read_rows
-from orchestrator.db import Q
-from orchestrator.engine import build_interaction
+from orchestrator.db.rows import Batch, FailedInteraction, IncomingRun
+from orchestrator.db.store import Store
+from orchestrator.states import Status, end_runs
+from orchestrator.workflow import Workflow
 
 CHUNK_ROWS = 5_000
-_INTERACTION_COLUMNS = (
-    "run_id", "batch_id", "step", "kind", "actor", "visit", "status", "max_attempts", "timeout_s",
-    "parent_ids", "input", "failure_class", "failure_message",
-)
 
 
 @dataclass
-class SubmitReport:
+class Submission:
+    """What a submit did: the batch, and what became of the file's rows."""
+
     batch_id: int
     workflow: str
     workflow_version: int
@@ -43,21 +40,21 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
 
 
 def submit(
-    conn: psycopg.Connection,
+    db: Store,
     path: Path,
     workflow_name: str,
     *,
     key_column: str | None = None,
     priority: int | None = None,
     on_rows: Callable[[int], None] | None = None,
-) -> SubmitReport:
+) -> Submission:
     """Create (or extend) the batch for this file and this workflow.
 
     The same file submitted again is the same batch and creates no run twice: a
     run's identity is (workflow, row key). Bad rows are recorded with their line
     and reason and skipped; the rest of the file goes on.
     """
-    stored = catalog.latest(conn, workflow_name)
+    stored = catalog.latest(db, workflow_name)
     workflow = stored.workflow
     summary = CsvSummary(header=[])
     rows = read_rows(path, required_columns=sorted(workflow.input_columns()), key_column=key_column, summary=summary)
@@ -66,81 +63,56 @@ def submit(
     rows = chain([first], rows) if first is not None else iter(())
 
     digest = file_digest(path)
-    with conn.transaction():
-        params = {
-            "workflow_id": stored.id,
-            "workflow_name": workflow.name,
-            "source_name": path.name,
-            "digest": digest,
-            "key_column": key_column,
-            "priority": priority,
-        }
-        batch = conn.execute(Q["insert_batch"], params).fetchone()
-        new_batch = batch is not None
-        if batch is None:
-            batch = conn.execute(Q["find_batch"], params).fetchone()
-            if priority is not None and priority != batch["priority"]:
-                # Re-submitting with --priority re-prioritises: the dispatcher sees it at its next turn.
-                conn.execute(Q["set_batch_priority"], {"id": batch["id"], "priority": priority})
+    with db.transaction():
+        batch_id = db.insert_batch(workflow_id=stored.id, workflow_name=workflow.name, source_name=path.name,
+                                   digest=digest, key_column=key_column, priority=priority)
+        new_batch = batch_id is not None
+        batch = db.find_batch(workflow.name, digest)
+        if not new_batch and priority is not None and priority != batch.priority:
+            # Re-submitting with --priority re-prioritises: the dispatcher sees it at its next turn.
+            db.set_batch_priority(batch.id, priority)
     # A batch keeps the workflow version it was first submitted with.
-    if batch["workflow_id"] == stored.id:
-        batch_workflow = workflow
-    else:
-        batch_workflow = catalog.by_id(conn.cursor(), batch["workflow_id"])
-    report = SubmitReport(batch["id"], workflow.name, stored.version, new_batch, summary=summary)
+    batch_workflow = workflow if batch.workflow_id == stored.id else catalog.by_id(db, batch.workflow_id)
+    submission = Submission(batch.id, workflow.name, stored.version, new_batch, summary=summary)
 
     done = 0
     for chunk in _chunks(rows, CHUNK_ROWS):
         good = [r for r in chunk if isinstance(r, GoodRow)]
         bad = [r for r in chunk if isinstance(r, BadRow)]
-        with conn.transaction(), conn.cursor() as cur:
+        with db.transaction():
             for r in bad:
-                cur.execute(Q["insert_reject"], {"batch_id": batch["id"], "line": r.line, "reason": r.reason, "raw": r.raw})
-            created = _insert_runs(cur, batch, batch_workflow, good)
+                db.insert_reject(batch.id, r.line, r.reason, r.raw)
+            created = _insert_runs(db, batch, batch_workflow, good)
             if created:
                 # serve dispatches at once instead of at its next idle tick (delivered on commit).
-                cur.execute(Q["notify_work"], {"batch_id": batch["id"]})
-        report.rejected.extend(bad)
-        report.runs_created += created
-        report.runs_existing += len(good) - created
+                db.notify_work(batch.id)
+        submission.rejected.extend(bad)
+        submission.runs_created += created
+        submission.runs_existing += len(good) - created
         done += len(chunk)
         if on_rows:
             on_rows(done)
 
-    with conn.transaction():
-        conn.execute(
-            Q["update_batch_rows"],
-            {"id": batch["id"], "good": summary.good, "rejected": summary.bad, "empty": summary.empty},
-        )
-        conn.execute(Q["finish_runs_born_failed"], {"batch_id": batch["id"]})
-    return report
+    with db.transaction():
+        db.set_batch_rows(batch.id, good=summary.good, rejected=summary.bad, empty=summary.empty)
+    return submission
 
 
-def _insert_runs(cur: psycopg.Cursor, batch: dict, workflow, good: list[GoodRow]) -> int:
+def _insert_runs(db: Store, batch: Batch, workflow: Workflow, good: list[GoodRow]) -> int:
+    """The runs of new rows, each with its first interaction rendered; a run whose first
+    step cannot even be rendered ends at once, failed, saying why."""
     if not good:
         return 0
-    cur.execute(Q["create_incoming_runs"])
-    with cur.copy(Q["copy_incoming_runs"]) as copy:
-        for row in good:
-            copy.write_row((row.key, row.line, Jsonb(row.values)))
-    cur.execute(
-        Q["insert_incoming_runs"],
-        {"batch_id": batch["id"], "workflow_id": batch["workflow_id"], "workflow_name": batch["workflow_name"]},
-    )
-    runs = cur.fetchall()
+    runs = db.insert_runs(batch, (IncomingRun(r.key, r.line, r.values) for r in good))
     start = workflow.start_step
-    with cur.copy(Q["copy_interactions"]) as copy:
-        for run in runs:
-            row = build_interaction(
-                workflow,
-                start,
-                run_id=run["id"],
-                batch_id=batch["id"],
-                run_input=run["input"],
-                visit=1,
-                parents=[],
-                outputs={},
-            )
-            row["input"] = Jsonb(row["input"])
-            copy.write_row(tuple(row[c] for c in _INTERACTION_COLUMNS))
+    first = [engine.build_interaction(workflow, start, run_id=run.id, batch_id=batch.id, run_input=run.input,
+                                      visit=1, parents=[], outputs={})
+             for run in runs]
+    db.copy_interactions(first)
+    born_failed = [i for i in first if i.status == Status.FAILED]
+    if born_failed:
+        end_runs(db, [engine.run_ending(
+            engine.RunView(engine.RunContext(i.run_id, batch.id, {}, workflow),
+                           visits={i.step: engine.StepVisits(visits=1)}),
+            [FailedInteraction(i.run_id, i.step, 1, i.failure_class, i.failure_message)], []) for i in born_failed])
     return len(runs)

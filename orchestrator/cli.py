@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
-import psycopg
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -22,9 +21,10 @@ from common.cli import run_app
 from common.errors import WavefarmError
 from common.logs import setup_logging
 from common.settings import get_settings, redact_url
-from orchestrator import batches, catalog, reports
+from orchestrator import batches, catalog, overview
 from orchestrator.db import connect
 from orchestrator.db.migrate import upgrade
+from orchestrator.db.store import Store
 from orchestrator.workflow import load_file, validate_text
 
 app = typer.Typer(help="wavefarm orchestrator: workflows, batches, runs.", no_args_is_help=True)
@@ -52,10 +52,10 @@ ScriptsDir = Annotated[
 
 
 @contextmanager
-def database() -> Iterator[psycopg.Connection]:
+def database() -> Iterator[Store]:
     conn = connect(_database_url())
     try:
-        yield conn
+        yield Store(conn)
     finally:
         conn.close()
 
@@ -71,8 +71,8 @@ def _scripts_dir(option: Path | None) -> Path | None:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the schema (idempotent)."""
-    with database() as conn:
-        applied = upgrade(conn)
+    with database() as db:
+        applied = upgrade(db.conn)
     if applied:
         for m in applied:
             out.print(f"applied migration {m.version:04d} {m.name}")
@@ -112,22 +112,37 @@ def workflow_validate(file: Path, scripts_dir: ScriptsDir = None, model: ModelOp
 def workflow_load(file: Path, scripts_dir: ScriptsDir = None, model: ModelOption = None) -> None:
     """Validate, then store as a new version when it changed."""
     workflow = load_file(file, _scripts_dir(scripts_dir), _model_overrides(model))
-    with database() as conn:
-        stored = catalog.store(conn, workflow, _read_text(file))
-    state = "stored as" if stored.created else "unchanged, still"
-    out.print(f"workflow {stored.name}: {state} version {stored.version}")
+    with database() as db:
+        stored = catalog.store(db, workflow, _read_text(file))
+        state = "stored as" if stored.created else "unchanged, still"
+        out.print(f"workflow {stored.name}: {state} version {stored.version}", highlight=False)
+        _warn_unserved(db, workflow)
+
+
+def _warn_unserved(db: Store, workflow) -> None:
+    """Say which of the workflow's models (and scripts) no live worker serves now: their
+    work would wait, in silence but for `status`, until one starts."""
+    from orchestrator.workers import STALE_S
+
+    missing = overview.unserved(db, workflow, stale_s=STALE_S)
+    for _, model, queue in (m for m in missing if m[0] == "ai"):
+        err.print(f"warning: no live gpu-worker serves model {model} (queue {queue}): its steps will wait until "
+                  "one does (gpu-worker --ollama-url URL, on a host that has the model)", markup=False,
+                  highlight=False)
+    scripts = [actor for kind, actor, _ in missing if kind == "script"]
+    if scripts:
+        err.print(f"warning: no live script-worker is running: the script steps ({', '.join(scripts)}) will wait "
+                  "until one does (script-worker --scripts-dir DIR)", markup=False, highlight=False)
 
 
 @workflow_app.command("list")
 def workflow_list() -> None:
     """Loaded workflows and their latest versions."""
-    from orchestrator.db import Q
-
-    with database() as conn:
-        rows = conn.execute(Q["list_workflows"]).fetchall()
+    with database() as db:
+        rows = db.list_workflows()
     table = _table("name", "version", "steps", "loaded at")
     for r in rows:
-        table.add_row(r["name"], str(r["version"]), str(r["steps"]), r["created_at"].strftime("%Y-%m-%d %H:%M"))
+        table.add_row(r.name, str(r.version), str(r.steps), r.created_at.strftime("%Y-%m-%d %H:%M"))
     out.print(table)
 
 
@@ -146,51 +161,52 @@ def submit(
     model: ModelOption = None,
 ) -> None:
     """Submit a CSV file as a batch. Re-submitting the same file creates no duplicate runs."""
-    with database() as conn:
-        name = _workflow_name(conn, workflow, _scripts_dir(scripts_dir), _model_overrides(model))
+    with database() as db:
+        name = _workflow_name(db, workflow, _scripts_dir(scripts_dir), _model_overrides(model))
         with Progress(TextColumn("reading {task.description}"), TextColumn("{task.completed} rows"),
                       console=err, transient=True, disable=not sys.stderr.isatty()) as progress:
             task = progress.add_task(batch.name)
-            report = batches.submit(conn, batch, name, key_column=key, priority=priority,
-                                    on_rows=lambda n: progress.update(task, completed=n))
-        _print_submit(report)
+            submission = batches.submit(db, batch, name, key_column=key, priority=priority,
+                                        on_rows=lambda n: progress.update(task, completed=n))
+        _print_submission(submission)
+        if not local:
+            _warn_unserved(db, catalog.by_id(db, overview.require_batch(db, submission.batch_id).workflow_id))
         ok = True
         if local:
-            ok = _run_local(conn, report.batch_id, ollama_url, _scripts_dir(scripts_dir), concurrency)
+            ok = _run_local(db, submission.batch_id, ollama_url, _scripts_dir(scripts_dir), concurrency)
         elif wait:
-            ok = _wait(conn, report.batch_id)
+            ok = _wait(db, submission.batch_id)
     if as_json:
-        print(json.dumps({"batch_id": report.batch_id}))
+        print(json.dumps({"batch_id": submission.batch_id}))
     else:
-        out.print(f"batch {report.batch_id}")
+        out.print(f"batch {submission.batch_id}")
     if (wait or local) and not ok:
         raise typer.Exit(1)
 
 
-def _workflow_name(conn: psycopg.Connection, workflow: str, scripts_dir: Path | None,
-                   models: dict[str, str]) -> str:
+def _workflow_name(db: Store, workflow: str, scripts_dir: Path | None, models: dict[str, str]) -> str:
     path = Path(workflow)
     if path.suffix in {".yaml", ".yml"} and path.is_file():
-        stored = catalog.store(conn, load_file(path, scripts_dir, models), _read_text(path))
+        stored = catalog.store(db, load_file(path, scripts_dir, models), _read_text(path))
         return stored.name
     if models:
         raise typer.BadParameter("--model needs --workflow to name a workflow file", param_hint="--model")
     return workflow
 
 
-def _print_submit(report: batches.SubmitReport) -> None:
-    s = report.summary
-    verb = "new batch" if report.new_batch else "existing batch"
+def _print_submission(submission: batches.Submission) -> None:
+    s = submission.summary
+    verb = "new batch" if submission.new_batch else "existing batch"
     err.print(
-        f"{verb} {report.batch_id} for workflow {report.workflow} v{report.workflow_version}: "
-        f"{report.runs_created} run(s) created, {report.runs_existing} already submitted, "
+        f"{verb} {submission.batch_id} for workflow {submission.workflow} v{submission.workflow_version}: "
+        f"{submission.runs_created} run(s) created, {submission.runs_existing} already submitted, "
         f"{s.bad} row(s) rejected, {s.empty} empty row(s) skipped",
         highlight=False,
     )
-    for bad in report.rejected[:20]:
+    for bad in submission.rejected[:20]:
         err.print(f"  [yellow]line {bad.line}[/yellow]: {bad.reason}", highlight=False)
-    if len(report.rejected) > 20:
-        err.print(f"  ... and {len(report.rejected) - 20} more (orchestrator status --batch {report.batch_id})")
+    if len(submission.rejected) > 20:
+        err.print(f"  ... and {len(submission.rejected) - 20} more (orchestrator status --batch {submission.batch_id})")
 
 
 def _progress() -> Progress:
@@ -204,26 +220,25 @@ def _progress() -> Progress:
     )
 
 
-def _wait(conn: psycopg.Connection, batch_id: int) -> bool:
+def _wait(db: Store, batch_id: int) -> bool:
     with _progress() as progress:
         task = progress.add_task("", total=None, batch=batch_id, ok=0, failed=0)
         while True:
-            p = reports.batch_progress(conn, batch_id)
-            progress.update(task, total=p["runs"], completed=p["ended"], ok=p["completed"], failed=p["failed"])
-            if p["ended"] >= p["runs"]:
-                return p["failed"] == 0 and p["completed"] == p["runs"]
+            p = overview.batch_progress(db, batch_id)
+            progress.update(task, total=p.runs, completed=p.ended, ok=p.completed, failed=p.failed)
+            if p.ended >= p.runs:
+                return p.failed == 0 and p.completed == p.runs
             time.sleep(1.0)
 
 
-def _local_executor(conn: psycopg.Connection, ollama_url: str | None, scripts_dir: Path | None,
-                    concurrency: int, worker: str):
+def _local_executor(db: Store, ollama_url: str | None, scripts_dir: Path | None, concurrency: int, worker: str):
     """The in-process executor of `submit --local` and `serve --local`."""
     from gpu_worker.backends.ollama import OllamaBackend
     from orchestrator.executor import LocalExecutor
 
     settings = get_settings()
     return LocalExecutor(
-        conn,
+        db,
         ai=OllamaBackend(ollama_url or settings.ollama_url, pool_size=concurrency, worker=worker),
         scripts_dir=scripts_dir,
         concurrency=concurrency,
@@ -232,9 +247,9 @@ def _local_executor(conn: psycopg.Connection, ollama_url: str | None, scripts_di
     )
 
 
-def _run_local(conn: psycopg.Connection, batch_id: int, ollama_url: str | None,
+def _run_local(db: Store, batch_id: int, ollama_url: str | None,
                scripts_dir: Path | None, concurrency: int) -> bool:
-    executor = _local_executor(conn, ollama_url, scripts_dir, concurrency, "local")
+    executor = _local_executor(db, ollama_url, scripts_dir, concurrency, "local")
     last = [0.0]
     with _progress() as progress:
         task = progress.add_task("", total=None, batch=batch_id, ok=0, failed=0)
@@ -243,13 +258,13 @@ def _run_local(conn: psycopg.Connection, batch_id: int, ollama_url: str | None,
             if time.monotonic() - last[0] < 0.5:
                 return
             last[0] = time.monotonic()
-            p = reports.batch_progress(conn, batch_id)
-            progress.update(task, total=p["runs"], completed=p["ended"], ok=p["completed"], failed=p["failed"])
+            p = overview.batch_progress(db, batch_id)
+            progress.update(task, total=p.runs, completed=p.ended, ok=p.completed, failed=p.failed)
 
         executor.run(batch_id, on_tick=tick)
-        p = reports.batch_progress(conn, batch_id)
-        progress.update(task, total=p["runs"], completed=p["ended"], ok=p["completed"], failed=p["failed"])
-    return p["failed"] == 0 and p["completed"] == p["runs"]
+        p = overview.batch_progress(db, batch_id)
+        progress.update(task, total=p.runs, completed=p.ended, ok=p.completed, failed=p.failed)
+    return p.failed == 0 and p.completed == p.runs
 
 
 @app.command()
@@ -300,8 +315,8 @@ def serve(
 
 
 def _serve_local(ollama_url: str | None, scripts_dir: Path | None, concurrency: int) -> None:
-    with database() as conn:
-        executor = _local_executor(conn, ollama_url, scripts_dir, concurrency, "serve")
+    with database() as db:
+        executor = _local_executor(db, ollama_url, scripts_dir, concurrency, "serve")
         err.print("serving: executing pending interactions in this process (Ctrl-C to stop)")
         try:
             while True:
@@ -319,11 +334,11 @@ def status(
     """Runs and interactions by status, per batch, per step and per model."""
     from orchestrator.workers import STALE_S
 
-    with database() as conn:
+    with database() as db:
         if batch is not None:
-            data = reports.batch_status(conn, batch)
+            data = overview.batch_status(db, batch)
         else:
-            data = {"batches": reports.list_batches(conn), **reports.farm_status(conn, stale_s=STALE_S)}
+            data = {"batches": overview.list_batches(db), **overview.farm_status(db, stale_s=STALE_S)}
     if as_json:
         print(json.dumps(data, default=str, indent=2))
         return
@@ -363,7 +378,7 @@ def _print_batch_status(data: dict) -> None:
     out.print(f"[bold]batch {b['id']}[/bold]  {b['workflow']} v{b['workflow_version']}  from {b['source']}  "
               f"({b['rows_good']} rows, {b['rows_rejected']} rejected)")
     out.print("runs: " + "  ".join(f"{k} {v}" for k, v in runs.items()))
-    cols = reports.STATUSES
+    cols = overview.STATUSES
     table = _table("step", "actor", *cols, title="interactions by step")
     for s in data["steps"]:
         table.add_row(s["step"], s["actor"], *(str(s[c]) for c in cols))
@@ -392,20 +407,19 @@ def _print_batch_status(data: dict) -> None:
 @app.command()
 def cancel(batch: Annotated[int, typer.Option("--batch", help="The batch to stop.")]) -> None:
     """Stop a batch: its waiting and in-flight work is cancelled, its running runs end."""
-    from orchestrator.states import cancel_batch
+    from orchestrator.controls import cancel_batch
 
-    with database() as conn:
-        reports.require_batch(conn, batch)
-        with conn.transaction(), conn.cursor() as cur:
-            interactions, runs = cancel_batch(cur, batch)
-    out.print(f"batch {batch}: {runs} run(s) and {interactions} interaction(s) cancelled")
+    with database() as db:
+        overview.require_batch(db, batch)
+        cancelled = cancel_batch(db, batch)
+    out.print(f"batch {batch}: {cancelled.runs} run(s) and {cancelled.interactions} interaction(s) cancelled")
 
 
 @app.command()
 def show(run_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The chain of interactions of one run, in order, and the decisions taken."""
-    with database() as conn:
-        story = reports.run_story(conn, run_id)
+    with database() as db:
+        story = overview.run_story(db, run_id)
     if as_json:
         print(json.dumps(story, default=str, indent=2))
         return
@@ -414,16 +428,18 @@ def show(run_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) 
               f"  line {run['line']} of {run['source_name']}  [bold]{run['status']}[/bold]")
     if run["end_reason"]:
         out.print(f"end: {run['end_reason']}", highlight=False)
-    table = _table("#", "id", "step", "actor", "status", "attempt", "parents", "in", "out", "duration")
+    table = _table("#", "id", "step", "actor", "status", "attempt", "parents", "in", "out", "duration", "worker")
     for n, i in enumerate(story["interactions"], 1):
         status_text = i["status"] + (f" ({i['failure_class']})" if i["failure_class"] else "")
         duration = f"{i['duration_s']:.2f}s" if i["duration_s"] is not None else ""
         table.add_row(str(n), str(i["id"]), i["step"] + (f" #{i['visit']}" if i["visit"] > 1 else ""), i["actor"],
                       status_text, f"{i['attempt']}/{i['max_attempts']}", ",".join(map(str, i["parent_ids"])),
-                      f"{i['input_chars']:,}", f"{i['output_chars']:,}" if i["output_chars"] is not None else "", duration)
+                      f"{i['input_chars']:,}", f"{i['output_chars']:,}" if i["output_chars"] is not None else "",
+                      duration, i["worker"] or "")
     out.print(table)
     decisions = [e for e in story["events"] if e["kind"] in ("branch_taken", "no_branch_matched", "loop_bound_reached",
-                                                              "loop_exit", "retried", "result_ignored")]
+                                                              "loop_exit", "retried", "not_retried",
+                                                              "result_ignored")]
     for e in decisions:
         out.print(f"  {e['at']:%H:%M:%S} {e['kind']}: {json.dumps(e['detail'])}", highlight=False)
     for i in story["interactions"]:
@@ -440,15 +456,15 @@ def export(
     """The results of a batch: one record per run with the latest output of every step."""
     if fmt not in ("jsonl", "csv"):
         raise WavefarmError(f"--format must be jsonl or csv, not {fmt!r}")
-    with database() as conn:
+    with database() as db:
         stream = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
         try:
-            records = reports.export_batch(conn, batch)
+            records = overview.export_batch(db, batch)
             if fmt == "jsonl":
                 for record in records:
                     stream.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
             else:
-                _write_csv(stream, records, reports.batch_steps(conn, batch))
+                _write_csv(stream, records, overview.batch_steps(db, batch))
         finally:
             if output:
                 stream.close()

@@ -323,8 +323,9 @@ def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_e
          data: Path, stack: ExitStack, outcome: dict, limit: int | None) -> None:
     from common.local_broker import local_broker_url
     from common import embedded_postgres as embedded
-    from orchestrator import batches, catalog, reports
+    from orchestrator import batches, catalog, overview
     from orchestrator.db import connect
+    from orchestrator.db.store import Store
     from orchestrator.db.migrate import upgrade
 
     data.mkdir(parents=True, exist_ok=True)
@@ -352,6 +353,7 @@ def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_e
 
     conn = connect(db_url)
     stack.callback(conn.close)
+    db = Store(conn)
     for m in upgrade(conn):
         _say(f"applied migration {m.version:04d} {m.name}")
 
@@ -361,7 +363,7 @@ def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_e
         raise DemoError(f"the workflow {example.workflow.name} needs model(s) {', '.join(missing)}, which "
                         f"{redact_url(server.url)} does not serve (it has {', '.join(server.models)}): "
                         f"pull them (`ollama pull {missing[0]}`) or give a workflow with a models: mapping")
-    stored = catalog.store(conn, wf, example.workflow.read_text(encoding="utf-8"))
+    stored = catalog.store(db, wf, example.workflow.read_text(encoding="utf-8"))
     err.print(f"workflow {stored.name} v{stored.version} from {example.workflow}", highlight=False)
 
     if limit is None and server.builtin:
@@ -369,22 +371,22 @@ def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_e
         err.print(f"the built-in model answers one call at a time on the CPU (a minute or two per posting): "
                   f"submitting the first {limit} rows (--limit 0 for all of them)", highlight=False)
     source = _first_rows(example.batch, limit, data / "samples") if limit else example.batch
-    report = batches.submit(conn, source, stored.name, key_column=example.key)
-    outcome["batch_id"] = report.batch_id
-    err.print(f"batch {report.batch_id}: {report.runs_created} run(s) created from {source.name}"
-              + (f", {report.runs_existing} submitted before" if report.runs_existing else "")
-              + (f", {len(report.rejected)} row(s) rejected" if report.rejected else ""), highlight=False)
+    submission = batches.submit(db, source, stored.name, key_column=example.key)
+    outcome["batch_id"] = batch_id = submission.batch_id
+    err.print(f"batch {batch_id}: {submission.runs_created} run(s) created from {source.name}"
+              + (f", {submission.runs_existing} submitted before" if submission.runs_existing else "")
+              + (f", {len(submission.rejected)} row(s) rejected" if submission.rejected else ""), highlight=False)
 
-    p = reports.batch_progress(conn, report.batch_id)
-    if p["runs"] and p["ended"] >= p["runs"]:
+    p = overview.batch_progress(db, batch_id)
+    if p.runs and p.ended >= p.runs:
         err.print("every run of this batch ended in an earlier demo: here are its results", highlight=False)
     else:
-        _farm(conn, report.batch_id, example, server, db_url, broker_url, logs, stack, outcome)
-    _print_results(conn, report.batch_id, example.key, outcome)
-    _print_report(conn, report.batch_id, example)
+        _farm(db, batch_id, example, server, db_url, broker_url, logs, stack, outcome)
+    _print_results(db, batch_id, example.key, outcome)
+    _print_saved(db, batch_id, example)
 
 
-def _farm(conn, batch_id: int, example: Example, server: ModelServer, db_url: str, broker_url: str, logs: Path,
+def _farm(db, batch_id: int, example: Example, server: ModelServer, db_url: str, broker_url: str, logs: Path,
           stack: ExitStack, outcome: dict) -> None:
     """Start serve and the workers as production runs them, and watch the batch to its end."""
     # The farm's own URLs, whatever the shell says; other settings (an API key) pass on.
@@ -407,7 +409,7 @@ def _farm(conn, batch_id: int, example: Example, server: ModelServer, db_url: st
     err.print(f"started serve, script-worker and gpu-worker (logs in {logs})", highlight=False)
 
     started = time.monotonic()
-    _watch(conn, batch_id, children)
+    _watch(db, batch_id, children)
     outcome["elapsed_s"] = time.monotonic() - started
     _stop_children(children)
 
@@ -438,9 +440,9 @@ def _stop_children(children: Children) -> None:
 
 
 # -- progress -------------------------------------------------------------------------------
-def _watch(conn, batch_id: int, children: Children) -> None:
+def _watch(db, batch_id: int, children: Children) -> None:
     """A progress bar of runs ended, and per model what is done, in flight and waiting."""
-    from orchestrator import reports
+    from orchestrator import overview
     from orchestrator.workers import STALE_S
 
     progress = Progress(TextColumn("[bold]runs ended"), BarColumn(), MofNCompleteColumn(),
@@ -451,20 +453,20 @@ def _watch(conn, batch_id: int, children: Children) -> None:
     last_change, last_state, warned = time.monotonic(), None, False
     with _line_end_after(), Live(Group(progress, models), console=err, refresh_per_second=4):
         while True:
-            p = reports.batch_progress(conn, batch_id)
-            progress.update(task, total=p["runs"], completed=p["ended"], ok=p["completed"], failed=p["failed"])
-            per_model = reports.batch_status(conn, batch_id)["models"]
+            p = overview.batch_progress(db, batch_id)
+            progress.update(task, total=p.runs, completed=p.ended, ok=p.completed, failed=p.failed)
+            per_model = overview.batch_status(db, batch_id)["models"]
             models.truncate(0)
             models.append(_model_lines(per_model))
-            if p["ended"] >= p["runs"]:
+            if p.ended >= p.runs:
                 break
             children.check()
-            state = (p["ended"], tuple(tuple(m.values()) for m in per_model))
+            state = (p.ended, tuple(tuple(m.values()) for m in per_model))
             if state != last_state:
                 last_change, last_state = time.monotonic(), state
             elif not warned and time.monotonic() - last_change > STALL_S:
                 warned = True  # say once why nothing moves, if the farm knows
-                for q in reports.farm_status(conn, stale_s=STALE_S)["queues"]:
+                for q in overview.farm_status(db, stale_s=STALE_S)["queues"]:
                     if q["problem"]:
                         err.print(f"[yellow]no progress for {STALL_S:.0f}s:[/yellow] queue {q['queue']}: "
                                   f"{q['problem']} (logs in {children.logs})", highlight=False)
@@ -489,18 +491,18 @@ def _model_lines(models: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _print_results(conn, batch_id: int, key: str | None, outcome: dict) -> None:
-    from orchestrator import reports
+def _print_results(db, batch_id: int, key: str | None, outcome: dict) -> None:
+    from orchestrator import overview
     from orchestrator.cli import _print_batch_status
 
-    data = reports.batch_status(conn, batch_id)
+    data = overview.batch_status(db, batch_id)
     runs = data["runs"]
     ended = sum(runs.values()) - runs.get("running", 0)
     took = f" in {outcome['elapsed_s']:.1f}s" if "elapsed_s" in outcome else ""
     err.print(f"\nall {ended} runs ended{took}", highlight=False)
     _print_batch_status(data)
-    steps = reports.batch_steps(conn, batch_id)
-    records = reports.export_batch(conn, batch_id)
+    steps = overview.batch_steps(db, batch_id)
+    records = overview.export_batch(db, batch_id)
     try:
         sample = list(islice(records, RESULT_ROWS))
         # A failed run tells the most in `orchestrator show`: the first one, if any.
@@ -532,16 +534,15 @@ def _first_rows(batch: Path, limit: int, folder: Path) -> Path:
     return sample
 
 
-def _print_report(conn, batch_id: int, example: Example) -> None:
+def _print_saved(db, batch_id: int, example: Example) -> None:
     """The example's own view of its results: `report.sql` beside the workflow, if any
     (the postings example shows what it saved to the postings table)."""
     query = example.workflow.parent / "report.sql"
     if not query.is_file():
         return
     try:
-        rows = conn.execute(query.read_text(encoding="utf-8"), {"batch_id": batch_id}).fetchall()
+        rows = db.read_only(query.read_text(encoding="utf-8"), {"batch_id": batch_id})
     except psycopg.Error as exc:
-        conn.rollback()
         err.print(f"[yellow]{query.name} did not run: {exc.diag.message_primary or exc}[/yellow]", highlight=False)
         return
     if not rows:

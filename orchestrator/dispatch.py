@@ -33,15 +33,15 @@ import time
 from collections import defaultdict
 from itertools import groupby
 
-import psycopg
 from celery import Celery
 from prometheus_client import Counter
 
 from common.queues import queue_for, task_name
 from orchestrator import locks
-from orchestrator.db import Q
+from orchestrator.db.rows import Claimed, DispatchRow
+from orchestrator.db.store import Store
 from orchestrator.states import claim_for_dispatch
-from orchestrator.tasks import task_from_row
+from orchestrator.tasks import task_from_claim
 from orchestrator.workers import STALE_S
 
 log = logging.getLogger(__name__)
@@ -63,12 +63,12 @@ class Dispatcher:
         self._slots_read_at = float("-inf")
         self._declared: set[str] = set()  # queues declared on the broker by this process
 
-    def dispatch(self, conn: psycopg.Connection) -> int:
+    def dispatch(self, store: Store) -> int:
         """Publish what the queues have room for, in a transaction of its own."""
-        with conn.transaction():
-            return self.dispatch_in(conn)
+        with store.transaction():
+            return self.dispatch_in(store)
 
-    def dispatch_in(self, conn: psycopg.Connection) -> int:
+    def dispatch_in(self, store: Store) -> int:
         """Publish what the queues have room for; return how many messages were sent.
 
         Inside the caller's transaction, whose commit makes the claims durable: the
@@ -76,40 +76,37 @@ class Dispatcher:
         that commit, and results for interactions this transaction created wait on it
         (orchestrator/results.py).
         """
-        with conn.cursor() as cur:
-            cur.execute(Q["try_advisory_xact_lock"], {"key": locks.DISPATCH})
-            if not cur.fetchone()["locked"]:
-                return 0  # another serve process is dispatching right now
-            cur.execute(Q["dispatch_view"])
-            view = cur.fetchall()
-            pending = [r for r in view if r["what"] == "pending"]
-            if not pending:
-                return 0
-            in_flight = [r for r in view if r["what"] == "in_flight"]
-            slots = self._live_slots(conn)
-            # Queue windows are shared by the actors that map to one queue (all scripts).
-            used: dict[str, int] = defaultdict(int)
-            for r in in_flight:
-                used[queue_for(r["kind"], r["actor"])] += r["n"]
-            self._turn += 1
-            try:
-                return self._publish_turn(cur, pending, used, slots)
-            except Exception:
-                self._declared.clear()  # the broker may have lost them: declare anew
-                raise
+        if not store.try_lock(locks.DISPATCH):
+            return 0  # another serve process is dispatching right now
+        view = store.dispatch_view()
+        pending = [r for r in view if r.what == "pending"]
+        if not pending:
+            return 0
+        slots = self._live_slots(store)
+        # Queue windows are shared by the actors that map to one queue (all scripts).
+        used: dict[str, int] = defaultdict(int)
+        for r in view:
+            if r.what == "in_flight":
+                used[queue_for(r.kind, r.actor)] += r.n
+        self._turn += 1
+        try:
+            return self._publish_turn(store, pending, used, slots)
+        except Exception:
+            self._declared.clear()  # the broker may have lost them: declare anew
+            raise
 
-    def _publish_turn(self, cur: psycopg.Cursor, pending: list[dict], used: dict[str, int],
+    def _publish_turn(self, store: Store, pending: list[DispatchRow], used: dict[str, int],
                       slots: dict[str, int]) -> int:
         """Claim and publish each actor's share of its queue's free window."""
         sent = 0
         with self.app.producer_or_acquire() as producer:
             transactional: bool | None = None  # decided at the first message of the turn
-            for (kind, actor), batches in groupby(pending, key=lambda r: (r["kind"], r["actor"])):
+            for (kind, actor), batches in groupby(pending, key=lambda r: (r.kind, r.actor)):
                 queue = queue_for(kind, actor)
                 free = math.ceil(self.window_factor * slots.get(queue, 0)) - used[queue]
                 if free <= 0:
                     continue
-                rows = self._claim_fairly(cur, kind, actor, list(batches), free)
+                rows = self._claim_fairly(store, kind, actor, list(batches), free)
                 if rows and transactional is None:
                     transactional = self._begin(producer)
                 for row in rows:
@@ -124,22 +121,21 @@ class Dispatcher:
                 producer.channel.tx_commit()
         return sent
 
-    def _live_slots(self, conn: psycopg.Connection) -> dict[str, int]:
+    def _live_slots(self, store: Store) -> dict[str, int]:
         now = time.monotonic()
         if now - self._slots_read_at >= self.slots_ttl_s:
-            rows = conn.execute(Q["live_capacity"], {"stale_s": self.stale_s}).fetchall()
-            self._slots = {r["queue"]: r["slots"] for r in rows}
+            self._slots = {r.queue: r.slots for r in store.live_capacity(self.stale_s)}
             self._slots_read_at = now
         return self._slots
 
-    def _claim_fairly(self, cur: psycopg.Cursor, kind: str, actor: str, batches: list[dict],
-                      free: int) -> list[dict]:
-        """Claim up to `free` of one actor's pending work from `batches` (batch_id,
+    def _claim_fairly(self, store: Store, kind: str, actor: str, batches: list[DispatchRow],
+                      free: int) -> list[Claimed]:
+        """Claim up to `free` of one actor's pending work from `batches` (each with its
         priority): highest priority first, equal priorities in turns."""
-        batches = sorted(batches, key=lambda b: (-b["priority"], b["batch_id"]))
-        claimed: list[dict] = []
-        for _, level in groupby(batches, key=lambda b: b["priority"]):
-            active = [b["batch_id"] for b in level]
+        batches = sorted(batches, key=lambda b: (-b.priority, b.batch_id))
+        claimed: list[Claimed] = []
+        for _, level in groupby(batches, key=lambda b: b.priority):
+            active = [b.batch_id for b in level]
             start = self._turn % len(active)
             active = active[start:] + active[:start]
             while free > 0 and active:
@@ -150,7 +146,7 @@ class Dispatcher:
                     if want <= 0:
                         still_pending.append(batch_id)
                         continue
-                    rows = claim_for_dispatch(cur, kind=kind, actor=actor, batch_id=batch_id, limit=want)
+                    rows = claim_for_dispatch(store, kind=kind, actor=actor, batch_id=batch_id, limit=want)
                     claimed += rows
                     free -= len(rows)
                     if len(rows) == want:
@@ -160,18 +156,18 @@ class Dispatcher:
                 break
         return claimed
 
-    def _publish(self, producer, row: dict, queue: str) -> None:
-        task = task_from_row(row)
+    def _publish(self, producer, row: Claimed, queue: str) -> None:
+        task = task_from_claim(row)
         self.app.send_task(
-            task_name(row["kind"]),
+            task_name(row.kind),
             args=[task.model_dump(mode="json")],
             queue=queue,
             routing_key=queue,
             # Readable in Flower, and the same id for a re-sent duplicate of one attempt.
-            task_id=f"i{row['id']}.a{row['attempt']}",
+            task_id=f"i{row.id}.a{row.attempt}",
             # What Flower shows as the task's arguments: which interaction, not a
             # truncated repr of its prompt (which Celery would also spend time making).
-            argsrepr=f"interaction {row['id']} attempt {row['attempt']}: run {row['run_id']}, step {row['step']}",
+            argsrepr=f"interaction {row.id} attempt {row.attempt}: run {row.run_id}, step {row.step}",
             kwargsrepr="{}",
             retry=False,  # a broker that is away fails the transaction: the rows stay pending
             producer=producer,

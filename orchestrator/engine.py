@@ -17,7 +17,17 @@ from typing import Any
 
 from common.errors import RenderError
 from common.messages import FailureClass
-from orchestrator.states import Status
+from orchestrator.db.rows import (
+    AttemptRecord,
+    Event,
+    FailedInteraction,
+    Moved,
+    NewInteraction,
+    ProblemEvent,
+    RunEnding,
+    StepState,
+)
+from orchestrator.states import RunStatus, Status
 from orchestrator.workflow import Step, Workflow, render_step
 from orchestrator.workflow.model import output_text
 
@@ -58,40 +68,42 @@ class RunView:
     outputs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_rows(cls, ctx: RunContext, rows: list[dict]) -> RunView:
+    def from_rows(cls, ctx: RunContext, rows: list[StepState]) -> RunView:
         """From the `run_steps` rows of this run."""
         view = cls(ctx)
         for r in rows:
-            view.visits[r["step"]] = StepVisits(r["visits"], r["last_id"], r["last_completed_id"], r["output_visit"])
-            if r["output_visit"] is not None:
-                view.outputs[r["step"]] = r["output"]
+            view.visits[r.step] = StepVisits(r.visits, r.last_id, r.last_completed_id, r.output_visit)
+            if r.output_visit is not None:
+                view.outputs[r.step] = r.output
         return view
 
-    def completed(self, interaction: dict) -> None:
+    def completed(self, interaction: Moved) -> None:
         """An interaction of this run completed: its output becomes the step's latest
         unless a later visit of the step completed first."""
-        seen = self.visits.setdefault(interaction["step"], StepVisits())
-        seen.last_completed_id = max(seen.last_completed_id or 0, interaction["id"])
-        if seen.output_visit is None or interaction["visit"] >= seen.output_visit:
-            seen.output_visit = interaction["visit"]
-            self.outputs[interaction["step"]] = interaction["output"]
+        seen = self.visits.setdefault(interaction.step, StepVisits())
+        seen.last_completed_id = max(seen.last_completed_id or 0, interaction.id)
+        if seen.output_visit is None or interaction.visit >= seen.output_visit:
+            seen.output_visit = interaction.visit
+            self.outputs[interaction.step] = interaction.output
 
 
 @dataclass
 class Decisions:
-    """What the engine decided over a batch of results, in the order it decided."""
+    """What was decided over a batch of results, in the order it was decided: the
+    record of each attempt that ended, the engine's events and its children."""
 
-    events: list[dict[str, Any]] = field(default_factory=list)
-    children: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    children: list[NewInteraction] = field(default_factory=list)
     _provisional: itertools.count = field(default_factory=lambda: itertools.count(_PROVISIONAL_BASE))
 
-    def event(self, ctx: RunContext, kind: str, detail: dict, interaction_id: int | None = None) -> None:
-        self.events.append({"batch_id": ctx.batch_id, "run_id": ctx.run_id, "interaction_id": interaction_id,
-                            "kind": kind, "attempt": None, "detail": detail})
+    def event(self, ctx: RunContext, kind: str, detail: dict, interaction_id: int | None = None,
+              attempt: int | None = None) -> None:
+        self.events.append(Event(ctx.batch_id, ctx.run_id, interaction_id, kind, attempt, detail))
 
-    def child(self, row: dict[str, Any]) -> int:
+    def child(self, row: NewInteraction) -> int:
         """A new interaction to insert; returns its provisional id."""
-        assert all(p < _PROVISIONAL_BASE for p in row["parent_ids"]), "a parent must be a stored interaction"
+        assert all(p < _PROVISIONAL_BASE for p in row.parent_ids), "a parent must be a stored interaction"
         self.children.append(row)
         return next(self._provisional)
 
@@ -115,46 +127,42 @@ def build_interaction(
     visit: int,
     parents: list[int],
     outputs: dict[str, Any],
-) -> dict[str, Any]:
-    """The row of a new interaction, its input rendered now (workers never build prompts).
+) -> NewInteraction:
+    """A new interaction, its input rendered now (workers never build prompts).
 
     Shared by the engine (children) and submit (every run's first step, in bulk).
-    A template that cannot be rendered for this run gives a row born failed, with the
-    reason, instead of a prompt with a hole in it.
+    A template that cannot be rendered for this run gives an interaction born failed,
+    with the reason, instead of a prompt with a hole in it.
     """
-    row: dict[str, Any] = {
-        "run_id": run_id,
-        "batch_id": batch_id,
-        "step": step.name,
-        "kind": step.kind,
-        "actor": step.actor,
-        "visit": visit,
-        "status": Status.PENDING.value,
-        "max_attempts": workflow.retries_for(step) + 1,
-        "timeout_s": workflow.timeout_for(step),
-        "parent_ids": parents,
-        "failure_class": None,
-        "failure_message": None,
-    }
+    row = NewInteraction(
+        run_id=run_id,
+        batch_id=batch_id,
+        step=step.name,
+        kind=step.kind,
+        actor=step.actor,
+        visit=visit,
+        status=Status.PENDING.value,
+        max_attempts=workflow.retries_for(step) + 1,
+        timeout_s=workflow.timeout_for(step),
+        parent_ids=parents,
+    )
     try:
         rendered = render_step(step, template_context(run_input, outputs, run_id, batch_id))
     except RenderError as exc:
-        row.update(
-            status=Status.FAILED.value,
-            input={},
-            failure_class=FailureClass.RENDER_ERROR.value,
-            failure_message=str(exc),
-        )
+        row.status = Status.FAILED.value
+        row.input = {}
+        row.failure_class = FailureClass.RENDER_ERROR.value
+        row.failure_message = str(exc)
         return row
     if step.kind == "ai":
-        row["input"] = {
+        row.input = {
             "prompt": rendered["prompt"],
             "system": rendered.get("system"),
             "options": step.options,
             "format": step.format,
         }
     else:
-        row["input"] = {"input": rendered["input"]}
+        row.input = {"input": rendered["input"]}
     return row
 
 
@@ -188,19 +196,19 @@ def fan_in_parents(workflow: Workflow, step: Step, visits: dict[str, StepVisits]
     return parents
 
 
-def on_completed(view: RunView, interaction: dict, decisions: Decisions) -> None:
+def on_completed(view: RunView, interaction: Moved, decisions: Decisions) -> None:
     """Evaluate the finished step's branches and fan-ins; decide what became ready.
 
     `view` already holds the interaction's own completion (RunView.completed)."""
     ctx, workflow = view.ctx, view.ctx.workflow
-    step = workflow.step(interaction["step"])
-    output = interaction["output"]
+    step = workflow.step(interaction.step)
+    output = interaction.output
 
     targets: list[str] = []
     matched = [b for b in step.next if b.matches(output)]
     for branch in matched:
         decisions.event(ctx, "branch_taken", {"step": step.name, "when": branch.describe(), "to": branch.to},
-                        interaction["id"])
+                        interaction.id)
         if branch.to not in targets:
             targets.append(branch.to)
     if step.next and not matched:
@@ -212,7 +220,7 @@ def on_completed(view: RunView, interaction: dict, decisions: Decisions) -> None
                 "expected": [b.describe() for b in step.next],
                 "output_head": output_text(output)[:200],
             },
-            interaction["id"],
+            interaction.id,
         )
     for dependent in workflow.fan_in_dependents(step.name):
         if dependent.name not in targets:
@@ -226,7 +234,7 @@ def on_completed(view: RunView, interaction: dict, decisions: Decisions) -> None
             if parents is None:
                 continue
         else:
-            parents = [interaction["id"]]
+            parents = [interaction.id]
         seen = visits.setdefault(name, StepVisits())
         visit = seen.visits + 1
         if target.max_visits is not None and visit > target.max_visits:
@@ -235,7 +243,7 @@ def on_completed(view: RunView, interaction: dict, decisions: Decisions) -> None
                 ctx,
                 "loop_exit" if exit_to else "loop_bound_reached",
                 {"step": name, "max_visits": target.max_visits, "from": step.name, "to": exit_to},
-                interaction["id"],
+                interaction.id,
             )
             if exit_to and exit_to not in targets:
                 targets.append(exit_to)
@@ -253,22 +261,22 @@ def on_completed(view: RunView, interaction: dict, decisions: Decisions) -> None
         seen.visits, seen.last_id = visit, decisions.child(row)
 
 
-def run_ending(view: RunView, failed: list[dict], problems: list[dict]) -> tuple[str, str]:
-    """How a run that has nothing pending or in flight ends: (status, end_reason).
+def run_ending(view: RunView, failed: list[FailedInteraction], problems: list[ProblemEvent]) -> RunEnding:
+    """How a run that has nothing pending or in flight ends, and why.
 
     A run is completed only when every path ended at a terminal step. A failed
-    interaction (`failed`: its rows), an output that matched no branch or a loop bound
-    reached (`problems`: those events), or a fan-in whose needs never all completed
-    make it failed, and the reason says which, where.
+    interaction (`failed`), an output that matched no branch or a loop bound reached
+    (`problems`: those events), or a fan-in whose needs never all completed make it
+    failed, and the reason says which, where.
     """
     reasons: list[str] = []
     for f in failed:
         reasons.append(
-            f"step {f['step']} failed after {f['attempt']} attempt(s) ({f['failure_class']}): {f['failure_message']}"
+            f"step {f.step} failed after {f.attempt} attempt(s) ({f.failure_class}): {f.failure_message}"
         )
     for e in problems:
-        d = e["detail"]
-        if e["kind"] == "no_branch_matched":
+        d = e.detail
+        if e.kind == "no_branch_matched":
             expected = ", ".join(d["expected"])
             head = d.get("output_head", "")
             got = f"; output: {head[:160]}" if head else ""
@@ -280,7 +288,13 @@ def run_ending(view: RunView, failed: list[dict], problems: list[dict]) -> tuple
         if step.needs and step.name not in visits and any(n in visits for n in step.needs):
             waiting = [n for n in step.needs if arrived(workflow, n, step.name, visits, outputs) is None]
             reasons.append(f"step {step.name} never started: still waiting for {', '.join(waiting)}")
+    run_id = view.ctx.run_id
     if reasons:
-        return "failed", "; ".join(reasons)
+        return RunEnding(run_id, RunStatus.FAILED.value, "; ".join(reasons))
     ended_at = [s.name for s in workflow.steps if s.name in visits and not s.next]
-    return "completed", f"every path reached a terminal step ({', '.join(ended_at) or 'the last step'})"
+    return RunEnding(run_id, RunStatus.COMPLETED.value,
+                     f"every path reached a terminal step ({', '.join(ended_at) or 'the last step'})")
+
+
+def cancelled(run_id: int) -> RunEnding:
+    return RunEnding(run_id, RunStatus.CANCELLED.value, "cancelled by the user")

@@ -17,16 +17,15 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-import psycopg
-
 from common.messages import AiTask, Failure, FailureClass, Task, TaskResult, utcnow
+from common.retries import RetryPolicy
 from gpu_worker.backends.base import ModelBackend
 from orchestrator.catalog import WorkflowCache
-from orchestrator.db import Q
+from orchestrator.db.store import Store
 from orchestrator.results import apply_results
 from orchestrator.states import claim_pending
 from orchestrator.sweeper import sweep
-from orchestrator.tasks import task_from_row
+from orchestrator.tasks import task_from_claim
 from script_worker.runner import run_script
 
 log = logging.getLogger(__name__)
@@ -35,15 +34,17 @@ log = logging.getLogger(__name__)
 class LocalExecutor:
     def __init__(
         self,
-        conn: psycopg.Connection,
+        store: Store,
         *,
         ai: ModelBackend | None,
         scripts_dir: Path | None,
         concurrency: int = 4,
         script_env: Mapping[str, str] | None = None,
         idle_poll_s: float = 0.5,
+        policy: RetryPolicy | None = None,
     ) -> None:
-        self.conn = conn
+        self.store = store
+        self.policy = policy or RetryPolicy.from_settings()
         self.ai = ai
         self.scripts_dir = scripts_dir
         self.concurrency = concurrency
@@ -75,27 +76,26 @@ class LocalExecutor:
             while True:
                 claimed = []
                 if len(in_flight) < window:
-                    with self.conn.transaction(), self.conn.cursor() as cur:
-                        claimed = claim_pending(cur, limit=window - len(in_flight), batch_id=batch_id)
+                    with self.store.transaction():
+                        claimed = claim_pending(self.store, limit=window - len(in_flight), batch_id=batch_id)
                 for row in claimed:
-                    in_flight.add(pool.submit(self.execute, task_from_row(row)))
+                    in_flight.add(pool.submit(self.execute, task_from_claim(row)))
                 if not in_flight:
-                    outcomes.update(sweep(self.conn, self.cache))
-                    if self._open(batch_id) == 0:
+                    outcomes.update(sweep(self.store, self.cache, policy=self.policy))
+                    if self.store.open_count(batch_id) == 0:
                         break
-                    # Work dispatched elsewhere (or by an executor that died): wait for
-                    # its result or for its deadline, when the sweeper takes it back.
+                    # Work dispatched elsewhere (or by an executor that died), or a retry
+                    # waiting for its backoff: wait for its result, its backoff or its
+                    # deadline, when the sweeper takes it back.
                     time.sleep(self.idle_poll_s)
                     continue
                 done, in_flight = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
                 if done:
-                    outcomes.update(apply_results(self.conn, [f.result() for f in done], self.cache))
+                    outcomes.update(apply_results(self.store, [f.result() for f in done], self.cache,
+                                                  self.policy))
                     if on_tick:
                         on_tick(outcomes)
         return outcomes
-
-    def _open(self, batch_id: int | None) -> int:
-        return self.conn.execute(Q["open_interactions"], {"batch_id": batch_id}).fetchone()["open"]
 
 
 def _failed(task: Task, failure_class: FailureClass, message: str) -> TaskResult:

@@ -18,7 +18,7 @@ from kombu.message import Message
 from pydantic import ValidationError
 
 from common.celery_app import reports_queue
-from common.messages import REPORT, Report
+from common.messages import REPORT, Failure, FailureClass, Report, ResultReport, TaskResult, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,30 @@ class Inbox:
         try:
             report = REPORT.validate_python(body)
         except ValidationError as exc:
-            # A message we cannot read can never be applied: keep it out of the way,
-            # loudly, rather than redelivering it forever.
-            log.error("dropping an unreadable report (%s): %.300r", exc.errors()[0]["msg"], body)
-            message.ack()
-            return
+            report = unreadable(body, exc)
+            if report is None:
+                # Not even which interaction it is for: it can never be applied. Keep it
+                # out of the way, loudly, rather than redelivering it forever.
+                log.error("dropping an unreadable report (%s): %.300r", exc.errors()[0]["msg"], body)
+                message.ack()
+                return
+            log.error("a report for interaction %s could not be read (%s): recorded as a failure",
+                      report.result.interaction_id, report.result.failure.message)
         self._buffer.append(Delivery(report, message))
+
+
+def unreadable(body: object, exc: ValidationError) -> ResultReport | None:
+    """A result report that names its interaction and attempt but cannot be read
+    otherwise becomes that attempt's failure, so the interaction is retried now instead
+    of waiting for its deadline; None when the report does not say which it is for."""
+    result = body.get("result") if isinstance(body, dict) else None
+    ids = (result.get("interaction_id"), result.get("attempt")) if isinstance(result, dict) else (None, None)
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in ids):
+        return None
+    first, more = exc.errors()[0], len(exc.errors()) - 1
+    # The location without the union's tag in front ("result.result.output" -> "result.output").
+    where = ".".join(map(str, first["loc"][1:] if first["loc"][:1] == ("result",) else first["loc"]))
+    problem = f"{where}: {first['msg']}" + (f" (and {more} more)" if more else "")
+    failure = Failure(failure_class=FailureClass.UNREADABLE, message=f"the worker's report could not be read: {problem}")
+    return ResultReport(result=TaskResult(interaction_id=ids[0], attempt=ids[1], failure=failure,
+                                          worker=str(result.get("worker") or "")[:200], finished_at=utcnow()))

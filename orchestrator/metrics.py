@@ -16,7 +16,8 @@ from prometheus_client.registry import Collector
 from psycopg_pool import ConnectionPool
 
 from common.queues import queue_for
-from orchestrator.db import Q
+from orchestrator.db import views
+from orchestrator.db.store import Store
 from orchestrator.workers import STALE_S
 
 log = logging.getLogger(__name__)
@@ -39,15 +40,16 @@ class FarmCollector(Collector):
         slots = GaugeMetricFamily("wavefarm_queue_slots", "Slots of live workers consuming the queue", labels=["queue"])
         try:
             with self.pool.connection(timeout=2) as conn:
+                store = Store(conn)
                 per_queue: dict[tuple[str, str], int] = {}
-                for r in conn.execute(Q["open_interaction_counts"]):
-                    interactions.add_metric([r["status"], r["step"], r["kind"], r["actor"]], r["n"])
-                    key = (queue_for(r["kind"], r["actor"]), r["status"])
-                    per_queue[key] = per_queue.get(key, 0) + r["n"]
+                for r in views.open_by_step(store):
+                    interactions.add_metric([r.status, r.step, r.kind, r.actor], r.n)
+                    key = (queue_for(r.kind, r.actor), r.status)
+                    per_queue[key] = per_queue.get(key, 0) + r.n
                 for (queue, status), n in per_queue.items():
                     queue_open.add_metric([queue, status], n)
-                for r in conn.execute(Q["live_capacity"], {"stale_s": self.stale_s}):
-                    slots.add_metric([r["queue"]], r["slots"])
+                for r in store.live_capacity(self.stale_s):
+                    slots.add_metric([r.queue], r.slots)
         except Exception as exc:  # a scrape during a database outage shows the process metrics only
             log.warning("metrics: cannot read the database: %s", type(exc).__name__)
         yield interactions

@@ -30,13 +30,14 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import psycopg
-from psycopg.types.json import Jsonb
 
-from common.messages import RETRYABLE, TaskResult
+from common.messages import TaskResult, Usage
+from common.retries import Retry, RetryPolicy
 from orchestrator import engine, locks
 from orchestrator.catalog import WorkflowCache
-from orchestrator.db import Q
-from orchestrator.states import Status, transition_many
+from orchestrator.db.rows import AttemptRecord, Completion, FailureRecord, Moved, Requeue, StepState, Target
+from orchestrator.db.store import Store
+from orchestrator.states import Status, end_runs, transition_many
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,13 @@ class Applied:
     ids: dict = field(default_factory=dict)
 
 
-def apply_results(conn: psycopg.Connection, results: Sequence[TaskResult], cache: WorkflowCache) -> Counter:
+def apply_results(store: Store, results: Sequence[TaskResult], cache: WorkflowCache,
+                  policy: RetryPolicy | None = None) -> Counter:
     """Apply results in a transaction of their own; returns outcome counts."""
 
     def transaction(isolate: bool) -> list[Applied]:
-        with conn.transaction():
-            return apply_in(conn, results, cache, isolate=isolate)
+        with store.transaction():
+            return apply_in(store, results, cache, isolate=isolate, policy=policy)
 
     applied = whole_or_isolated(transaction, len(results))
     log_applied(applied)
@@ -82,8 +84,8 @@ def whole_or_isolated(transaction: Callable[[bool], T], results: int) -> T:
         return transaction(True)
 
 
-def apply_in(conn: psycopg.Connection, results: Sequence[TaskResult], cache: WorkflowCache, *,
-             isolate: bool = False) -> list[Applied]:
+def apply_in(store: Store, results: Sequence[TaskResult], cache: WorkflowCache, *, isolate: bool = False,
+             policy: RetryPolicy | None = None) -> list[Applied]:
     """Apply results inside the caller's transaction.
 
     The batch goes through whole, with no savepoint (two round trips saved a turn).
@@ -94,10 +96,10 @@ def apply_in(conn: psycopg.Connection, results: Sequence[TaskResult], cache: Wor
     """
     if not results:
         return []
+    policy = policy or RetryPolicy.from_settings()
     if not isolate:
         try:
-            with conn.cursor() as cur:
-                return _apply_set(cur, results, cache)
+            return _apply_set(store, results, cache, policy)
         except DB_ERRORS:
             raise
         except Exception as exc:
@@ -105,8 +107,8 @@ def apply_in(conn: psycopg.Connection, results: Sequence[TaskResult], cache: Wor
     applied: list[Applied] = []
     for result in results:
         try:
-            with conn.transaction(), conn.cursor() as cur:
-                applied += _apply_set(cur, [result], cache)
+            with store.transaction():
+                applied += _apply_set(store, [result], cache, policy)
         except DB_ERRORS:
             raise
         except Exception:
@@ -129,7 +131,8 @@ def log_applied(applied: Sequence[Applied]) -> None:
                      extra={"interaction_id": a.result.interaction_id, "attempt": a.result.attempt, **a.ids})
 
 
-def _apply_set(cur: psycopg.Cursor, results: Sequence[TaskResult], cache: WorkflowCache) -> list[Applied]:
+def _apply_set(store: Store, results: Sequence[TaskResult], cache: WorkflowCache,
+               policy: RetryPolicy) -> list[Applied]:
     # A message delivered twice can be in one batch twice: the first copy is applied
     # (or ignored), every further copy is ignored.
     unique: dict[tuple[int, int], TaskResult] = {}
@@ -140,36 +143,38 @@ def _apply_set(cur: psycopg.Cursor, results: Sequence[TaskResult], cache: Workfl
             copies.append(r)
         else:
             unique[key] = r
-    targets = _lock_targets(cur, [r.interaction_id for r in unique.values()])
+    targets = _lock_targets(store, [r.interaction_id for r in unique.values()])
     known = sorted((r for r in unique.values() if r.interaction_id in targets),
-                   key=lambda r: (targets[r.interaction_id]["run_id"], r.interaction_id))
+                   key=lambda r: (targets[r.interaction_id].run_id, r.interaction_id))
     # The runs' state as it was before these results: the engine replays them in order.
-    run_ids = sorted({t["run_id"] for t in targets.values()})
-    cur.execute(Q["run_steps"], {"run_ids": run_ids})
-    views = _views(cur, cur.fetchall(), targets, cache)
+    run_ids = sorted({t.run_id for t in targets.values()})
+    views = _views(store, store.run_steps(run_ids), targets, cache)
+    decisions = engine.Decisions()
     # Keyed by (interaction, attempt): a batch can hold a late result of an old attempt
     # beside the current one's, and only the current one moved.
-    completed = {(row["id"], row["attempt"]): row for row in transition_many(
-        cur, [_completion(r) for r in known if r.ok], from_=Status.DISPATCHED, to=Status.COMPLETED)}
-    failed = {(row["id"], row["attempt"]): row for row in transition_many(
-        cur, [_failure(r) for r in known if not r.ok], from_=Status.DISPATCHED, to=Status.FAILED)}
-    retry = [row for key, row in failed.items() if _retryable(row, unique[key])]
-    requeued = {(row["id"], row["attempt"] - 1) for row in transition_many(
-        cur, [{"id": row["id"], "attempt": row["attempt"]} for row in retry], from_=Status.FAILED, to=Status.PENDING)}
+    completed = _keyed(transition_many(store, [_completion(r) for r in known if r.ok],
+                                       from_=Status.DISPATCHED, to=Status.COMPLETED))
+    failed = _keyed(transition_many(store, [_failure(r) for r in known if not r.ok],
+                                    from_=Status.DISPATCHED, to=Status.FAILED))
+    for key, moved in (*completed.items(), *failed.items()):
+        decisions.attempts.append(_record(unique[key], moved.batch_id, moved.status, moved))
+    requeue = [_retry_or_give_up(moved, unique[key], views[moved.run_id], policy, decisions)
+               for key, moved in failed.items()]
+    requeued = {(m.id, m.attempt - 1) for m in transition_many(store, [q for q in requeue if q is not None],
+                                                               from_=Status.FAILED, to=Status.PENDING)}
 
     applied: list[Applied] = []
     ignored = [c for c in copies if c.interaction_id in targets]
-    decisions = engine.Decisions()
     may_end: set[int] = set()
     for r in known:
-        run_id = targets[r.interaction_id]["run_id"]
+        run_id = targets[r.interaction_id].run_id
         view = views[run_id]
         ids = {"run_id": run_id, "batch_id": view.ctx.batch_id}
         key = (r.interaction_id, r.attempt)
         if key in completed:
-            row = completed[key]
-            view.completed(row)
-            engine.on_completed(view, row, decisions)
+            moved = completed[key]
+            view.completed(moved)
+            engine.on_completed(view, moved, decisions)
             outcome = "completed"
         elif key in requeued:
             outcome = "retried"
@@ -188,107 +193,111 @@ def _apply_set(cur: psycopg.Cursor, results: Sequence[TaskResult], cache: Workfl
             log.warning("result for unknown interaction %s ignored", r.interaction_id)
             applied.append(Applied(r, "ignored"))
 
-    applied += _ignore(cur, ignored, targets, views, decisions)
-    open_now = _store(cur, decisions, sorted(may_end))
-    _end_runs(cur, [views[run_id] for run_id in sorted(may_end) if open_now[run_id] == 0])
+    applied += _ignore(store, ignored, targets, views, decisions)
+    open_now = store.store_decisions(attempts=decisions.attempts, events=decisions.events,
+                                     children=decisions.children, runs=sorted(may_end))
+    end_finished_runs(store, [views[run_id] for run_id in sorted(may_end) if open_now[run_id] == 0])
     return applied
 
 
-def _lock_targets(cur: psycopg.Cursor, ids: list[int]) -> dict[int, dict]:
-    """Lock the interactions and their runs; id -> its run's row. An id not found may
+def _keyed(moved: list[Moved]) -> dict[tuple[int, int], Moved]:
+    return {(m.id, m.attempt): m for m in moved}
+
+
+def _lock_targets(store: Store, ids: list[int]) -> dict[int, Target]:
+    """Lock the interactions and their runs; id -> its target. An id not found may
     belong to a transaction that has not committed yet (another serve process created
     the child and published it in the same transaction): wait for dispatches in
     progress to end, then look once more. What is still missing is unknown."""
-    cur.execute(Q["lock_result_targets"], {"ids": ids})
-    targets = {row["id"]: row for row in cur.fetchall()}
+    targets = store.lock_result_targets(ids)
     missing = [i for i in ids if i not in targets]
     if missing:
-        cur.execute(Q["wait_for_dispatches"], {"key": locks.DISPATCH})
-        cur.execute(Q["lock_result_targets"], {"ids": missing})
-        targets.update((row["id"], row) for row in cur.fetchall())
+        store.wait_for_lock_shared(locks.DISPATCH)
+        targets.update(store.lock_result_targets(missing))
     return targets
 
 
-def _views(cur: psycopg.Cursor, state: list[dict], targets: dict[int, dict],
+def _views(store: Store, state: list[StepState], targets: dict[int, Target],
            cache: WorkflowCache) -> dict[int, engine.RunView]:
     """Every run a result is for, from its `run_steps` rows."""
-    rows: dict[int, list[dict]] = defaultdict(list)
+    rows: dict[int, list[StepState]] = defaultdict(list)
     for row in state:
-        rows[row["run_id"]].append(row)
+        rows[row.run_id].append(row)
     views = {}
     for t in targets.values():
-        run_id = t["run_id"]
-        if run_id not in views:
-            ctx = engine.RunContext(run_id, t["batch_id"], t["input"], cache.get(cur, t["workflow_id"]))
-            views[run_id] = engine.RunView.from_rows(ctx, rows[run_id])
+        if t.run_id not in views:
+            ctx = engine.RunContext(t.run_id, t.batch_id, t.input, cache.get(store, t.workflow_id))
+            views[t.run_id] = engine.RunView.from_rows(ctx, rows[t.run_id])
     return views
 
 
-def _completion(r: TaskResult) -> dict:
-    return {"id": r.interaction_id, "attempt": r.attempt, "output": r.output,
-            "output_chars": len(engine.output_text(r.output)), "metrics": r.metrics, "worker": r.worker}
+def _completion(r: TaskResult) -> Completion:
+    return Completion(id=r.interaction_id, attempt=r.attempt, output=r.output,
+                      output_chars=len(engine.output_text(r.output)))
 
 
-def _failure(r: TaskResult) -> dict:
+def _failure(r: TaskResult) -> FailureRecord:
     f = r.failure
-    return {"id": r.interaction_id, "attempt": r.attempt, "failure_class": f.failure_class.value,
-            "failure_message": f.message, "failure_detail": {"exit_code": f.exit_code, "stderr_tail": f.stderr_tail},
-            "metrics": r.metrics, "worker": r.worker}
+    return FailureRecord(id=r.interaction_id, attempt=r.attempt, failure_class=f.failure_class.value,
+                         failure_message=f.message,
+                         failure_detail={"exit_code": f.exit_code, "stderr_tail": f.stderr_tail})
 
 
-def _retryable(row: dict, result: TaskResult) -> bool:
-    return result.failure.failure_class in RETRYABLE and row["attempt"] < row["max_attempts"]
+def _record(r: TaskResult, batch_id: int, outcome: str, moved: Moved | None = None) -> AttemptRecord:
+    """The attempt's own record: who ran it, where, how long, what it used."""
+    u = r.usage or Usage()
+    return AttemptRecord(
+        interaction_id=r.interaction_id, batch_id=batch_id, attempt=r.attempt, outcome=outcome,
+        dispatched_at=moved.dispatched_at if moved else None, started_at=r.started_at, ended_at=r.finished_at,
+        worker=r.worker or None, server=r.server,
+        failure_class=r.failure.failure_class.value if r.failure else None,
+        failure_message=r.failure.message if r.failure else None,
+        prompt_tokens=u.prompt_tokens, output_tokens=u.output_tokens, load_s=u.load_s,
+        prompt_eval_s=u.prompt_eval_s, eval_s=u.eval_s, call_s=u.call_s, metrics=r.metrics or None)
 
 
-def _store(cur: psycopg.Cursor, decisions: engine.Decisions, runs: list[int]) -> dict[int, int]:
-    """The engine's events, then its children, in one statement; returns how much each
-    run of `runs` has open (pending or dispatched) afterwards."""
-    events, children = decisions.events, decisions.children
-    params: dict = {f"e_{c}": [e[c] for e in events]
-                    for c in ("batch_id", "run_id", "interaction_id", "kind", "attempt")}
-    params["e_detail"] = [Jsonb(e["detail"]) for e in events]
-    for c in ("run_id", "batch_id", "step", "kind", "actor", "visit", "status", "max_attempts", "timeout_s",
-              "failure_class", "failure_message"):
-        params[c] = [row[c] for row in children]
-    params["parent_ids"] = ["{" + ",".join(map(str, row["parent_ids"])) + "}" for row in children]
-    params["input"] = [Jsonb(row["input"]) for row in children]
-    params["runs"] = runs
-    cur.execute(Q["store_decisions"], params)
-    return {row["run_id"]: row["open"] for row in cur.fetchall()}
+def _retry_or_give_up(moved: Moved, r: TaskResult, view: engine.RunView, policy: RetryPolicy,
+                      decisions: engine.Decisions) -> Requeue | None:
+    """The retry rule's answer for a failed attempt: the requeue to make, or None, with
+    the reason in the event log."""
+    decision = policy.decide(r.failure.failure_class, attempt=moved.attempt, max_attempts=moved.max_attempts,
+                             busy_retries=moved.busy_retries, retry_after_s=r.failure.retry_after_s)
+    if isinstance(decision, Retry):
+        return Requeue(id=moved.id, attempt=moved.attempt, delay_s=decision.delay_s, busy=decision.busy)
+    decisions.event(view.ctx, "not_retried", {"step": moved.step, "failure_class": r.failure.failure_class.value,
+                                              "reason": decision.reason}, moved.id, moved.attempt)
+    return None
 
 
-def _ignore(cur: psycopg.Cursor, ignored: list[TaskResult], targets: dict[int, dict],
+def _ignore(store: Store, ignored: list[TaskResult], targets: dict[int, Target],
             views: dict[int, engine.RunView], decisions: engine.Decisions) -> list[Applied]:
-    """Late or duplicate results: each an event saying what the interaction is now."""
+    """Late or duplicate results: each an event saying what the interaction is now, and
+    an attempt record (the state machine ignores it, but the work was done)."""
     if not ignored:
         return []
-    cur.execute(Q["interaction_states"], {"ids": sorted({r.interaction_id for r in ignored})})
-    now = {row["id"]: row for row in cur.fetchall()}
+    now = store.interaction_states(sorted({r.interaction_id for r in ignored}))
     applied = []
     for r in ignored:
         state = now[r.interaction_id]
-        ctx = views[targets[r.interaction_id]["run_id"]].ctx
+        ctx = views[targets[r.interaction_id].run_id].ctx
         log.info("late or duplicate result ignored: interaction %s attempt %s (it is %s at attempt %s)",
-                 r.interaction_id, r.attempt, state["status"], state["attempt"])
-        decisions.events.append({"batch_id": ctx.batch_id, "run_id": ctx.run_id, "interaction_id": r.interaction_id,
-                                 "kind": "result_ignored", "attempt": r.attempt,
-                                 "detail": {"status": state["status"], "current_attempt": state["attempt"]}})
+                 r.interaction_id, r.attempt, state.status, state.attempt)
+        decisions.event(ctx, "result_ignored", {"status": state.status, "current_attempt": state.attempt},
+                        r.interaction_id, r.attempt)
+        decisions.attempts.append(_record(r, ctx.batch_id, "ignored"))
         applied.append(Applied(r, "ignored", {"run_id": ctx.run_id, "batch_id": ctx.batch_id}))
     return applied
 
 
-def _end_runs(cur: psycopg.Cursor, ending: list[engine.RunView]) -> None:
+def end_finished_runs(store: Store, ending: list[engine.RunView]) -> None:
     """End every run of `ending` (nothing pending or in flight any more), saying why."""
     if not ending:
         return
     run_ids = [v.ctx.run_id for v in ending]
-    failed: dict[int, list[dict]] = defaultdict(list)
-    problems: dict[int, list[dict]] = defaultdict(list)
-    cur.execute(Q["failed_interactions"], {"run_ids": run_ids})
-    for row in cur.fetchall():
-        failed[row["run_id"]].append(row)
-    cur.execute(Q["problem_events"], {"run_ids": run_ids, "kinds": list(engine.PROBLEM_EVENTS)})
-    for row in cur.fetchall():
-        problems[row["run_id"]].append(row)
-    ends = [engine.run_ending(v, failed[v.ctx.run_id], problems[v.ctx.run_id]) for v in ending]
-    cur.execute(Q["finish_runs"], {"id": run_ids, "status": [s for s, _ in ends], "reason": [r for _, r in ends]})
+    failed = defaultdict(list)
+    problems = defaultdict(list)
+    for row in store.failed_interactions(run_ids):
+        failed[row.run_id].append(row)
+    for row in store.problem_events(run_ids, engine.PROBLEM_EVENTS):
+        problems[row.run_id].append(row)
+    end_runs(store, [engine.run_ending(v, failed[v.ctx.run_id], problems[v.ctx.run_id]) for v in ending])

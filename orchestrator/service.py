@@ -19,9 +19,10 @@ from kombu.exceptions import OperationalError as BrokerError
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from common.messages import ResultReport, TaskResult, WorkerReport, WorkerStatus
+from common.retries import RetryPolicy
 from orchestrator import workers
 from orchestrator.catalog import WorkflowCache
-from orchestrator.db import Q
+from orchestrator.db.store import Store
 from orchestrator.dispatch import Dispatcher
 from orchestrator.inbox import Delivery, Inbox
 from orchestrator.metrics import APPLY_SECONDS, RESULTS
@@ -41,6 +42,7 @@ class Service:
         self.inbox = Inbox(app, prefetch=batch_size * 2)
         self.dispatcher = Dispatcher(app, window_factor=window_factor)
         self.cache = WorkflowCache()
+        self.policy = RetryPolicy.from_settings()
         self.batch_size = batch_size
         self.sweep_every_s = sweep_every_s
         self.dispatch_every_s = dispatch_every_s
@@ -49,6 +51,7 @@ class Service:
         self._last_dispatch = 0.0
         self.outcomes: Counter = Counter()
         self._conn: psycopg.Connection | None = None
+        self._store: Store | None = None
 
     def run(self, stop: threading.Event) -> None:
         backoff = 0.5
@@ -79,7 +82,7 @@ class Service:
             self.apply_and_dispatch(deliveries)
             self._last_dispatch = now
         if now - self._last_sweep >= self.sweep_every_s:
-            swept = sweep(self._connection(), self.cache)
+            swept = sweep(self._connection(), self.cache, policy=self.policy)
             if swept:
                 log.warning("deadline passed with no result for %d interaction(s): %s", sum(swept.values()),
                             dict(swept))
@@ -111,22 +114,22 @@ class Service:
 
     def _turn_transaction(self, statuses: list[WorkerStatus], results: list[TaskResult], *,
                           isolate: bool) -> tuple[list[Applied], BaseException | None]:
-        conn = self._connection()
+        store = self._connection()
         broker_error: BaseException | None = None
-        with conn.transaction():
+        with store.transaction():
             if statuses:
-                workers.record(conn, statuses)
-            applied = apply_in(conn, results, self.cache, isolate=isolate)
+                workers.record(store, statuses)
+            applied = apply_in(store, results, self.cache, isolate=isolate, policy=self.policy)
             try:
-                with conn.transaction():
-                    self.dispatcher.dispatch_in(conn)
+                with store.transaction():
+                    self.dispatcher.dispatch_in(store)
             except (BrokerError, *self.inbox.connection_errors) as exc:
                 if not results and not statuses:
                     raise
                 broker_error = exc
         return applied, broker_error
 
-    def _connection(self) -> psycopg.Connection:
+    def _connection(self) -> Store:
         """serve's own connection, held across turns: taking one from the pool each turn
         would cost a liveness check (a round trip) every time. One that broke (Postgres
         restarted) is handed back on the turn's error, and the next turn takes a new one.
@@ -134,22 +137,23 @@ class Service:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._release()
             conn = self.pool.getconn()
-            conn.execute(Q["listen_for_work"])
+            self._store = Store(conn)
+            self._store.listen_for_work()
             self._conn = conn
-        return self._conn
+        return self._store
 
     def _work_submitted(self) -> bool:
         """Whether a submission created pending work since the last look: a new batch
         starts at once instead of at the next idle dispatch tick. Reading what the
         server already sent costs no round trip."""
-        return any(True for _ in self._connection().notifies(timeout=0))
+        return self._connection().work_notified()
 
     def _release(self) -> None:
         if self._conn is not None:
-            conn, self._conn = self._conn, None
+            conn, store, self._conn, self._store = self._conn, self._store, None, None
             try:
                 if not conn.broken:
-                    conn.execute(Q["unlisten"])  # the pool's next user must not get our notifications
+                    store.unlisten()  # the pool's next user must not get our notifications
                 self.pool.putconn(conn)
             except Exception:  # broken after all, or a pool already closed
                 conn.close()

@@ -1,36 +1,48 @@
-"""The interaction state machine: the one place an interaction's status changes.
+"""The state machines of interactions and runs: the one place a status changes.
 
-Allowed transitions, and who makes them:
+Interactions: the allowed transitions, the statements production runs for each
+(queries.sql), and who makes them:
 
-    pending    -> dispatched   dispatcher (or local executor) hands it to a worker;
-                               its deadline is set here (claim_pending, claim_for_dispatch)
-    dispatched -> completed    the worker's result for the current attempt arrived
-    dispatched -> failed       the worker reported a failure, or the deadline passed
-                               with no result (the sweeper reports it as worker_lost)
-    failed     -> pending      a retryable failure with attempts left: attempt+1
-    pending    -> cancelled    the user cancelled the batch
-    dispatched -> cancelled    the user cancelled the batch
+    pending    -> dispatched   claim_for_dispatch (serve's dispatcher) or claim_pending
+                               (the local executor): oldest ready work, SKIP LOCKED;
+                               the deadline is set here (wavefarm_dispatch_deadline)
+    dispatched -> completed    mark_completed: the worker's result for the current attempt
+    dispatched -> failed       mark_failed: the worker reported a failure, or the deadline
+                               passed with no result (the sweeper reports worker_lost)
+    failed     -> pending      requeue: the retry rule (common/retries.py) said retry:
+                               attempt + 1, not before its backoff
+    pending    -> cancelled    mark_cancelled: the user cancelled (orchestrator/controls.py)
+    dispatched -> cancelled    mark_cancelled: the same, for work already sent
 
 Creation is not a transition: an interaction is born `pending`, or `failed` when its
 template cannot be rendered for this run.
 
-Every change is one UPDATE guarded by the expected status AND attempt, so a stale or
-duplicate result (an old attempt, a message the broker delivered twice) matches no
-row and changes nothing; one statement moves a whole batch of interactions at once.
-The events table gets a row for every change from a trigger.
+Every change but a claim is one UPDATE guarded by the expected status AND attempt, so a
+stale or duplicate result (an old attempt, a message the broker delivered twice)
+matches no row and changes nothing; one statement moves a whole batch of interactions.
+A claim is guarded by the status and by its row lock (SKIP LOCKED). The events table
+gets a row for every change from a trigger.
+
+Runs:
+
+    running -> completed | failed | cancelled    finish_runs, with the reason: the run
+                               has nothing open any more (results.py, with the engine's
+                               run_ending), or the user cancelled it
+
+Every transaction that changes runs and their interactions locks the runs first, in id
+order, then their interactions in (run, id) order, so two of them wait for each other
+instead of deadlocking.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
-
-import psycopg
-from psycopg.types.json import Jsonb
 
 from common.errors import TransitionRefused
-from orchestrator.db import Q
+from orchestrator.db.rows import Claimed, Completion, FailureRecord, Guard, Moved, Requeue, RunEnding
+from orchestrator.db.store import Store
 
 
 class Status(StrEnum):
@@ -41,88 +53,85 @@ class Status(StrEnum):
     CANCELLED = "cancelled"
 
 
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
 OPEN = (Status.PENDING, Status.DISPATCHED)
 
-# (from, to) -> the named query that performs it.
-TRANSITIONS: dict[tuple[Status, Status], str] = {
-    (Status.PENDING, Status.DISPATCHED): "mark_dispatched",
-    (Status.DISPATCHED, Status.COMPLETED): "mark_completed",
-    (Status.DISPATCHED, Status.FAILED): "mark_failed",
-    (Status.FAILED, Status.PENDING): "requeue",
-    (Status.PENDING, Status.CANCELLED): "mark_cancelled",
-    (Status.DISPATCHED, Status.CANCELLED): "mark_cancelled",
+
+@dataclass(frozen=True)
+class Change:
+    """How a transition is made: a named statement of queries.sql, and the row class of
+    what it writes besides the status (None for a claim, which picks its own rows)."""
+
+    query: str
+    writes: type[Guard] | None = None
+
+
+CLAIM_FOR_DISPATCH = Change("claim_for_dispatch")
+CLAIM_PENDING = Change("claim_pending")
+
+TRANSITIONS: dict[tuple[Status, Status], tuple[Change, ...]] = {
+    (Status.PENDING, Status.DISPATCHED): (CLAIM_FOR_DISPATCH, CLAIM_PENDING),
+    (Status.DISPATCHED, Status.COMPLETED): (Change("mark_completed", Completion),),
+    (Status.DISPATCHED, Status.FAILED): (Change("mark_failed", FailureRecord),),
+    (Status.FAILED, Status.PENDING): (Change("requeue", Requeue),),
+    (Status.PENDING, Status.CANCELLED): (Change("mark_cancelled", Guard),),
+    (Status.DISPATCHED, Status.CANCELLED): (Change("mark_cancelled", Guard),),
+}
+
+RUN_TRANSITIONS: dict[tuple[RunStatus, RunStatus], Change] = {
+    (RunStatus.RUNNING, RunStatus.COMPLETED): Change("finish_runs", RunEnding),
+    (RunStatus.RUNNING, RunStatus.FAILED): Change("finish_runs", RunEnding),
+    (RunStatus.RUNNING, RunStatus.CANCELLED): Change("finish_runs", RunEnding),
 }
 
 
-# The fields each transition's query writes besides the status.
-FIELDS: dict[str, tuple[str, ...]] = {
-    "mark_dispatched": (),
-    "mark_completed": ("output", "output_chars", "metrics", "worker"),
-    "mark_failed": ("failure_class", "failure_message", "failure_detail", "metrics", "worker"),
-    "requeue": (),
-    "mark_cancelled": (),
-}
-_JSON_FIELDS = frozenset({"output", "metrics", "failure_detail"})
+def _guarded(from_: Status, to: Status) -> Change:
+    changes = [c for c in TRANSITIONS.get((Status(from_), Status(to)), ()) if c.writes is not None]
+    if not changes:
+        raise TransitionRefused(f"{from_} -> {to} is not an allowed transition for a given interaction")
+    return changes[0]
 
 
-def transition_many(cur: psycopg.Cursor, rows: Sequence[Mapping[str, Any]], *, from_: Status,
-                    to: Status) -> list[dict]:
-    """Move each interaction of `rows` (`id`, `attempt`, and the fields the transition
-    writes) from `from_` to `to` if it is still at that attempt: one statement for all.
-
-    Returns the rows that moved; one whose guard did not match (the change was
-    already made, or the row moved on) is absent: callers treat it as "stale, ignore".
-    Raises TransitionRefused for a pair the table does not allow.
+def transition_many(store: Store, items: Sequence[Guard], *, from_: Status, to: Status) -> list[Moved]:
+    """Move each interaction of `items` (its id, the attempt it must be at, and what the
+    transition writes: the class TRANSITIONS names) from `from_` to `to`: one statement
+    for all. Returns the interactions that moved; one whose guard did not match (the
+    change was made already, or the row moved on) is absent: callers treat it as
+    "stale, ignore". Raises TransitionRefused for a pair the table does not allow.
     """
-    query = TRANSITIONS.get((Status(from_), Status(to)))
-    if query is None:
-        ids = ", ".join(str(r["id"]) for r in rows) or "-"
-        raise TransitionRefused(f"interaction {ids}: {from_} -> {to} is not an allowed transition")
-    if not rows:
-        return []
-    fields = FIELDS[query]
-    for row in rows:
-        unknown = set(row) - {"id", "attempt", *fields}
-        if unknown:
-            raise TypeError(f"unknown field for {from_} -> {to}: {', '.join(sorted(unknown))}")
-    params: dict[str, Any] = {
-        "from_status": str(from_),
-        "id": [r["id"] for r in rows],
-        "attempt": [r["attempt"] for r in rows],
-    }
-    for name in fields:
-        values = [r.get(name) for r in rows]
-        params[name] = [Jsonb(v) if v is not None else None for v in values] if name in _JSON_FIELDS else values
-    cur.execute(Q[query], params)
-    return cur.fetchall()
+    change = _guarded(from_, to)
+    for item in items:
+        if type(item) is not change.writes:
+            raise TypeError(f"{from_} -> {to} writes a {change.writes.__name__}, not a {type(item).__name__}")
+    return store.transition(change.query, Status(from_).value, items, change.writes)
 
 
-def transition(cur: psycopg.Cursor, interaction_id: int, *, from_: Status, to: Status, attempt: int,
-               **fields: Any) -> dict | None:
-    """transition_many for one interaction: the updated row, or None when the guard did not match."""
-    moved = transition_many(cur, [{"id": interaction_id, "attempt": attempt, **fields}], from_=from_, to=to)
+def transition(store: Store, item: Guard, *, from_: Status, to: Status) -> Moved | None:
+    """transition_many for one interaction: it as it is now, or None when the guard did not match."""
+    moved = transition_many(store, [item], from_=from_, to=to)
     return moved[0] if moved else None
 
 
-def claim_pending(cur: psycopg.Cursor, *, limit: int, batch_id: int | None = None) -> list[dict]:
-    """pending -> dispatched for up to `limit` of the oldest pending interactions.
-
-    SKIP LOCKED lets two dispatchers claim side by side without taking the same row.
-    """
-    cur.execute(Q["claim_pending"], {"limit": limit, "batch_id": batch_id})
-    return cur.fetchall()
+def claim_for_dispatch(store: Store, *, kind: str, actor: str, batch_id: int, limit: int) -> list[Claimed]:
+    """pending -> dispatched for one queue's actor in one batch, earliest runs first."""
+    return store.claim_for_dispatch(kind=kind, actor=actor, batch_id=batch_id, limit=limit)
 
 
-def claim_for_dispatch(cur: psycopg.Cursor, *, kind: str, actor: str, batch_id: int, limit: int) -> list[dict]:
-    """pending -> dispatched for one queue's actor in one batch, earliest runs first (SKIP LOCKED)."""
-    cur.execute(Q["claim_for_dispatch"], {"kind": kind, "actor": actor, "batch_id": batch_id, "limit": limit})
-    return cur.fetchall()
+def claim_pending(store: Store, *, limit: int, batch_id: int | None = None) -> list[Claimed]:
+    """pending -> dispatched for the oldest ready work (of one batch, or of all)."""
+    return store.claim_pending(limit=limit, batch_id=batch_id)
 
 
-def cancel_batch(cur: psycopg.Cursor, batch_id: int) -> tuple[int, int]:
-    """pending | dispatched -> cancelled for every open interaction of a batch, and its
-    running runs end cancelled. Returns (interactions, runs) cancelled."""
-    cur.execute(Q["cancel_batch_interactions"], {"batch_id": batch_id})
-    interactions = cur.rowcount
-    cur.execute(Q["cancel_batch_runs"], {"batch_id": batch_id, "reason": "cancelled by the user"})
-    return interactions, cur.rowcount
+def end_runs(store: Store, endings: Sequence[RunEnding]) -> list[int]:
+    """running -> each ending's status, with its reason: the only way a run ends. Returns
+    the runs that ended (one no longer running is left alone)."""
+    for ending in endings:
+        if (RunStatus.RUNNING, RunStatus(ending.status)) not in RUN_TRANSITIONS:
+            raise TransitionRefused(f"run {ending.id}: running -> {ending.status} is not an allowed transition")
+    return store.finish_runs(endings, RunStatus.RUNNING.value)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import psycopg
-
 from common.messages import WorkerStatus
-from orchestrator.db import Q
+from orchestrator.db.store import Store
 
 # Heartbeats come every 10 s; a worker silent for 30 s no longer counts.
 STALE_S = 30.0
 
 
-def record(conn: psycopg.Connection, statuses: list[WorkerStatus]) -> None:
-    with conn.transaction(), conn.cursor() as cur:
-        cur.executemany(Q["upsert_worker"], [s.model_dump() for s in statuses])
+def record(store: Store, statuses: list[WorkerStatus]) -> None:
+    with store.transaction():
+        store.record_workers([s.model_dump(exclude={"v"}) for s in statuses])

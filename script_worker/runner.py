@@ -21,7 +21,7 @@ from pathlib import Path, PurePath
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from common.messages import Failure, FailureClass, ScriptTask, TaskResult, utcnow
+from common.messages import Failure, FailureClass, ScriptTask, TaskResult, Usage, utcnow
 
 MAX_STDOUT_BYTES = 16 * 1024 * 1024  # one JSON object; beyond this it is a runaway, not an output
 STDERR_TAIL_BYTES = 4096             # what a failure record keeps of stderr
@@ -50,9 +50,10 @@ def run_script(
 
     def result(output: dict[str, Any] | None = None, failure: Failure | None = None,
                exit_code: int | None = None) -> TaskResult:
+        duration_s = round(time.monotonic() - clock, 3)
         return TaskResult(
             interaction_id=task.interaction_id, attempt=task.attempt, output=output, failure=failure,
-            metrics={"exit_code": exit_code, "duration_s": round(time.monotonic() - clock, 3)},
+            usage=Usage(call_s=duration_s), metrics={"exit_code": exit_code, "duration_s": duration_s},
             worker=worker, started_at=started, finished_at=utcnow(),
         )
 

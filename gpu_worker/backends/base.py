@@ -2,8 +2,7 @@
 
 Backends differ in their request and answer shapes, not in what a timeout or a 503
 means: both classify through `failure_from_exception` and `failure_from_status`, so
-the orchestrator's retry policy (common.messages.RETRYABLE) sees the same classes
-whichever server a host runs.
+the retry rule (common/retries.py) sees the same classes whichever server a host runs.
 
 Messages name the model and the server as host:port only: a base URL may carry
 user:password for an authenticating proxy, and it must never reach a message (nor
@@ -16,6 +15,7 @@ validation); ollama.py and openai.py only say how their API is shaped.
 from __future__ import annotations
 
 import errno
+import math
 import os
 from abc import ABC, abstractmethod
 import time
@@ -29,7 +29,7 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
 from common.errors import WavefarmError
-from common.messages import AiTask, Failure, FailureClass, TaskResult, utcnow
+from common.messages import AiTask, Failure, FailureClass, TaskResult, Usage, utcnow
 from common.structured import InvalidOutput, parse_answer
 
 ERROR_TEXT_LIMIT = 200  # enough to recognise the server's reason, short enough for a table cell
@@ -119,19 +119,46 @@ def _where(model: str | None, server: str) -> str:
     return f"model {model} on {server}" if model else server
 
 
-def failure_from_status(status: int, text: str, *, model: str | None, server: str) -> Failure:
-    """Classify an HTTP error answer. `text` is the server's reason (see error_text)."""
+def failure_from_status(status: int, text: str, *, model: str | None, server: str,
+                        retry_after: str | None = None) -> Failure:
+    """Classify an HTTP error answer. `text` is the server's reason (see error_text),
+    `retry_after` its Retry-After header."""
     where = _where(model, server)
     reason = f"HTTP {status}: {text}" if text else f"HTTP {status}"
     if status == 404 and _is_model_missing(text):
         return Failure(failure_class=FailureClass.MODEL_MISSING, message=f"{where} is not available ({reason})")
     if status == 408:
         return Failure(failure_class=FailureClass.TIMEOUT, message=f"{where} timed out ({reason})")
-    # 429 and 5xx say "busy or broken right now": retryable, unlike the other 4xx,
-    # which refuse this request as written and would refuse it again.
-    if status == 429 or status >= 500:
+    # 429 and 503 say "busy right now, ask again later"; the other 5xx "broken right
+    # now". Both are retried, unlike the other 4xx, which refuse this request as
+    # written and would refuse it again.
+    if status in (429, 503):
+        return Failure(failure_class=FailureClass.SERVER_BUSY, message=f"{where} is busy ({reason})",
+                       retry_after_s=retry_after_seconds(retry_after))
+    if status >= 500:
         return Failure(failure_class=FailureClass.SERVER_ERROR, message=f"{where} failed ({reason})")
     return Failure(failure_class=FailureClass.BAD_REQUEST, message=f"{where} refused the request ({reason})")
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header (seconds, or an HTTP date) as seconds from now; None when
+    absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = (when - utcnow()).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _os_reason(exc: BaseException) -> str | None:
@@ -176,9 +203,33 @@ def failure_from_exception(exc: requests.RequestException, *, model: str | None,
 
 
 def failed_result(task: AiTask, failure: Failure, *, worker: str, started_at: datetime,
-                  metrics: dict[str, Any] | None = None) -> TaskResult:
+                  metrics: dict[str, Any] | None = None, server: str | None = None) -> TaskResult:
+    metrics = metrics or {}
     return TaskResult(interaction_id=task.interaction_id, attempt=task.attempt, failure=failure,
-                      metrics=metrics or {}, worker=worker, started_at=started_at, finished_at=utcnow())
+                      usage=usage_from_metrics(metrics), metrics=metrics, worker=worker, server=server,
+                      started_at=started_at, finished_at=utcnow())
+
+
+_NS = 1e-9
+
+
+def usage_from_metrics(metrics: dict[str, Any]) -> Usage:
+    """The call's usage from Ollama-named metrics (the OpenAI backend writes the same
+    names): token counts, and durations from nanoseconds to seconds; the whole call's
+    time is the server's own total where it gives one, else the time measured here."""
+
+    def seconds(key: str) -> float | None:
+        value = metrics.get(key)
+        return value * _NS if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    def count(key: str) -> int | None:
+        value = metrics.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    total = seconds("total_duration")
+    return Usage(prompt_tokens=count("prompt_eval_count"), output_tokens=count("eval_count"),
+                 load_s=seconds("load_duration"), prompt_eval_s=seconds("prompt_eval_duration"),
+                 eval_s=seconds("eval_duration"), call_s=total if total is not None else metrics.get("wall_s"))
 
 
 def pooled_session(pool_size: int, base_url: str) -> requests.Session:
@@ -266,21 +317,24 @@ class HttpBackend(ABC):
         except requests.RequestException as exc:
             failure = failure_from_exception(exc, model=task.model, server=self.server, timeout_s=task.timeout_s)
             return failed_result(task, failure, worker=self.worker, started_at=started_at,
-                                 metrics={"wall_s": round(time.monotonic() - t0, 3)})
+                                 metrics={"wall_s": round(time.monotonic() - t0, 3)}, server=self.server)
         elapsed_s = time.monotonic() - t0
         metrics: dict[str, Any] = {"wall_s": round(elapsed_s, 3)}
         outcome = self._answer(response, task, metrics, elapsed_s)
         if isinstance(outcome, Failure):
-            return failed_result(task, outcome, worker=self.worker, started_at=started_at, metrics=metrics)
+            return failed_result(task, outcome, worker=self.worker, started_at=started_at, metrics=metrics,
+                                 server=self.server)
         return TaskResult(interaction_id=task.interaction_id, attempt=task.attempt, output=outcome,
-                          metrics=metrics, worker=self.worker, started_at=started_at, finished_at=utcnow())
+                          usage=usage_from_metrics(metrics), metrics=metrics, worker=self.worker, server=self.server,
+                          started_at=started_at, finished_at=utcnow())
 
     def _answer(self, response: requests.Response, task: AiTask, metrics: dict[str, Any],
                 elapsed_s: float) -> str | dict[str, Any] | list[Any] | Failure:
         where = self._where(task)
         if response.status_code >= 400:
             text = scrub(error_text(response), self._secrets)
-            return failure_from_status(response.status_code, text, model=task.model, server=self.server)
+            return failure_from_status(response.status_code, text, model=task.model, server=self.server,
+                                       retry_after=response.headers.get("Retry-After"))
         try:
             body = response.json()
         except ValueError:

@@ -26,11 +26,11 @@ SELECT max(version) AS version FROM wavefarm_migrations
 SELECT pg_advisory_xact_lock(hashtext('wavefarm.workflow.' || %(name)s))
 
 -- name: workflow_latest
-SELECT id, name, version, digest, definition, created_at
+SELECT id, name, version, digest, definition
 FROM workflows WHERE name = %(name)s ORDER BY version DESC LIMIT 1
 
 -- name: workflow_by_id
-SELECT id, name, version, definition FROM workflows WHERE id = %(id)s
+SELECT id, name, version, digest, definition FROM workflows WHERE id = %(id)s
 
 -- name: insert_workflow
 INSERT INTO workflows (name, version, digest, definition, source)
@@ -44,13 +44,17 @@ SELECT DISTINCT ON (name) name, version, id, created_at,
 FROM workflows ORDER BY name, version DESC
 
 -- name: find_batch
-SELECT * FROM batches WHERE workflow_name = %(workflow_name)s AND source_digest = %(digest)s
+SELECT b.id, b.workflow_id, b.workflow_name, w.version AS workflow_version, b.source_name, b.source_digest,
+       b.key_column, b.priority, b.rows_good, b.rows_rejected, b.rows_empty, b.created_at
+FROM batches b JOIN workflows w ON w.id = b.workflow_id
+WHERE b.workflow_name = %(workflow_name)s AND b.source_digest = %(digest)s
 
 -- name: insert_batch
+-- The id of a new batch; none when this file was submitted for this workflow before.
 INSERT INTO batches (workflow_id, workflow_name, source_name, source_digest, key_column, priority)
 VALUES (%(workflow_id)s, %(workflow_name)s, %(source_name)s, %(digest)s, %(key_column)s, coalesce(%(priority)s, 0))
 ON CONFLICT (workflow_name, source_digest) DO NOTHING
-RETURNING *
+RETURNING id
 
 -- name: update_batch_rows
 UPDATE batches SET rows_good = %(good)s, rows_rejected = %(rejected)s, rows_empty = %(empty)s
@@ -82,14 +86,26 @@ COPY interactions (run_id, batch_id, step, kind, actor, visit, status, max_attem
 FROM STDIN
 
 -- name: store_decisions
--- What the engine decided over a batch of results, in one statement: its events (in
--- the order decided), then its children (their `created` events come from the trigger,
--- which fires at the end of the statement, so after the decisions that made them),
--- and for each run in %(runs)s how much is still open (pending or dispatched) after it.
--- Children are arrays, one element per child; parent_ids as array text, since a SQL
--- array cannot hold arrays of different lengths. The unique (run_id, step, visit)
--- makes a second creation of the same child a no-op.
-WITH decided AS (
+-- What was decided over a batch of results, in one statement: the record of every
+-- attempt that ended; the engine's events (in the order decided), then its children
+-- (their `created` events come from the trigger, which fires at the end of the
+-- statement, so after the decisions that made them); and for each run in %(runs)s how
+-- much is still open (pending or dispatched) after it. Each row type is arrays, one
+-- element per row (orchestrator/db/store.py builds them from rows.py's classes);
+-- parent_ids as array text, since a SQL array cannot hold arrays of different lengths.
+-- The unique (run_id, step, visit) makes a second creation of the same child a no-op.
+WITH recorded AS (
+    INSERT INTO attempts (interaction_id, batch_id, attempt, outcome, dispatched_at, started_at, ended_at, worker,
+                          server, failure_class, failure_message, prompt_tokens, output_tokens, load_s,
+                          prompt_eval_s, eval_s, call_s, metrics)
+    SELECT * FROM unnest(%(a_interaction_id)s::bigint[], %(a_batch_id)s::bigint[], %(a_attempt)s::integer[],
+                         %(a_outcome)s::text[], %(a_dispatched_at)s::timestamptz[], %(a_started_at)s::timestamptz[],
+                         %(a_ended_at)s::timestamptz[], %(a_worker)s::text[], %(a_server)s::text[],
+                         %(a_failure_class)s::text[], %(a_failure_message)s::text[], %(a_prompt_tokens)s::integer[],
+                         %(a_output_tokens)s::integer[], %(a_load_s)s::double precision[],
+                         %(a_prompt_eval_s)s::double precision[], %(a_eval_s)s::double precision[],
+                         %(a_call_s)s::double precision[], %(a_metrics)s::jsonb[])
+), decided AS (
     INSERT INTO events (batch_id, run_id, interaction_id, kind, attempt, detail)
     SELECT e.batch_id, e.run_id, e.interaction_id, e.kind, e.attempt, e.detail
     FROM unnest(%(e_batch_id)s::bigint[], %(e_run_id)s::bigint[], %(e_interaction_id)s::bigint[],
@@ -118,52 +134,38 @@ SELECT r.run_id,
        + (SELECT count(*) FROM born b WHERE b.run_id = r.run_id AND b.status = 'pending') AS open
 FROM unnest(%(runs)s::bigint[]) AS r (run_id)
 
--- name: finish_runs_born_failed
--- Runs whose first interaction could not even be rendered end at once.
-UPDATE runs r SET status = 'failed', ended_at = now(),
-       end_reason = 'step ' || i.step || ' failed after 1 attempt(s) (render_error): ' || i.failure_message
-FROM interactions i
-WHERE r.batch_id = %(batch_id)s AND r.status = 'running' AND i.run_id = r.id
-  AND i.status = 'failed' AND i.failure_class = 'render_error'
-  AND NOT EXISTS (SELECT 1 FROM interactions o WHERE o.run_id = r.id AND o.status IN ('pending', 'dispatched'))
-
--- name: mark_dispatched
-UPDATE interactions i
-SET status = 'dispatched', dispatched_at = now(), deadline = now() + make_interval(secs => i.timeout_s)
-FROM unnest(%(id)s::bigint[], %(attempt)s::integer[]) AS v (id, attempt)
-WHERE i.id = v.id AND i.status = %(from_status)s AND i.attempt = v.attempt
-RETURNING i.id, i.run_id, i.batch_id, i.step, i.kind, i.actor, i.visit, i.status, i.attempt, i.max_attempts, i.output
-
 -- name: claim_pending
--- pending -> dispatched for the oldest pending work; SKIP LOCKED keeps claimers apart.
--- The deadline allows one timeout waiting behind the in-flight window, one running,
--- and 10 s for the result's way back; past it the sweeper takes the attempt back.
+-- pending -> dispatched for the oldest pending work whose backoff is over (the local
+-- executor); SKIP LOCKED keeps claimers apart.
 UPDATE interactions i
-SET status = 'dispatched', dispatched_at = now(), deadline = now() + make_interval(secs => i.timeout_s * 2 + 10)
+SET status = 'dispatched', dispatched_at = now(), deadline = wavefarm_dispatch_deadline(i.timeout_s)
 FROM (
     SELECT id FROM interactions
     WHERE status = 'pending' AND (%(batch_id)s::bigint IS NULL OR batch_id = %(batch_id)s::bigint)
+      AND (not_before IS NULL OR not_before <= now())
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ) claimed
 WHERE i.id = claimed.id
-RETURNING i.*
+RETURNING i.id, i.run_id, i.batch_id, i.step, i.kind, i.actor, i.attempt, i.timeout_s, i.deadline, i.input
 
 -- name: claim_for_dispatch
--- The same transition for one actor's queue and one batch, earliest runs first, so
--- runs finish one after another instead of every run advancing step by step.
+-- The same transition for one actor's queue and one batch (serve's dispatcher),
+-- earliest runs first, so runs finish one after another instead of every run
+-- advancing step by step.
 UPDATE interactions i
-SET status = 'dispatched', dispatched_at = now(), deadline = now() + make_interval(secs => i.timeout_s * 2 + 10)
+SET status = 'dispatched', dispatched_at = now(), deadline = wavefarm_dispatch_deadline(i.timeout_s)
 FROM (
     SELECT id FROM interactions
     WHERE status = 'pending' AND kind = %(kind)s AND actor = %(actor)s AND batch_id = %(batch_id)s
+      AND (not_before IS NULL OR not_before <= now())
     ORDER BY run_id, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ) claimed
 WHERE i.id = claimed.id
-RETURNING i.*
+RETURNING i.id, i.run_id, i.batch_id, i.step, i.kind, i.actor, i.attempt, i.timeout_s, i.deadline, i.input
 
 -- name: dispatch_view
 -- What a dispatch turn needs in one round trip, as rows of two kinds:
@@ -224,40 +226,53 @@ SELECT name, kind, queues, concurrency, server, models, circuit, stopping, first
 FROM workers ORDER BY kind, name
 
 -- name: mark_completed
+-- dispatched -> completed for the attempt given (the guard of every transition below:
+-- a row not at that status and attempt is left alone). The attempt's record is written
+-- by store_decisions.
 UPDATE interactions i
-SET status = 'completed', output = v.output, output_chars = v.output_chars, metrics = v.metrics,
-    worker = v.worker, ended_at = now(), failure_class = NULL, failure_message = NULL, failure_detail = NULL
-FROM unnest(%(id)s::bigint[], %(attempt)s::integer[], %(output)s::jsonb[], %(output_chars)s::integer[],
-            %(metrics)s::jsonb[], %(worker)s::text[]) AS v (id, attempt, output, output_chars, metrics, worker)
+SET status = 'completed', output = v.output, output_chars = v.output_chars, ended_at = now(),
+    failure_class = NULL, failure_message = NULL, failure_detail = NULL
+FROM unnest(%(id)s::bigint[], %(attempt)s::integer[], %(output)s::jsonb[], %(output_chars)s::integer[])
+     AS v (id, attempt, output, output_chars)
 WHERE i.id = v.id AND i.status = %(from_status)s AND i.attempt = v.attempt
-RETURNING i.id, i.run_id, i.batch_id, i.step, i.kind, i.actor, i.visit, i.status, i.attempt, i.max_attempts, i.output
+RETURNING i.id, i.run_id, i.batch_id, i.step, i.visit, i.status, i.attempt, i.max_attempts, i.busy_retries,
+          i.dispatched_at, i.output
 
 -- name: mark_failed
 UPDATE interactions i
 SET status = 'failed', failure_class = v.failure_class, failure_message = v.failure_message,
-    failure_detail = v.failure_detail, metrics = v.metrics, worker = v.worker, ended_at = now()
+    failure_detail = v.failure_detail, ended_at = now()
 FROM unnest(%(id)s::bigint[], %(attempt)s::integer[], %(failure_class)s::text[], %(failure_message)s::text[],
-            %(failure_detail)s::jsonb[], %(metrics)s::jsonb[], %(worker)s::text[])
-     AS v (id, attempt, failure_class, failure_message, failure_detail, metrics, worker)
+            %(failure_detail)s::jsonb[])
+     AS v (id, attempt, failure_class, failure_message, failure_detail)
 WHERE i.id = v.id AND i.status = %(from_status)s AND i.attempt = v.attempt
-RETURNING i.id, i.run_id, i.batch_id, i.step, i.kind, i.actor, i.visit, i.status, i.attempt, i.max_attempts, i.output
+RETURNING i.id, i.run_id, i.batch_id, i.step, i.visit, i.status, i.attempt, i.max_attempts, i.busy_retries,
+          i.dispatched_at, i.output
 
 -- name: requeue
--- The last failure stays on the row (show tells why it was retried) until an attempt completes.
+-- failed -> pending with attempt + 1, dispatched again once its backoff is over. A
+-- retry granted to a busy server raises max_attempts with it: it uses none of the
+-- step's retries. The last failure stays on the row (show tells why it was retried)
+-- until an attempt completes.
 UPDATE interactions i
-SET status = 'pending', attempt = i.attempt + 1, dispatched_at = NULL, deadline = NULL, ended_at = NULL
-FROM unnest(%(id)s::bigint[], %(attempt)s::integer[]) AS v (id, attempt)
+SET status = 'pending', attempt = i.attempt + 1, dispatched_at = NULL, deadline = NULL, ended_at = NULL,
+    not_before = now() + make_interval(secs => v.delay_s),
+    max_attempts = i.max_attempts + v.busy::integer, busy_retries = i.busy_retries + v.busy::integer
+FROM unnest(%(id)s::bigint[], %(attempt)s::integer[], %(delay_s)s::double precision[], %(busy)s::boolean[])
+     AS v (id, attempt, delay_s, busy)
 WHERE i.id = v.id AND i.status = %(from_status)s AND i.attempt = v.attempt
-RETURNING i.id, i.run_id, i.batch_id, i.step, i.kind, i.actor, i.visit, i.status, i.attempt, i.max_attempts, i.output
+RETURNING i.id, i.run_id, i.batch_id, i.step, i.visit, i.status, i.attempt, i.max_attempts, i.busy_retries,
+          i.dispatched_at, i.output
 
 -- name: mark_cancelled
 UPDATE interactions i SET status = 'cancelled', ended_at = now()
 FROM unnest(%(id)s::bigint[], %(attempt)s::integer[]) AS v (id, attempt)
 WHERE i.id = v.id AND i.status = %(from_status)s AND i.attempt = v.attempt
-RETURNING i.id, i.run_id, i.batch_id, i.step, i.kind, i.actor, i.visit, i.status, i.attempt, i.max_attempts, i.output
+RETURNING i.id, i.run_id, i.batch_id, i.step, i.visit, i.status, i.attempt, i.max_attempts, i.busy_retries,
+          i.dispatched_at, i.output
 
 -- name: expired_interactions
-SELECT id, attempt, timeout_s FROM interactions
+SELECT id, attempt, timeout_s, dispatched_at, deadline FROM interactions
 WHERE status = 'dispatched' AND deadline < now()
 ORDER BY deadline LIMIT %(limit)s
 
@@ -276,7 +291,7 @@ ORDER BY i.run_id, i.id
 FOR UPDATE OF r, i
 
 -- name: interaction_states
-SELECT id, status, attempt FROM interactions WHERE id = ANY(%(ids)s)
+SELECT id, status, attempt FROM interactions WHERE id = ANY(%(ids)s) ORDER BY id
 
 -- name: wait_for_dispatches
 -- Held by a dispatching transaction (try_advisory_xact_lock on the dispatch key): a
@@ -286,24 +301,40 @@ SELECT pg_advisory_xact_lock_shared(%(key)s)
 
 -- name: run_steps
 -- Per run and step: how often it ran, its last interaction, and its latest output (the
--- engine's whole view of a batch of runs, in one round trip).
+-- engine's whole view of a batch of runs, in one round trip). Work a rerun superseded
+-- is history only.
 SELECT run_id, step, max(visit) AS visits, max(id) AS last_id,
        max(id) FILTER (WHERE status = 'completed') AS last_completed_id,
        max(visit) FILTER (WHERE status = 'completed') AS output_visit,
        (array_agg(output ORDER BY visit DESC) FILTER (WHERE status = 'completed'))[1] AS output
-FROM interactions WHERE run_id = ANY(%(run_ids)s) GROUP BY run_id, step
+FROM interactions WHERE run_id = ANY(%(run_ids)s) AND NOT superseded GROUP BY run_id, step
 
 -- name: failed_interactions
 SELECT run_id, step, attempt, failure_class, failure_message FROM interactions
-WHERE run_id = ANY(%(run_ids)s) AND status = 'failed' ORDER BY run_id, id
+WHERE run_id = ANY(%(run_ids)s) AND status = 'failed' AND NOT superseded ORDER BY run_id, id
 
 -- name: problem_events
 SELECT run_id, kind, detail FROM events WHERE run_id = ANY(%(run_ids)s) AND kind = ANY(%(kinds)s) ORDER BY run_id, id
 
 -- name: finish_runs
+-- running -> completed | failed | cancelled, with the reason: the one statement that
+-- ends runs (orchestrator/states.py end_runs).
 UPDATE runs r SET status = v.status, end_reason = v.reason, ended_at = now()
 FROM unnest(%(id)s::bigint[], %(status)s::text[], %(reason)s::text[]) AS v (id, status, reason)
-WHERE r.id = v.id AND r.status = 'running'
+WHERE r.id = v.id AND r.status = %(from_status)s
+RETURNING r.id
+
+-- name: lock_running_runs
+-- A batch's running runs, locked in id order: the first half of the lock order every
+-- transaction that changes runs and their interactions follows (runs, then their
+-- interactions), so cancel and apply wait for each other instead of deadlocking.
+SELECT id FROM runs WHERE batch_id = %(batch_id)s AND status = 'running' ORDER BY id FOR UPDATE
+
+-- name: lock_open_interactions
+-- The second half: the open interactions of runs this transaction holds, in (run, id) order.
+SELECT id, run_id, batch_id, status, attempt, dispatched_at FROM interactions
+WHERE run_id = ANY(%(run_ids)s) AND status IN ('pending', 'dispatched')
+ORDER BY run_id, id FOR UPDATE
 
 -- name: list_batches
 SELECT b.id, b.workflow_name, w.version AS workflow_version, b.source_name, b.created_at,
@@ -317,7 +348,9 @@ FROM batches b JOIN workflows w ON w.id = b.workflow_id LEFT JOIN runs r ON r.ba
 GROUP BY b.id, w.version ORDER BY b.id
 
 -- name: batch_by_id
-SELECT b.*, w.version AS workflow_version FROM batches b JOIN workflows w ON w.id = b.workflow_id
+SELECT b.id, b.workflow_id, b.workflow_name, w.version AS workflow_version, b.source_name, b.source_digest,
+       b.key_column, b.priority, b.rows_good, b.rows_rejected, b.rows_empty, b.created_at
+FROM batches b JOIN workflows w ON w.id = b.workflow_id
 WHERE b.id = %(id)s
 
 -- name: batch_run_counts
@@ -342,16 +375,31 @@ WHERE batch_id = %(batch_id)s AND status = 'failed'
 GROUP BY end_reason ORDER BY n DESC, end_reason LIMIT %(limit)s
 
 -- name: run_by_id
-SELECT r.*, w.version AS workflow_version, b.source_name
+SELECT r.id, r.batch_id, r.workflow_id, r.workflow_name, w.version AS workflow_version, r.row_key, r.line,
+       r.input, r.status, r.end_reason, r.created_at, r.ended_at, b.source_name
 FROM runs r JOIN workflows w ON w.id = r.workflow_id JOIN batches b ON b.id = r.batch_id
 WHERE r.id = %(id)s
 
 -- name: run_interactions
-SELECT id, step, kind, actor, visit, status, attempt, max_attempts, parent_ids,
-       length(input::text) AS input_chars, output_chars, failure_class, failure_message, failure_detail,
-       metrics, worker, created_at, dispatched_at, ended_at,
-       extract(epoch FROM ended_at - dispatched_at) AS duration_s
-FROM interactions WHERE run_id = %(run_id)s ORDER BY id
+-- A run's interactions in order, each with who ran its latest recorded attempt.
+SELECT i.id, i.step, i.kind, i.actor, i.visit, i.status, i.attempt, i.max_attempts, i.parent_ids,
+       length(i.input::text) AS input_chars, i.output_chars, i.failure_class, i.failure_message, i.failure_detail,
+       i.created_at, i.dispatched_at, i.ended_at, i.not_before, i.superseded,
+       extract(epoch FROM i.ended_at - i.dispatched_at)::float8 AS duration_s,
+       a.worker, a.server
+FROM interactions i
+LEFT JOIN LATERAL (SELECT worker, server FROM attempts
+                   WHERE interaction_id = i.id AND outcome <> 'ignored'
+                   ORDER BY attempt DESC, id DESC LIMIT 1) a ON true
+WHERE i.run_id = %(run_id)s ORDER BY i.id
+
+-- name: run_attempts
+-- Every attempt of a run's interactions, with its usage, in the order they were recorded.
+SELECT a.interaction_id, a.attempt, a.outcome, a.dispatched_at, a.started_at, a.ended_at, a.recorded_at,
+       a.worker, a.server, a.failure_class, a.failure_message, a.prompt_tokens, a.output_tokens, a.load_s,
+       a.prompt_eval_s, a.eval_s, a.call_s, a.metrics
+FROM attempts a JOIN interactions i ON i.id = a.interaction_id
+WHERE i.run_id = %(run_id)s ORDER BY a.id
 
 -- name: run_events
 SELECT id, at, interaction_id, kind, attempt, detail FROM events WHERE run_id = %(run_id)s ORDER BY id
@@ -386,15 +434,6 @@ WHERE status IN ('pending', 'dispatched') GROUP BY status, step, kind, actor
 SELECT kind, actor, count(*) FILTER (WHERE status = 'pending')::int AS pending,
        count(*) FILTER (WHERE status = 'dispatched')::int AS dispatched
 FROM interactions WHERE status IN ('pending', 'dispatched') GROUP BY kind, actor
-
--- name: cancel_batch_interactions
--- pending | dispatched -> cancelled for a whole batch; a result still on its way is then ignored.
-UPDATE interactions SET status = 'cancelled', ended_at = now()
-WHERE batch_id = %(batch_id)s AND status IN ('pending', 'dispatched')
-
--- name: cancel_batch_runs
-UPDATE runs SET status = 'cancelled', end_reason = %(reason)s, ended_at = now()
-WHERE batch_id = %(batch_id)s AND status = 'running'
 
 -- name: set_batch_priority
 UPDATE batches SET priority = %(priority)s WHERE id = %(id)s

@@ -58,9 +58,10 @@ CREATE TABLE runs (
 );
 CREATE INDEX runs_batch_status ON runs (batch_id, status);
 
--- One execution of one step inside one run. Retries reuse the row with attempt+1;
--- a loop's second pass is a new row with visit+1. Status changes only through
--- orchestrator/states.py, each guarded by the expected status and attempt.
+-- One execution of one step inside one run. Retries reuse the row with attempt+1 (each
+-- attempt's own record is in `attempts`); a loop's second pass is a new row with
+-- visit+1. Status changes only through orchestrator/states.py, each guarded by the
+-- expected status and attempt.
 CREATE TABLE interactions (
     id               bigserial PRIMARY KEY,
     run_id           bigint NOT NULL REFERENCES runs (id),
@@ -78,15 +79,20 @@ CREATE TABLE interactions (
     input            jsonb NOT NULL,
     output           jsonb,
     output_chars     integer,
-    failure_class    text,
+    failure_class    text,       -- the last failure: kept when it is retried, cleared on completion
     failure_message  text,
     failure_detail   jsonb,
-    metrics          jsonb,
-    worker           text,
     created_at       timestamptz NOT NULL DEFAULT now(),
     dispatched_at    timestamptz,
-    deadline         timestamptz,
+    deadline         timestamptz,  -- set at dispatch by wavefarm_dispatch_deadline
     ended_at         timestamptz,
+    -- A retry waits for its backoff: the claim queries skip it until then.
+    not_before       timestamptz,
+    -- Retries granted for a busy server (HTTP 429/503): they do not use the step's retries.
+    busy_retries     integer NOT NULL DEFAULT 0,
+    -- Work a rerun replaced: kept in the history with its cost, but it counts neither for
+    -- loop bounds nor for fan-in, and its output is no step's latest.
+    superseded       boolean NOT NULL DEFAULT false,
     UNIQUE (run_id, step, visit)
 );
 -- The dispatcher takes the oldest pending work; the sweeper scans in-flight deadlines.
@@ -95,8 +101,44 @@ CREATE INDEX interactions_deadline ON interactions (deadline) WHERE status = 'di
 -- `status --batch` counts by step, actor and status from this index alone.
 CREATE INDEX interactions_batch_counts ON interactions (batch_id, step, kind, actor, status);
 
--- Append-only history: every status change (written by the trigger below, so the
--- history cannot disagree with the state) and every engine decision.
+-- One row per execution report of an interaction (or per attempt given up): who ran it,
+-- where, how long, what it used, how it ended. Written when the attempt ends, never
+-- overwritten, so a retry keeps the usage of the attempts before it. A result that
+-- arrived late or twice is recorded too (outcome 'ignored'): the state machine ignores
+-- it, but the GPU did the work and its usage counts.
+CREATE TABLE attempts (
+    id               bigserial PRIMARY KEY,
+    interaction_id   bigint NOT NULL REFERENCES interactions (id),
+    batch_id         bigint NOT NULL,
+    attempt          integer NOT NULL,
+    outcome          text NOT NULL CHECK (outcome IN ('completed', 'failed', 'cancelled', 'ignored')),
+    dispatched_at    timestamptz,
+    started_at       timestamptz,
+    ended_at         timestamptz,
+    recorded_at      timestamptz NOT NULL DEFAULT now(),
+    worker           text,
+    server           text,
+    failure_class    text,
+    failure_message  text,
+    prompt_tokens    integer,
+    output_tokens    integer,
+    load_s           double precision,
+    prompt_eval_s    double precision,
+    eval_s           double precision,
+    call_s           double precision,
+    metrics          jsonb
+);
+CREATE INDEX attempts_interaction ON attempts (interaction_id, attempt);
+
+-- The one definition of a dispatched attempt's deadline: one timeout waiting behind
+-- the in-flight window, one running, and 10 s for the result's way back. Past it the
+-- sweeper takes the attempt back.
+CREATE FUNCTION wavefarm_dispatch_deadline(timeout_s double precision) RETURNS timestamptz
+LANGUAGE sql STABLE AS $$ SELECT now() + make_interval(secs => timeout_s * 2 + 10) $$;
+
+
+-- Append-only history (enforced below): every status change (written by the trigger
+-- below, so the history cannot disagree with the state) and every engine decision.
 CREATE TABLE events (
     id              bigserial PRIMARY KEY,
     at              timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -109,6 +151,28 @@ CREATE TABLE events (
 );
 CREATE INDEX events_run ON events (run_id, id);
 CREATE INDEX events_interaction ON events (interaction_id, id);
+
+-- The history is append-only in the database, not only by convention: no UPDATE ever;
+-- DELETE and TRUNCATE only in a transaction that says it is purging whole batches
+-- (SET LOCAL wavefarm.purging = 'on'), for retention.
+CREATE FUNCTION wavefarm_events_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' OR current_setting('wavefarm.purging', true) IS DISTINCT FROM 'on' THEN
+        RAISE EXCEPTION 'the events table is append-only: % is refused', TG_OP
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN OLD;
+END;
+$$;
+
+CREATE TRIGGER events_append_only
+    BEFORE UPDATE OR DELETE ON events
+    FOR EACH ROW EXECUTE FUNCTION wavefarm_events_append_only();
+
+CREATE TRIGGER events_no_truncate
+    BEFORE TRUNCATE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION wavefarm_events_append_only();
 
 CREATE FUNCTION wavefarm_interaction_event() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -133,7 +197,8 @@ BEGIN
                 NEW.attempt,
                 jsonb_strip_nulls(jsonb_build_object(
                     'step', NEW.step, 'from', OLD.status, 'to', NEW.status,
-                    'failure_class', NEW.failure_class, 'message', NEW.failure_message)));
+                    'failure_class', NEW.failure_class, 'message', NEW.failure_message,
+                    'not_before', CASE WHEN NEW.status = 'pending' THEN NEW.not_before END)));
     END IF;
     RETURN NULL;
 END;

@@ -85,7 +85,7 @@ class _Lines:
         return (key_node or node).start_mark.line + 1
 
 
-class _Report:
+class _Findings:
     def __init__(self, lines: _Lines) -> None:
         self.lines = lines
         self.problems: list[Problem] = []
@@ -131,7 +131,7 @@ def _allowed_keys(loc: Loc) -> set[str]:
     return set(Workflow.model_fields)
 
 
-def _value_problems(data: dict, report: _Report) -> Workflow | None:
+def _value_problems(data: dict, findings: _Findings) -> Workflow | None:
     try:
         return Workflow.model_validate(data)
     except ValidationError as exc:
@@ -159,7 +159,7 @@ def _value_problems(data: dict, report: _Report) -> Workflow | None:
                 text = f"{label}: {text}"
         elif loc and loc[0] == "defaults":
             text = f"defaults: {text}"
-        report.add(loc, text)
+        findings.add(loc, text)
     return None
 
 
@@ -220,7 +220,7 @@ class _Graph:
             cycle = self._cycle_through(i, free)
             if cycle:
                 cycles.append(cycle)
-                # Steps that loop with this one (same strongly connected group) are one report.
+                # Steps that loop with this one (same strongly connected group) are one findings.
                 group = {j for j in free if i in self._reach_within(j, free) and j in self._reach_within(i, free)}
                 covered |= group | {i}
         return cycles
@@ -257,91 +257,91 @@ class _Graph:
         return []
 
 
-def _step_shape(i: int, s: dict, label: str, report: _Report) -> None:
+def _step_shape(i: int, s: dict, label: str, findings: _Findings) -> None:
     has_model = s.get("model") is not None
     has_script = s.get("script") is not None
     where = ("steps", i)
     if has_model and has_script:
-        report.add((*where, "script"), f"{label} has both model and script: a step is an AI step or a script step")
+        findings.add((*where, "script"), f"{label} has both model and script: a step is an AI step or a script step")
     elif not has_model and not has_script:
         if s.get("prompt") is not None:
-            report.add((*where, "prompt"), f"{label} has a prompt but no model")
+            findings.add((*where, "prompt"), f"{label} has a prompt but no model")
         else:
-            report.add(where, f"{label} has neither model nor script")
+            findings.add(where, f"{label} has neither model nor script")
     elif has_model:
         if s.get("prompt") is None:
-            report.add((*where, "model"), f"AI {label} has no prompt")
+            findings.add((*where, "model"), f"AI {label} has no prompt")
         for key in SCRIPT_ONLY_KEYS:
             if key in s:
-                report.add((*where, key), f"AI {label} cannot have {key} (only script steps take an input mapping)")
+                findings.add((*where, key), f"AI {label} cannot have {key} (only script steps take an input mapping)")
     else:
         for key in AI_ONLY_KEYS:
             if key in s:
-                report.add((*where, key), f"script {label} cannot have {key} (it is for AI steps)")
+                findings.add((*where, key), f"script {label} cannot have {key} (it is for AI steps)")
 
 
-def _script_path(i: int, script: Any, label: str, scripts_dir: Path | None, report: _Report) -> None:
+def _script_path(i: int, script: Any, label: str, scripts_dir: Path | None, findings: _Findings) -> None:
     if not isinstance(script, str):
         return
     path = ("steps", i, "script")
     posix, windows = PurePosixPath(script), PureWindowsPath(script)
     if not script.strip():
-        report.add(path, f"{label}: script path is empty")
+        findings.add(path, f"{label}: script path is empty")
     elif posix.is_absolute() or windows.is_absolute() or windows.drive or ".." in posix.parts or ".." in windows.parts:
-        report.add(path, f"{label}: script path {script!r} must stay inside the scripts directory (relative, no '..')")
+        findings.add(path, f"{label}: script path {script!r} must stay inside the scripts directory (relative, no '..')")
     elif scripts_dir is not None and not (scripts_dir / script).is_file():
-        report.add(path, f"{label}: script {script!r} not found in {scripts_dir}")
+        findings.add(path, f"{label}: script {script!r} not found in {scripts_dir}")
 
 
-def _templates(i: int, s: dict, label: str, graph: _Graph, report: _Report) -> None:
+def _templates(i: int, s: dict, label: str, graph: _Graph, findings: _Findings) -> None:
     for field, source in template_fields(s.get("prompt"), s.get("system"), s.get("input")):
         path: TemplatePath = ("steps", i, *field)
         at = f"{label}, {format_path(field)}"
 
         def line(lineno: int, path: TemplatePath = path) -> int:
-            return report.lines.template_line(path, lineno)
+            return findings.lines.template_line(path, lineno)
 
         try:
             refs = analyze(source)
         except TemplateSyntaxError as exc:
-            report.add(path, f"{at}: template does not parse: {exc.message}", line(exc.lineno or 1))
+            findings.add(path, f"{at}: template does not parse: {exc.message}", line(exc.lineno or 1))
             continue
         for name, lineno in refs.unknown:
             hint = _suggest(name, CONTEXT_NAMES) or " (templates see input, steps, run and batch)"
-            report.add(path, f"{at}: unknown variable {name!r}{hint}", line(lineno))
+            findings.add(path, f"{at}: unknown variable {name!r}{hint}", line(lineno))
         for lineno in refs.loads:
-            report.add(path, f"{at}: templates cannot include, import or extend other templates", line(lineno))
+            findings.add(path, f"{at}: templates cannot include, import or extend other templates", line(lineno))
         for ref in refs.steps:
             j = graph.index.get(ref.step)
             if j is None:
-                report.add(path, f"{at}: unknown step {ref.step!r} in steps.{ref.step}{_suggest(ref.step, graph.index)}",
+                findings.add(path, f"{at}: unknown step {ref.step!r} in steps.{ref.step}{_suggest(ref.step, graph.index)}",
                            line(ref.lineno))
             elif ref.attr is not None and ref.attr != "output":
-                report.add(path, f"{at}: steps.{ref.step}.{ref.attr} is not defined; a step only has steps.{ref.step}.output",
+                findings.add(path, f"{at}: steps.{ref.step}.{ref.attr} is not defined; a step only has steps.{ref.step}.output",
                            line(ref.lineno))
             elif i not in graph.reach[j]:
                 why = "it is never run before this one" if j != i else "this step never runs again after itself"
-                report.add(path, f"{at}: steps.{ref.step} can have no output when {label} runs ({why})", line(ref.lineno))
+                findings.add(path, f"{at}: steps.{ref.step} can have no output when {label} runs ({why})", line(ref.lineno))
 
 
-def _model_alias(i: int, s: dict, label: str, aliases: Any, report: _Report) -> None:
+def _model_alias(i: int, s: dict, label: str, aliases: Any, findings: _Findings) -> None:
     # With a models mapping, steps name models only through it: a literal name beside
     # the aliases is usually a typo of one, and would wait for a host that never comes.
     model = s.get("model")
     if isinstance(aliases, dict) and aliases and isinstance(model, str) and model not in aliases:
-        report.add(("steps", i, "model"), f"{label}: model {model!r} is not one of the file's models"
+        findings.add(("steps", i, "model"), f"{label}: model {model!r} is not one of the file's models"
                                           f"{_suggest(model, aliases)} (it has: {', '.join(aliases)})")
 
 
-def _format(i: int, s: dict, label: str, report: _Report) -> None:
+def _format(i: int, s: dict, label: str, findings: _Findings) -> None:
     fmt = s.get("format")
     if isinstance(fmt, dict):
         problem = schema_problem(fmt)
         if problem:
-            report.add(("steps", i, "format"), f"{label}: format is not a valid JSON Schema: {problem}")
+            findings.add(("steps", i, "format"), f"{label}: format is not a valid JSON Schema: {problem}")
 
 
-def _field_condition(i: int, j: int, s: dict, when: dict, label: str, report: _Report) -> None:
+def _field_condition(i: int, j: int, s: dict, when: dict, label: str, findings: _Findings) -> None:
     """A field condition reads JSON: a script's object, or an AI step's structured answer."""
     path = ("steps", i, "next", j, "when")
     field = when.get("field")
@@ -349,17 +349,17 @@ def _field_condition(i: int, j: int, s: dict, when: dict, label: str, report: _R
         return  # a script step answers a JSON object; a bad field is a value problem
     fmt = s.get("format")
     if fmt is None:
-        report.add(path, f"{label}: a condition on field {field!r} needs JSON output: "
+        findings.add(path, f"{label}: a condition on field {field!r} needs JSON output: "
                          "give the step a format (a JSON Schema, or \"json\")")
         return
     props = fmt.get("properties") if isinstance(fmt, dict) else None
     head = field.split(".")[0]
     if isinstance(props, dict) and props and head not in props:
-        report.add(path, f"{label}: field {head!r} is not among the format's properties"
+        findings.add(path, f"{label}: field {head!r} is not among the format's properties"
                          f"{_suggest(head, props)} (it has: {', '.join(props)})")
 
 
-def _rule_problems(data: dict, scripts_dir: Path | None, report: _Report) -> None:
+def _rule_problems(data: dict, scripts_dir: Path | None, findings: _Findings) -> None:
     steps = data.get("steps")
     if not isinstance(steps, list):
         return
@@ -369,55 +369,55 @@ def _rule_problems(data: dict, scripts_dir: Path | None, report: _Report) -> Non
         name, label = graph.names[i], _step_label(steps, i)
         if name is not None:
             if name in first_at:
-                line = report.lines.line(("steps", first_at[name], "name"))
-                report.add(("steps", i, "name"), f"duplicate step name {name!r} (first defined at line {line})")
+                line = findings.lines.line(("steps", first_at[name], "name"))
+                findings.add(("steps", i, "name"), f"duplicate step name {name!r} (first defined at line {line})")
             first_at.setdefault(name, i)
         if not s:
             continue
-        _step_shape(i, s, label, report)
-        _script_path(i, s.get("script"), label, scripts_dir, report)
-        _format(i, s, label, report)
-        _model_alias(i, s, label, data.get("models"), report)
+        _step_shape(i, s, label, findings)
+        _script_path(i, s.get("script"), label, scripts_dir, findings)
+        _format(i, s, label, findings)
+        _model_alias(i, s, label, data.get("models"), findings)
         exit_to = s.get("on_max_visits")
         if isinstance(exit_to, str):
             if s.get("max_visits") is None:
-                report.add(("steps", i, "on_max_visits"), f"{label}: on_max_visits needs max_visits (the bound it acts on)")
+                findings.add(("steps", i, "on_max_visits"), f"{label}: on_max_visits needs max_visits (the bound it acts on)")
             if exit_to not in graph.index:
-                report.add(("steps", i, "on_max_visits"),
+                findings.add(("steps", i, "on_max_visits"),
                            f"{label}: on_max_visits names unknown step {exit_to!r}{_suggest(exit_to, graph.index)}")
             elif exit_to == name:
-                report.add(("steps", i, "on_max_visits"), f"{label}: on_max_visits cannot name the step itself")
+                findings.add(("steps", i, "on_max_visits"), f"{label}: on_max_visits cannot name the step itself")
         for j, branch in enumerate(s.get("next") if isinstance(s.get("next"), list) else []):
             target = branch.get("to") if isinstance(branch, dict) else None
             if isinstance(target, str) and target not in graph.index:
-                report.add(("steps", i, "next", j, "to"),
+                findings.add(("steps", i, "next", j, "to"),
                            f"{label}: branch leads to unknown step {target!r}{_suggest(target, graph.index)}")
             if isinstance(branch, dict) and isinstance(branch.get("when"), dict):
-                _field_condition(i, j, s, branch["when"], label, report)
+                _field_condition(i, j, s, branch["when"], label, findings)
         for j, need in enumerate(s.get("needs") if isinstance(s.get("needs"), list) else []):
             if isinstance(need, str) and need == name:
-                report.add(("steps", i, "needs", j), f"{label} needs itself")
+                findings.add(("steps", i, "needs", j), f"{label} needs itself")
             elif isinstance(need, str) and need not in graph.index:
-                report.add(("steps", i, "needs", j), f"{label} needs unknown step {need!r}{_suggest(need, graph.index)}")
-        _templates(i, s, label, graph, report)
+                findings.add(("steps", i, "needs", j), f"{label} needs unknown step {need!r}{_suggest(need, graph.index)}")
+        _templates(i, s, label, graph, findings)
 
     start = data.get("start")
     if start is not None and isinstance(start, str) and start not in graph.index:
-        report.add(("start",), f"start names unknown step {start!r}{_suggest(start, graph.index)}")
+        findings.add(("start",), f"start names unknown step {start!r}{_suggest(start, graph.index)}")
     elif graph.raw:
         origin = graph.index[start] if isinstance(start, str) else 0
         reached = graph.reach[origin] | {origin}
         for i, name in enumerate(graph.names):
             # Nameless and duplicate steps are reported as such already.
             if i not in reached and name is not None and graph.index[name] == i:
-                report.add(("steps", i, "name"),
+                findings.add(("steps", i, "name"),
                            f"step {name!r} is unreachable: no branch or needs leads to it from start step "
                            f"{graph.label(origin)!r}")
 
     for cycle in graph.unbounded_cycles():
         loop = " -> ".join(graph.label(k) for k in [*cycle, cycle[0]])
         first = min(cycle)
-        report.add(("steps", first, "name"), f"loop with no bound: {loop}; give one of these steps max_visits")
+        findings.add(("steps", first, "name"), f"loop with no bound: {loop}; give one of these steps max_visits")
 
 
 # ---- entry points --------------------------------------------------------------------
@@ -459,30 +459,30 @@ def _check(text: str, scripts_dir: Path | None,
         kind = type(data).__name__ if data is not None else "nothing"
         return [Problem("", lines.line(()), f"the top level must be a mapping with name and steps, got {kind}")], None
 
-    report = _Report(lines)
+    findings = _Findings(lines)
     if models:
-        report.problems.extend(_override_models(data, models, lines))
-    _duplicate_keys(root, (), report)
-    workflow = _value_problems(data, report)
-    _rule_problems(data, scripts_dir, report)
-    problems = sorted(dict.fromkeys(report.problems), key=lambda p: p.line or 0)
+        findings.problems.extend(_override_models(data, models, lines))
+    _duplicate_keys(root, (), findings)
+    workflow = _value_problems(data, findings)
+    _rule_problems(data, scripts_dir, findings)
+    problems = sorted(dict.fromkeys(findings.problems), key=lambda p: p.line or 0)
     return problems, None if problems else workflow
 
 
-def _duplicate_keys(node: yaml.Node, path: Loc, report: _Report) -> None:
+def _duplicate_keys(node: yaml.Node, path: Loc, findings: _Findings) -> None:
     # YAML silently keeps the last of two equal keys: a second `prompt:` would hide the first.
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for k, v in node.value:
             key = k.value if isinstance(k, yaml.ScalarNode) else None
             if key is not None and key in seen:
-                report.add((*path, key), f"duplicate key {key!r}", k.start_mark.line + 1)
+                findings.add((*path, key), f"duplicate key {key!r}", k.start_mark.line + 1)
             if key is not None:
                 seen.add(key)
-            _duplicate_keys(v, (*path, key), report)
+            _duplicate_keys(v, (*path, key), findings)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _duplicate_keys(item, (*path, i), report)
+            _duplicate_keys(item, (*path, i), findings)
 
 
 def validate_text(text: str, source: str = "<workflow>", scripts_dir: Path | None = None,

@@ -85,7 +85,10 @@ def test_pipeline_runs_a_thousand_postings_and_tells_the_story(db_url, tmp_path)
 
     csv_path = postings(tmp_path / "postings.csv", 1000)
     with ModelServer(models=["gemma3:1b", "qwen2.5:7b"], latency=0.0, slots=8) as server:
-        cli(db_url, "workflow", "load", str(EXAMPLES / "posting_pipeline.yaml"))
+        loaded = cli(db_url, "workflow", "load", str(EXAMPLES / "posting_pipeline.yaml"))
+        # No worker runs yet: the user hears it now, not after a silent wait.
+        assert "warning: no live gpu-worker serves model gemma3:1b (queue ai.gemma3-1b)" in loaded.stderr
+        assert "warning: no live script-worker is running" in loaded.stderr
         proc = cli(db_url, "submit", "--batch", str(csv_path), "--workflow", "posting_pipeline", "--local",
                    "--ollama-url", server.url, "--scripts-dir", str(EXAMPLES / "scripts"),
                    "--concurrency", "8", "--json", check=False)
@@ -133,3 +136,4 @@ def test_pipeline_runs_a_thousand_postings_and_tells_the_story(db_url, tmp_path)
     again = cli(db_url, "submit", "--batch", str(csv_path), "--workflow", "posting_pipeline", "--json")
     assert json.loads(again.stdout.strip().splitlines()[-1])["batch_id"] == batch_id
     assert "0 run(s) created, 1000 already submitted" in again.stderr
+    assert "no live gpu-worker serves model qwen2.5:7b" in again.stderr

@@ -23,6 +23,7 @@ import pytest
 
 from orchestrator import batches, catalog
 from orchestrator.db import connect
+from orchestrator.db.store import Store
 from orchestrator.workflow import load_file
 
 HERE = Path(__file__).resolve().parent
@@ -210,8 +211,8 @@ class Farm:
     def submit(self, csv_path: Path, workflow: Path = WORKFLOW, scripts_dir: Path = SCRIPTS,
                key: str | None = None) -> int:
         wf = load_file(workflow, scripts_dir)
-        catalog.store(self.db, wf, workflow.read_text())
-        return batches.submit(self.db, csv_path, wf.name, key_column=key).batch_id
+        catalog.store(Store(self.db), wf, workflow.read_text())
+        return batches.submit(Store(self.db), csv_path, wf.name, key_column=key).batch_id
 
 
 def outcomes(conn: psycopg.Connection, batch_id: int) -> dict[str, tuple]:

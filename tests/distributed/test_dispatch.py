@@ -11,9 +11,10 @@ from kombu import Connection
 
 from common.celery_app import make_app
 from common.messages import WorkerStatus
-from orchestrator import batches, catalog, reports, workers
+from orchestrator import batches, catalog, overview, workers
+from orchestrator.controls import cancel_batch
+from orchestrator.db.store import Store
 from orchestrator.dispatch import Dispatcher
-from orchestrator.states import cancel_batch
 from orchestrator.workers import STALE_S
 from orchestrator.workflow import load_text
 from tests.distributed.farm import broker, postings
@@ -41,13 +42,13 @@ def app(amqp_url):
 
 def submit(conn, path: Path, rows: int, *, priority: int | None = None) -> int:
     """A batch of `rows` postings no other batch of the test has (rows are told apart by file name)."""
-    catalog.store(conn, load_text(ONE_STEP), ONE_STEP)
+    catalog.store(Store(conn), load_text(ONE_STEP), ONE_STEP)
     first = 1000 * (ord(path.stem[0]) - ord("a"))
-    return batches.submit(conn, postings(path, rows, first), "one_step", priority=priority).batch_id
+    return batches.submit(Store(conn), postings(path, rows, first), "one_step", priority=priority).batch_id
 
 
 def heartbeat(conn, name: str, queues: list[str], concurrency: int) -> None:
-    workers.record(conn, [WorkerStatus(name=name, kind="ai", queues=queues, concurrency=concurrency)])
+    workers.record(Store(conn), [WorkerStatus(name=name, kind="ai", queues=queues, concurrency=concurrency)])
 
 
 def queued(url: str, queue: str) -> int:
@@ -64,19 +65,19 @@ def test_a_queue_gets_twice_its_live_slots_and_no_more(conn, app, amqp_url, tmp_
     batch = submit(conn, tmp_path / "a.csv", 50)
     heartbeat(conn, "gpu-1", [QUEUE], 2)
     d = Dispatcher(app, slots_ttl_s=0)
-    assert d.dispatch(conn) == 4
-    assert d.dispatch(conn) == 0  # the window is full until results come back
+    assert d.dispatch(Store(conn)) == 4
+    assert d.dispatch(Store(conn)) == 0  # the window is full until results come back
     assert queued(amqp_url, QUEUE) == 4
     assert dispatched_per_batch(conn) == {batch: 4}
     heartbeat(conn, "gpu-2", [QUEUE], 3)  # a second host joins: the window grows
-    assert d.dispatch(conn) == 6
+    assert d.dispatch(Store(conn)) == 6
 
 
 def test_work_for_a_queue_nobody_consumes_stays_pending_and_status_says_so(conn, app, tmp_path):
     submit(conn, tmp_path / "a.csv", 5)
     heartbeat(conn, "gpu-1", ["ai.other-model"], 4)
-    assert Dispatcher(app, slots_ttl_s=0).dispatch(conn) == 0
-    farm = reports.farm_status(conn, stale_s=STALE_S)
+    assert Dispatcher(app, slots_ttl_s=0).dispatch(Store(conn)) == 0
+    farm = overview.farm_status(Store(conn), stale_s=STALE_S)
     (q,) = [q for q in farm["queues"] if q["queue"] == QUEUE]
     assert q["pending"] == 5 and q["workers"] == 0 and q["problem"] == "no live worker consumes this queue"
 
@@ -85,7 +86,7 @@ def test_a_silent_worker_stops_counting(conn, app, tmp_path):
     submit(conn, tmp_path / "a.csv", 5)
     heartbeat(conn, "gpu-1", [QUEUE], 2)
     conn.execute("UPDATE workers SET last_seen = now() - interval '5 minutes'")
-    assert Dispatcher(app, slots_ttl_s=0).dispatch(conn) == 0
+    assert Dispatcher(app, slots_ttl_s=0).dispatch(Store(conn)) == 0
 
 
 def test_two_batches_share_the_window_and_priority_goes_first(conn, app, tmp_path):
@@ -93,12 +94,12 @@ def test_two_batches_share_the_window_and_priority_goes_first(conn, app, tmp_pat
     second = submit(conn, tmp_path / "b.csv", 50)
     heartbeat(conn, "gpu-1", [QUEUE], 4)
     d = Dispatcher(app, slots_ttl_s=0)
-    assert d.dispatch(conn) == 8
+    assert d.dispatch(Store(conn)) == 8
     assert dispatched_per_batch(conn) == {first: 4, second: 4}  # not first come, first served
 
     urgent = submit(conn, tmp_path / "c.csv", 50, priority=5)
     heartbeat(conn, "gpu-2", [QUEUE], 4)  # 8 more slots: all to the urgent batch
-    assert d.dispatch(conn) == 8
+    assert d.dispatch(Store(conn)) == 8
     assert dispatched_per_batch(conn) == {first: 4, second: 4, urgent: 8}
 
 
@@ -107,13 +108,13 @@ def test_a_cancelled_batch_gets_no_more_slots(conn, app, tmp_path):
     second = submit(conn, tmp_path / "b.csv", 50)
     heartbeat(conn, "gpu-1", [QUEUE], 2)
     d = Dispatcher(app, slots_ttl_s=0)
-    d.dispatch(conn)
-    with conn.transaction(), conn.cursor() as cur:
-        assert cancel_batch(cur, first) == (50, 50)
+    d.dispatch(Store(conn))
+    cancelled = cancel_batch(Store(conn), first)
+    assert (cancelled.runs, cancelled.interactions) == (50, 50)
     conn.execute("UPDATE interactions SET status = 'completed' WHERE status = 'dispatched'")  # results came back
-    d.dispatch(conn)
+    d.dispatch(Store(conn))
     assert dispatched_per_batch(conn) == {second: 4}
-    runs = reports.batch_status(conn, first)["runs"]
+    runs = overview.batch_status(Store(conn), first)["runs"]
     assert runs["cancelled"] == 50 and runs["running"] == 0
 
 
@@ -123,7 +124,7 @@ def test_a_broker_that_is_down_leaves_the_work_pending(conn, tmp_path):
     down = make_app("amqp://guest:guest@127.0.0.1:1//", batched_publish=True)
     down.conf.broker_connection_timeout = 1
     with pytest.raises(Exception):
-        Dispatcher(down, slots_ttl_s=0).dispatch(conn)
+        Dispatcher(down, slots_ttl_s=0).dispatch(Store(conn))
     counts = conn.execute("SELECT status, count(*) AS n FROM interactions WHERE batch_id = %s GROUP BY 1",
                           (batch,)).fetchall()
     assert counts == [{"status": "pending", "n": 5}]

@@ -21,6 +21,7 @@ from common.reporting import publish_result
 from gpu_worker.backends.ollama import OllamaBackend
 from orchestrator import batches, catalog
 from orchestrator.db import connect
+from orchestrator.db.store import Store
 from orchestrator.executor import LocalExecutor
 from orchestrator.workflow import load_file
 from tests.conftest import copy_of, uses_local_postgres
@@ -52,9 +53,10 @@ def oracle(template_db, csv_path) -> dict:
         conn = connect(url)
         try:
             wf = load_file(WORKFLOW, SCRIPTS)
-            catalog.store(conn, wf, WORKFLOW.read_text())
-            batch_id = batches.submit(conn, csv_path, wf.name).batch_id
-            LocalExecutor(conn, ai=OllamaBackend(server.url), scripts_dir=SCRIPTS, concurrency=8).run(batch_id)
+            db = Store(conn)
+            catalog.store(db, wf, WORKFLOW.read_text())
+            batch_id = batches.submit(db, csv_path, wf.name).batch_id
+            LocalExecutor(db, ai=OllamaBackend(server.url), scripts_dir=SCRIPTS, concurrency=8).run(batch_id)
             result = outcomes(conn, batch_id)
         finally:
             conn.close()

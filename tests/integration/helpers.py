@@ -8,6 +8,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from orchestrator import catalog
+from orchestrator.db.store import Store
 from orchestrator.workflow import load_text
 
 MINIMAL = """
@@ -21,7 +22,7 @@ steps:
 
 def make_interaction(conn: psycopg.Connection, *, status: str = "pending", attempt: int = 1) -> int:
     """One interaction in one run in one batch, in the given state."""
-    stored = catalog.store(conn, load_text(MINIMAL), MINIMAL)
+    stored = catalog.store(Store(conn), load_text(MINIMAL), MINIMAL)
     with conn.transaction():
         batch = conn.execute(
             "INSERT INTO batches (workflow_id, workflow_name, source_name, source_digest)"

@@ -7,6 +7,7 @@ import pytest
 
 from common.errors import CsvFileError, NotFound
 from orchestrator import batches, catalog
+from orchestrator.db.store import Store
 from orchestrator.workflow import load_text
 from tests.integration.helpers import MINIMAL, write_csv
 
@@ -21,7 +22,7 @@ steps:
 
 @pytest.fixture
 def workflow(conn):
-    return catalog.store(conn, load_text(WF), WF)
+    return catalog.store(Store(conn), load_text(WF), WF)
 
 
 def count(conn, table: str, batch_id: int) -> int:
@@ -34,10 +35,10 @@ def count(conn, table: str, batch_id: int) -> int:
 
 def test_ten_thousand_rows_become_runs_with_rendered_prompts(conn, tmp_path, workflow):
     path = write_csv(tmp_path / "p.csv", ["title", "body"], [[f"t{i}", f"body, with \"quotes\"\nand lines {i}"] for i in range(10_000)])
-    report = batches.submit(conn, path, "posts")
-    assert report.runs_created == 10_000 and report.new_batch
-    assert count(conn, "runs", report.batch_id) == 10_000
-    assert count(conn, "interactions", report.batch_id) == 10_000
+    submission = batches.submit(Store(conn), path, "posts")
+    assert submission.runs_created == 10_000 and submission.new_batch
+    assert count(conn, "runs", submission.batch_id) == 10_000
+    assert count(conn, "interactions", submission.batch_id) == 10_000
     row = conn.execute(
         "SELECT i.input, i.status, r.line FROM interactions i JOIN runs r ON r.id = i.run_id"
         " WHERE r.input->>'title' = 't9999'").fetchone()
@@ -48,8 +49,8 @@ def test_ten_thousand_rows_become_runs_with_rendered_prompts(conn, tmp_path, wor
 
 def test_resubmitting_the_same_file_creates_nothing_twice(conn, tmp_path, workflow):
     path = write_csv(tmp_path / "p.csv", ["title", "body"], [[f"t{i}", "b"] for i in range(50)])
-    first = batches.submit(conn, path, "posts")
-    again = batches.submit(conn, path, "posts")
+    first = batches.submit(Store(conn), path, "posts")
+    again = batches.submit(Store(conn), path, "posts")
     assert again.batch_id == first.batch_id and not again.new_batch
     assert (again.runs_created, again.runs_existing) == (0, 50)
     assert count(conn, "runs", first.batch_id) == 50 and count(conn, "interactions", first.batch_id) == 50
@@ -58,8 +59,8 @@ def test_resubmitting_the_same_file_creates_nothing_twice(conn, tmp_path, workfl
 def test_overlapping_files_with_a_key_column_do_not_rerun_rows(conn, tmp_path, workflow):
     a = write_csv(tmp_path / "a.csv", ["id", "title", "body"], [[str(i), "t", "b"] for i in range(10)])
     b = write_csv(tmp_path / "b.csv", ["id", "title", "body"], [[str(i), "t", "b2"] for i in range(5, 15)])
-    batches.submit(conn, a, "posts", key_column="id")
-    second = batches.submit(conn, b, "posts", key_column="id")
+    batches.submit(Store(conn), a, "posts", key_column="id")
+    second = batches.submit(Store(conn), b, "posts", key_column="id")
     assert (second.runs_created, second.runs_existing) == (5, 5)
     assert conn.execute("SELECT count(*) AS n FROM runs").fetchone()["n"] == 15
 
@@ -67,38 +68,38 @@ def test_overlapping_files_with_a_key_column_do_not_rerun_rows(conn, tmp_path, w
 def test_bad_rows_are_kept_with_line_and_reason_and_the_rest_goes_on(conn, tmp_path, workflow):
     path = tmp_path / "bad.csv"
     path.write_bytes(b"title,body\nok1,fine\nonly-one-field\nbad\xe9byte,x\nok2,\"multi\nline\"\nok1,fine\n")
-    report = batches.submit(conn, path, "posts")
-    assert report.runs_created == 2
+    submission = batches.submit(Store(conn), path, "posts")
+    assert submission.runs_created == 2
     rejects = conn.execute("SELECT line, reason, raw FROM batch_rejects WHERE batch_id = %s ORDER BY line",
-                           (report.batch_id,)).fetchall()
+                           (submission.batch_id,)).fetchall()
     assert [r["line"] for r in rejects] == [3, 4, 7]
     assert "1 field" in rejects[0]["reason"]
     assert "UTF-8" in rejects[1]["reason"]
     assert "duplicate of line 2" in rejects[2]["reason"]
     assert rejects[0]["raw"].startswith("only-one-field")
-    batch = conn.execute("SELECT rows_good, rows_rejected FROM batches WHERE id = %s", (report.batch_id,)).fetchone()
+    batch = conn.execute("SELECT rows_good, rows_rejected FROM batches WHERE id = %s", (submission.batch_id,)).fetchone()
     assert batch == {"rows_good": 2, "rows_rejected": 3}
 
 
 def test_missing_columns_refuse_the_file_before_any_batch_exists(conn, tmp_path, workflow):
     path = write_csv(tmp_path / "p.csv", ["title", "text"], [["t", "b"]])
     with pytest.raises(CsvFileError, match="body"):
-        batches.submit(conn, path, "posts")
+        batches.submit(Store(conn), path, "posts")
     assert conn.execute("SELECT count(*) AS n FROM batches").fetchone()["n"] == 0
 
 
 def test_unknown_workflow_is_named(conn, tmp_path):
     path = write_csv(tmp_path / "p.csv", ["title", "body"], [["t", "b"]])
     with pytest.raises(NotFound, match="posts"):
-        batches.submit(conn, path, "posts")
+        batches.submit(Store(conn), path, "posts")
 
 
 def test_runs_pin_the_workflow_version_they_started_with(conn, tmp_path, workflow):
-    first = batches.submit(conn, write_csv(tmp_path / "a.csv", ["title", "body"], [["a", "b"]]), "posts")
-    v2 = catalog.store(conn, load_text(WF.replace("Summarise", "Sum up")), WF)
+    first = batches.submit(Store(conn), write_csv(tmp_path / "a.csv", ["title", "body"], [["a", "b"]]), "posts")
+    v2 = catalog.store(Store(conn), load_text(WF.replace("Summarise", "Sum up")), WF)
     assert v2.version == 2 and v2.created
-    assert not catalog.store(conn, load_text(WF.replace("Summarise", "Sum up")), WF).created
-    second = batches.submit(conn, write_csv(tmp_path / "b.csv", ["title", "body"], [["c", "d"]]), "posts")
+    assert not catalog.store(Store(conn), load_text(WF.replace("Summarise", "Sum up")), WF).created
+    second = batches.submit(Store(conn), write_csv(tmp_path / "b.csv", ["title", "body"], [["c", "d"]]), "posts")
     pinned = conn.execute(
         "SELECT r.batch_id, w.version, i.input->>'prompt' AS prompt FROM runs r JOIN workflows w ON w.id = r.workflow_id"
         " JOIN interactions i ON i.run_id = r.id ORDER BY r.id").fetchall()
@@ -122,8 +123,8 @@ def test_serve_is_told_of_a_submission_and_of_nothing_else(db_url, tmp_path):
         service = Service(pool, make_app("amqp://guest:guest@127.0.0.1:1//", batched_publish=True))
         assert not service._work_submitted()
         with connect(db_url) as conn:
-            catalog.store(conn, load_text(MINIMAL), MINIMAL)
-            batches.submit(conn, write_csv(tmp_path / "in.csv", ["x"], [["1"], ["2"]]), "minimal")
+            catalog.store(Store(conn), load_text(MINIMAL), MINIMAL)
+            batches.submit(Store(conn), write_csv(tmp_path / "in.csv", ["x"], [["1"], ["2"]]), "minimal")
         until = time.monotonic() + 5
         while not service._work_submitted():
             assert time.monotonic() < until, "serve was never told of the submission"

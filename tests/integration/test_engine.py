@@ -12,10 +12,13 @@ from pathlib import Path
 import pytest
 
 from common.messages import AiTask, Failure, FailureClass, TaskResult, utcnow
+from common.retries import Backoff, RetryPolicy
 from orchestrator import batches, catalog
 from orchestrator.catalog import WorkflowCache
+from orchestrator.db.rows import Claimed
+from orchestrator.db.store import Store
 from orchestrator.executor import LocalExecutor
-from orchestrator.results import apply_results
+from orchestrator.results import apply_results as _apply_results
 from orchestrator.states import claim_pending
 from orchestrator.sweeper import sweep
 from orchestrator.workflow import load_text
@@ -102,17 +105,26 @@ def scripts_dir(tmp_path: Path) -> Path:
     return d
 
 
+# Retries a few milliseconds apart: these tests are about what is decided, not when.
+QUICK_RETRIES = RetryPolicy(Backoff(base_s=0.002, max_s=0.004))
+
+
 def start(conn, tmp_path: Path, workflow_text: str, rows: list[list[str]]) -> int:
     wf = load_text(textwrap.dedent(workflow_text))
-    catalog.store(conn, wf, workflow_text)
+    catalog.store(Store(conn), wf, workflow_text)
     csv_path = write_csv(tmp_path / "in.csv", ["x"], rows)
-    return batches.submit(conn, csv_path, wf.name).batch_id
+    return batches.submit(Store(conn), csv_path, wf.name).batch_id
 
 
 def execute(conn, scripts_dir: Path, answer: Answer, batch_id: int) -> ScriptedModel:
     model = ScriptedModel(answer)
-    LocalExecutor(conn, ai=model, scripts_dir=scripts_dir, concurrency=4).run(batch_id)
+    LocalExecutor(Store(conn), ai=model, scripts_dir=scripts_dir, concurrency=4, idle_poll_s=0.01,
+                  policy=QUICK_RETRIES).run(batch_id)
     return model
+
+
+def apply_results(conn, results: list[TaskResult], cache: WorkflowCache):
+    return _apply_results(Store(conn), results, cache, QUICK_RETRIES)
 
 
 def interactions(conn, batch_id: int) -> list[dict]:
@@ -235,22 +247,34 @@ def test_render_error_is_born_failed_with_the_reason(conn, tmp_path, scripts_dir
     assert "render_error" in runs(conn, batch)[0]["end_reason"]
 
 
-def _claim_one(conn, batch_id: int) -> dict:
-    with conn.transaction(), conn.cursor() as cur:
-        (row,) = claim_pending(cur, limit=1, batch_id=batch_id)
+def _claim(conn, batch_id: int, limit: int) -> list[Claimed]:
+    """Claim up to `limit`, waiting out a retry's backoff (a few milliseconds here)."""
+    import time
+
+    for _ in range(100):
+        with conn.transaction():
+            rows = claim_pending(Store(conn), limit=limit, batch_id=batch_id)
+        if rows:
+            return rows
+        time.sleep(0.01)
+    return []
+
+
+def _claim_one(conn, batch_id: int) -> Claimed:
+    (row,) = _claim(conn, batch_id, 1)
     return row
 
 
 def test_duplicate_result_is_applied_once(conn, tmp_path):
     batch = start(conn, tmp_path, SHAPES, [["1"]])
     row = _claim_one(conn, batch)
-    result = TaskResult(interaction_id=row["id"], attempt=1, output="hello")
+    result = TaskResult(interaction_id=row.id, attempt=1, output="hello")
     cache = WorkflowCache()
     assert apply_results(conn, [result], cache)["completed"] == 1
     assert apply_results(conn, [result, result], cache)["ignored"] == 2
     children = [i["step"] for i in interactions(conn, batch) if i["step"] != "a"]
     assert children == ["b", "c"]  # not b, c, b, c
-    assert len(events(conn, row["run_id"], "result_ignored")) == 2
+    assert len(events(conn, row.run_id, "result_ignored")) == 2
 
 
 def _first_attempt_retried(conn, tmp_path) -> tuple[int, dict, WorkflowCache]:
@@ -258,7 +282,7 @@ def _first_attempt_retried(conn, tmp_path) -> tuple[int, dict, WorkflowCache]:
     batch = start(conn, tmp_path, SHAPES, [["1"]])
     row = _claim_one(conn, batch)
     cache = WorkflowCache()
-    lost = TaskResult(interaction_id=row["id"], attempt=1,
+    lost = TaskResult(interaction_id=row.id, attempt=1,
                       failure=Failure(failure_class=FailureClass.TIMEOUT, message="slow"))
     assert apply_results(conn, [lost], cache)["retried"] == 1
     return batch, row, cache
@@ -266,31 +290,30 @@ def _first_attempt_retried(conn, tmp_path) -> tuple[int, dict, WorkflowCache]:
 
 def test_late_result_of_an_old_attempt_is_ignored(conn, tmp_path):
     batch, row, cache = _first_attempt_retried(conn, tmp_path)
-    late = TaskResult(interaction_id=row["id"], attempt=1, output="too late")
+    late = TaskResult(interaction_id=row.id, attempt=1, output="too late")
     assert apply_results(conn, [late], cache)["ignored"] == 1
     again = _claim_one(conn, batch)
-    assert again["id"] == row["id"] and again["attempt"] == 2
-    assert apply_results(conn, [TaskResult(interaction_id=row["id"], attempt=2, output="now")], cache)["completed"] == 1
-    a = conn.execute("SELECT output, attempt FROM interactions WHERE id = %s", (row["id"],)).fetchone()
+    assert again.id == row.id and again.attempt == 2
+    assert apply_results(conn, [TaskResult(interaction_id=row.id, attempt=2, output="now")], cache)["completed"] == 1
+    a = conn.execute("SELECT output, attempt FROM interactions WHERE id = %s", (row.id,)).fetchone()
     assert a == {"output": "now", "attempt": 2}
 
 
 def test_sweeper_takes_back_work_whose_deadline_passed(conn, tmp_path):
     batch = start(conn, tmp_path, SHAPES, [["1"]])
     row = _claim_one(conn, batch)
-    conn.execute("UPDATE interactions SET deadline = now() - interval '1 second' WHERE id = %s", (row["id"],))
-    assert sweep(conn, WorkflowCache())["retried"] == 1
-    after = conn.execute("SELECT status, attempt, failure_class FROM interactions WHERE id = %s", (row["id"],)).fetchone()
+    conn.execute("UPDATE interactions SET deadline = now() - interval '1 second' WHERE id = %s", (row.id,))
+    assert sweep(Store(conn), WorkflowCache(), policy=QUICK_RETRIES)["retried"] == 1
+    after = conn.execute("SELECT status, attempt, failure_class FROM interactions WHERE id = %s", (row.id,)).fetchone()
     assert after == {"status": "pending", "attempt": 2, "failure_class": "worker_lost"}
 
 
 def test_results_of_one_bad_apply_do_not_block_the_others(conn, tmp_path):
     batch = start(conn, tmp_path, SHAPES, [["1"], ["2"]])
-    with conn.transaction(), conn.cursor() as cur:
-        first, second = claim_pending(cur, limit=2, batch_id=batch)
+    first, second = _claim(conn, batch, 2)
     unknown = TaskResult(interaction_id=10**9, attempt=1, output="?")
-    outcomes = apply_results(conn, [TaskResult(interaction_id=first["id"], attempt=1, output="x"), unknown,
-                                    TaskResult(interaction_id=second["id"], attempt=1, output="y")], WorkflowCache())
+    outcomes = apply_results(conn, [TaskResult(interaction_id=first.id, attempt=1, output="x"), unknown,
+                                    TaskResult(interaction_id=second.id, attempt=1, output="y")], WorkflowCache())
     assert outcomes["completed"] == 2 and outcomes["ignored"] == 1
 
 
@@ -303,11 +326,10 @@ def test_json_of_script_outputs_is_kept_as_json(conn, tmp_path, scripts_dir):
 
 def test_one_result_that_cannot_be_stored_costs_only_itself(conn, tmp_path):
     batch = start(conn, tmp_path, SHAPES, [["1"], ["2"], ["3"]])
-    with conn.transaction(), conn.cursor() as cur:
-        rows = claim_pending(cur, limit=3, batch_id=batch)
-    good = [TaskResult(interaction_id=r["id"], attempt=1, output=f"fine {r['id']}") for r in rows[::2]]
+    rows = _claim(conn, batch, 3)
+    good = [TaskResult(interaction_id=r.id, attempt=1, output=f"fine {r.id}") for r in rows[::2]]
     # Postgres refuses a NUL character in jsonb: applying this one raises.
-    bad = TaskResult(interaction_id=rows[1]["id"], attempt=1, output="nul \x00 here")
+    bad = TaskResult(interaction_id=rows[1].id, attempt=1, output="nul \x00 here")
     outcomes = apply_results(conn, [good[0], bad, good[1]], WorkflowCache())
     assert outcomes == {"completed": 2, "error": 1}
     status = {i["id"]: i["status"] for i in interactions(conn, batch)}
@@ -404,9 +426,8 @@ def test_a_loop_that_hits_its_bound_can_hand_over_instead_of_failing(conn, tmp_p
 
 def _complete(conn, batch_id: int, steps: set[str], output) -> list[TaskResult]:
     """Claim every pending interaction of `steps` and answer each with `output(row)`."""
-    with conn.transaction(), conn.cursor() as cur:
-        rows = [r for r in claim_pending(cur, limit=100, batch_id=batch_id) if r["step"] in steps]
-    return [TaskResult(interaction_id=r["id"], attempt=r["attempt"], output=output(r)) for r in rows]
+    rows = [r for r in _claim(conn, batch_id, 100) if r.step in steps]
+    return [TaskResult(interaction_id=r.id, attempt=r.attempt, output=output(r)) for r in rows]
 
 
 def test_a_batch_with_several_results_of_one_run_decides_as_one_at_a_time_would(conn, tmp_path, scripts_dir):
@@ -418,9 +439,9 @@ def test_a_batch_with_several_results_of_one_run_decides_as_one_at_a_time_would(
     cache = WorkflowCache()
     for batch in (together, apart):
         assert apply_results(conn, _complete(conn, batch, {"a"}, lambda r: "A"), cache)["completed"] == 1
-    both = _complete(conn, together, {"b", "c"}, lambda r: f"out of {r['step']}")
+    both = _complete(conn, together, {"b", "c"}, lambda r: f"out of {r.step}")
     assert apply_results(conn, both, cache)["completed"] == 2
-    for result in _complete(conn, apart, {"b", "c"}, lambda r: f"out of {r['step']}"):
+    for result in _complete(conn, apart, {"b", "c"}, lambda r: f"out of {r.step}"):
         assert apply_results(conn, [result], cache)["completed"] == 1
 
     def story(batch: int) -> list[tuple]:
@@ -469,9 +490,44 @@ def test_a_result_that_overtakes_the_commit_of_its_own_dispatch_waits_for_it(con
 def test_a_late_result_beside_the_current_attempts_in_one_batch_is_the_one_ignored(conn, tmp_path):
     batch, row, cache = _first_attempt_retried(conn, tmp_path)
     _claim_one(conn, batch)
-    late = TaskResult(interaction_id=row["id"], attempt=1, output="from the lost worker")
-    current = TaskResult(interaction_id=row["id"], attempt=2, output="from the second")
+    late = TaskResult(interaction_id=row.id, attempt=1, output="from the lost worker")
+    current = TaskResult(interaction_id=row.id, attempt=2, output="from the second")
     assert apply_results(conn, [late, current], cache) == {"completed": 1, "ignored": 1}
-    a = conn.execute("SELECT output, attempt FROM interactions WHERE id = %s", (row["id"],)).fetchone()
+    a = conn.execute("SELECT output, attempt FROM interactions WHERE id = %s", (row.id,)).fetchone()
     assert a == {"output": "from the second", "attempt": 2}
     assert [i["step"] for i in interactions(conn, batch)] == ["a", "b", "c"]  # b and c once
+
+
+def test_every_attempt_keeps_its_own_usage_and_a_late_result_is_counted_too(conn, tmp_path):
+    batch, row, cache = _first_attempt_retried(conn, tmp_path)  # attempt 1 timed out
+    _claim_one(conn, batch)
+    from common.messages import Usage
+
+    late = TaskResult(interaction_id=row.id, attempt=1, output="too late", worker="gpu@a:11434", server="a:11434",
+                      usage=Usage(prompt_tokens=11, output_tokens=3, call_s=9.5))
+    current = TaskResult(interaction_id=row.id, attempt=2, output="now", worker="gpu@b:11434", server="b:11434",
+                         usage=Usage(prompt_tokens=11, output_tokens=5, load_s=0.25, call_s=1.5))
+    assert apply_results(conn, [late, current], cache) == {"completed": 1, "ignored": 1}
+    attempts = conn.execute(
+        "SELECT attempt, outcome, worker, server, failure_class, prompt_tokens, output_tokens, load_s, call_s,"
+        " dispatched_at IS NOT NULL AS sent FROM attempts WHERE interaction_id = %s ORDER BY id", (row.id,)).fetchall()
+    assert attempts == [
+        {"attempt": 1, "outcome": "failed", "worker": None, "server": None, "failure_class": "timeout",
+         "prompt_tokens": None, "output_tokens": None, "load_s": None, "call_s": None, "sent": True},
+        {"attempt": 2, "outcome": "completed", "worker": "gpu@b:11434", "server": "b:11434", "failure_class": None,
+         "prompt_tokens": 11, "output_tokens": 5, "load_s": 0.25, "call_s": 1.5, "sent": True},
+        # The GPU did the work of the late one: its usage is kept, though the state machine ignored it.
+        {"attempt": 1, "outcome": "ignored", "worker": "gpu@a:11434", "server": "a:11434", "failure_class": None,
+         "prompt_tokens": 11, "output_tokens": 3, "load_s": None, "call_s": 9.5, "sent": False},
+    ]
+
+
+def test_a_failure_that_is_not_retried_says_why_in_the_event_log(conn, tmp_path):
+    batch = start(conn, tmp_path, SHAPES, [["1"]])
+    row = _claim_one(conn, batch)
+    bad = TaskResult(interaction_id=row.id, attempt=1,
+                     failure=Failure(failure_class=FailureClass.BAD_REQUEST, message="invalid options"))
+    assert apply_results(conn, [bad], WorkflowCache())["failed"] == 1
+    (event,) = events(conn, row.run_id, "not_retried")
+    assert event["detail"]["failure_class"] == "bad_request"
+    assert "another attempt would fail the same way" in event["detail"]["reason"]

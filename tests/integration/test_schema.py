@@ -3,6 +3,7 @@
 from importlib.resources import files
 
 import psycopg
+import pytest
 
 from orchestrator.db import connect
 from orchestrator.db.migrate import available, current_version, upgrade
@@ -55,3 +56,19 @@ def test_upgrade_is_idempotent(empty_db_url):
         assert current_version(conn) == len(available())
     finally:
         conn.close()
+
+
+def test_the_event_log_is_append_only_except_for_a_purge(conn):
+    from tests.integration.helpers import make_interaction
+
+    iid = make_interaction(conn)
+    for statement in ("UPDATE events SET kind = 'forged' WHERE interaction_id = %(i)s",
+                      "DELETE FROM events WHERE interaction_id = %(i)s", "TRUNCATE events"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+            conn.execute(statement, {"i": iid} if "%(i)s" in statement else None)
+    with conn.transaction():
+        conn.execute("SET LOCAL wavefarm.purging = 'on'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            with conn.transaction():
+                conn.execute("UPDATE events SET kind = 'forged' WHERE interaction_id = %s", (iid,))
+        assert conn.execute("DELETE FROM events WHERE interaction_id = %s", (iid,)).rowcount == 1

@@ -151,6 +151,16 @@ class Handler(BaseHTTPRequestHandler):
             return
 
         fault = self.owner._draw_fault(call.model)
+        if fault == "busy":
+            # Ollama past OLLAMA_MAX_QUEUE answers 503 with this text and no Retry-After;
+            # the OpenAI API (and proxies in front of vLLM) say 429 with one.
+            if dialect.guarded:
+                self._json(429, dialect.error(ApiError(429, "Rate limit reached: please try again in 1s")),
+                           headers={"Retry-After": "1"})
+            else:
+                self._json(503, dialect.error(ApiError(
+                    503, "server busy, please try again.  maximum pending requests exceeded")))
+            return
         if fault == "error":
             self._json(500, dialect.error(ApiError(500, "llama runner process has terminated: injected fault")))
             return
@@ -232,16 +242,19 @@ class Handler(BaseHTTPRequestHandler):
             return None
         return body
 
-    def _send(self, status: int, data: bytes, content_type: str, *, head: bool = False) -> None:
+    def _send(self, status: int, data: bytes, content_type: str, *, head: bool = False,
+              headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         if not head:
             self.wfile.write(data)
 
-    def _json(self, status: int, obj: Any) -> None:
-        self._send(status, json.dumps(obj).encode(), "application/json; charset=utf-8")
+    def _json(self, status: int, obj: Any, *, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json; charset=utf-8", headers=headers)
 
     def _chunk(self, data: bytes) -> None:
         """One HTTP chunk; nothing for b"" (a zero-length chunk ends the body)."""

@@ -7,7 +7,7 @@ Stdlib only, so it runs wherever the tests run. What it imitates, and why:
 - latency = base seconds (prompt evaluation) + seconds per output token; a model's
   first request (or the first after its keep_alive ran out) also pays `load_s`.
 - faults per model, drawn from a seeded RNG: "error" (HTTP 500, like a crashed
-  runner), "hang" (holds its slot and never answers until the client gives up),
+  runner), "busy" (Ollama's 503 past its queue; 429 with Retry-After on /v1), "hang" (holds its slot and never answers until the client gives up),
   "garbage" (HTTP 200 with a body that is not JSON, like a broken proxy) and
   "nonsense" (a normal answer whose text ignores the requested format).
 Answers come from tests.model_server.answers: deterministic per (model, prompt), the
@@ -30,8 +30,8 @@ from tests.model_server.dialect import DEFAULT_KEEP_ALIVE_S, FOREVER, canonical,
 from tests.model_server.handler import Handler
 from tests.model_server.ollama_api import model_entry
 
-FaultKind = Literal["error", "hang", "garbage", "nonsense"]
-FAULT_KINDS: tuple[str, ...] = ("error", "hang", "garbage", "nonsense")
+FaultKind = Literal["error", "busy", "hang", "garbage", "nonsense"]
+FAULT_KINDS: tuple[str, ...] = ("error", "busy", "hang", "garbage", "nonsense")
 
 
 class ModelServer:

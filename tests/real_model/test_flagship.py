@@ -16,6 +16,7 @@ from jsonschema import Draft202012Validator
 
 from gpu_worker import local_model
 from orchestrator import batches, catalog
+from orchestrator.db.store import Store
 from orchestrator.executor import LocalExecutor
 from orchestrator.workflow import load_file
 from tests.conftest import EXAMPLES
@@ -36,10 +37,10 @@ def test_the_flagship_workflow_ends_every_run_on_a_real_model(conn, db_url, back
         writer.writerows(rows)
     aliases = load_file(POSTINGS / "workflow.yaml").models
     workflow = load_file(POSTINGS / "workflow.yaml", POSTINGS / "scripts", {a: local_model.MODEL_NAME for a in aliases})
-    catalog.store(conn, workflow, "flagship on the local model")
-    batch = batches.submit(conn, sample, workflow.name, key_column="source_id").batch_id
+    catalog.store(Store(conn), workflow, "flagship on the local model")
+    batch = batches.submit(Store(conn), sample, workflow.name, key_column="source_id").batch_id
 
-    LocalExecutor(conn, ai=backend, scripts_dir=POSTINGS / "scripts", concurrency=1,
+    LocalExecutor(Store(conn), ai=backend, scripts_dir=POSTINGS / "scripts", concurrency=1,
                   script_env={"WAVEFARM_DATABASE_URL": db_url}).run(batch)
 
     runs = {r["source_id"]: r for r in conn.execute(

@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from common.messages import RETRYABLE, FailureClass
+from common.messages import FailureClass
+from common.retries import RETRYABLE
 from gpu_worker.backends.base import BackendError, ModelBackend, failure_from_status, server_label
 from gpu_worker.backends.ollama import OllamaBackend
 from tests.model_server import ModelServer
@@ -112,11 +113,37 @@ def test_refused_request_is_a_bad_request(backend):
     (404, "404 page not found", FailureClass.BAD_REQUEST),  # a wrong base URL, not a missing model
     (400, "invalid options", FailureClass.BAD_REQUEST),
     (408, "", FailureClass.TIMEOUT),
-    (429, "too many requests", FailureClass.SERVER_ERROR),
-    (503, "server busy, please try again", FailureClass.SERVER_ERROR),
+    (429, "too many requests", FailureClass.SERVER_BUSY),
+    (503, "server busy, please try again", FailureClass.SERVER_BUSY),
+    (500, "llama runner process has terminated", FailureClass.SERVER_ERROR),
+    (502, "bad gateway", FailureClass.SERVER_ERROR),
 ])
 def test_status_classification(status, text, expected):
     assert failure_from_status(status, text, model="x", server="h:1").failure_class == expected
+
+
+def test_a_busy_server_is_its_own_class_with_its_retry_after(srv, backend):
+    srv.set_fault(MODEL, "busy")
+    result = backend.complete(task())
+    assert result.failure.failure_class == FailureClass.SERVER_BUSY
+    assert "busy" in result.failure.message and result.failure.retry_after_s is None  # Ollama sends none
+
+
+@pytest.mark.parametrize(("header", "seconds"), [
+    ("7", 7.0), ("0.5", 0.5), ("-3", 0.0), ("soon", None), ("", None), ("nan", None), ("inf", None),
+    ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # a date in the past: now
+])
+def test_retry_after_is_read_as_seconds_or_a_date(header, seconds):
+    failure = failure_from_status(429, "slow down", model="x", server="h:1", retry_after=header)
+    assert failure.retry_after_s == seconds
+
+
+def test_usage_is_reported_in_seconds_and_tokens(backend):
+    result = backend.complete(task())
+    u = result.usage
+    assert u.prompt_tokens > 0 and u.output_tokens > 0
+    assert u.call_s is not None and 0 <= u.call_s < 60  # nanoseconds became seconds
+    assert result.server == backend.server
 
 
 def test_credentials_never_reach_a_message(srv):

@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from common.messages import RETRYABLE, FailureClass
+from common.messages import FailureClass
+from common.retries import RETRYABLE
 from gpu_worker.backends.base import BackendError, ModelBackend
 from gpu_worker.backends.ollama import OllamaBackend
 from gpu_worker.backends.openai import OpenAIBackend, map_options, response_format, server_root

@@ -1,0 +1,132 @@
+"""Reading the farm, a batch or a run back: plain data for `status`, `show` and
+`export`, shared by their tables and their --json views."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any
+
+from common.errors import NotFound
+from common.queues import queue_for
+from orchestrator import catalog
+from orchestrator.db import views
+from orchestrator.db.rows import Batch
+from orchestrator.db.store import Store
+from orchestrator.states import RunStatus, Status
+from orchestrator.workflow import Workflow
+
+STATUSES = [s.value for s in Status]
+
+
+def list_batches(store: Store) -> list[dict[str, Any]]:
+    return [asdict(b) for b in views.list_batches(store)]
+
+
+def farm_status(store: Store, *, stale_s: float) -> dict[str, Any]:
+    """Queues (waiting, in flight, live slots) and workers (from their heartbeats).
+
+    A queue with work and no live worker is flagged: that is a run that would
+    otherwise stall in silence, the seeds' worst failure.
+    """
+    queues: dict[str, dict] = {}
+
+    def queue(name: str) -> dict:
+        return queues.setdefault(name, {"queue": name, "actors": [], "pending": 0, "dispatched": 0,
+                                        "slots": 0, "workers": 0})
+
+    for r in views.open_by_actor(store):
+        q = queue(queue_for(r.kind, r.actor))
+        q["actors"].append(r.actor)
+        q["pending"] += r.pending
+        q["dispatched"] += r.dispatched
+    for r in store.live_capacity(stale_s):
+        q = queue(r.queue)
+        q["slots"], q["workers"] = r.slots, r.workers
+    for q in queues.values():
+        q["problem"] = ("no live worker consumes this queue" if q["pending"] + q["dispatched"] and not q["workers"]
+                        else None)
+    return {
+        "queues": sorted(queues.values(), key=lambda q: q["queue"]),
+        "workers": [asdict(w) for w in store.workers(stale_s)],
+    }
+
+
+def unserved(store: Store, workflow: Workflow, *, stale_s: float) -> list[tuple[str, str, str]]:
+    """(kind, actor, queue) of each step actor of `workflow` that no live worker
+    consumes right now: its work would wait until one does."""
+    live = {r.queue for r in store.live_capacity(stale_s)}
+    actors = sorted({(s.kind, s.actor) for s in workflow.steps})
+    return [(kind, actor, queue_for(kind, actor)) for kind, actor in actors if queue_for(kind, actor) not in live]
+
+
+def require_batch(store: Store, batch_id: int) -> Batch:
+    batch = store.batch(batch_id)
+    if batch is None:
+        raise NotFound(f"no batch {batch_id} (orchestrator status lists the batches)")
+    return batch
+
+
+def batch_status(store: Store, batch_id: int, *, rejects_limit: int = 20) -> dict[str, Any]:
+    batch = require_batch(store, batch_id)
+    runs = {r.status: r.n for r in views.run_counts(store, batch_id)}
+    steps: dict[tuple, dict] = {}
+    models: dict[str, dict] = defaultdict(lambda: dict.fromkeys(STATUSES, 0))
+    for r in views.step_counts(store, batch_id):
+        row = steps.setdefault(
+            (r.step, r.kind, r.actor),
+            {"step": r.step, "kind": r.kind, "actor": r.actor, **dict.fromkeys(STATUSES, 0)},
+        )
+        row[r.status] += r.n
+        if r.kind == "ai":
+            models[r.actor][r.status] += r.n
+    return {
+        "batch": {
+            "id": batch.id,
+            "workflow": batch.workflow_name,
+            "workflow_version": batch.workflow_version,
+            "source": batch.source_name,
+            "created_at": batch.created_at.isoformat(),
+            "rows_good": batch.rows_good,
+            "rows_rejected": batch.rows_rejected,
+            "rows_empty": batch.rows_empty,
+        },
+        "runs": {s.value: runs.get(s.value, 0) for s in RunStatus},
+        "steps": sorted(steps.values(), key=lambda r: (r["step"], r["actor"])),
+        "models": [{"model": m, **counts} for m, counts in sorted(models.items())],
+        "failures": [asdict(f) for f in views.failure_counts(store, batch_id)],
+        "failed_runs": [asdict(f) for f in views.failed_run_reasons(store, batch_id, 10)],
+        "rejects": [asdict(r) for r in views.rejects(store, batch_id, rejects_limit)],
+    }
+
+
+def run_story(store: Store, run_id: int) -> dict[str, Any]:
+    run = views.run(store, run_id)
+    if run is None:
+        raise NotFound(f"no run {run_id}")
+    return {
+        "run": asdict(run),
+        "interactions": [asdict(i) for i in views.run_interactions(store, run_id)],
+        "attempts": [asdict(a) for a in views.run_attempts(store, run_id)],
+        "events": [asdict(e) for e in views.run_events(store, run_id)],
+    }
+
+
+def batch_progress(store: Store, batch_id: int) -> views.Progress:
+    return views.progress(store, batch_id)
+
+
+def batch_steps(store: Store, batch_id: int) -> list[str]:
+    """The step names of the workflow version a batch runs, in file order."""
+    batch = require_batch(store, batch_id)
+    return [s.name for s in catalog.by_id(store, batch.workflow_id).steps]
+
+
+def export_batch(store: Store, batch_id: int) -> Iterator[dict[str, Any]]:
+    """One record per run, streamed with a server-side cursor (memory flat in batch size)."""
+    require_batch(store, batch_id)
+    with views.export_rows(store, batch_id) as rows:
+        for row in rows:
+            yield {"run_id": row.run_id, "line": row.line, "row": row.row, "status": row.status,
+                   "end_reason": row.end_reason, "outputs": row.outputs}
