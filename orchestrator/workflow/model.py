@@ -9,6 +9,7 @@ Workflow from text through validate.load_text.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from datetime import date, datetime
@@ -66,8 +67,14 @@ def _format(value: Any) -> Any:
     raise ValueError(f'format must be "json" or a mapping (a JSON schema), got {value!r}')
 
 
+# Integers beyond 2**53 are not the same number in every JSON reader (a float64 one
+# rounds them); NaN and infinity are not JSON at all.
+MAX_JSON_INT = 2**53
+
+
 def _json_like(value: dict[str, Any]) -> dict[str, Any]:
-    # Values travel as JSON (database, workers); a YAML date or a non-text key would not.
+    # Values travel as JSON (database, workers); a YAML date, a non-text key, a NaN or
+    # a number past what JSON readers agree on would not.
     def walk(v: Any, where: str) -> None:
         if isinstance(v, dict):
             for k, item in v.items():
@@ -79,10 +86,32 @@ def _json_like(value: dict[str, Any]) -> dict[str, Any]:
                 walk(item, f"{where}[{i}]")
         elif isinstance(v, (date, datetime)):
             raise ValueError(f"value at {where} is a YAML date ({v}): quote it to make it text")
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"value at {where} is {v}, which JSON cannot carry: give a finite number")
+        elif isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_JSON_INT:
+            raise ValueError(f"value at {where} is {v}, beyond what JSON readers agree on (±2**53)")
         elif not isinstance(v, (str, int, float, bool)) and v is not None:
             raise ValueError(f"value at {where} is a {type(v).__name__}, which JSON cannot carry")
 
     walk(value, "")
+    return value
+
+
+# Options the farm itself reads (the OpenAI backend maps num_predict to max_tokens; the
+# context size decides what a host must load): bounded to what a model server can take.
+OPTION_BOUNDS: dict[str, tuple[int, int]] = {"num_ctx": (1, 1 << 21), "num_predict": (-2, 1 << 21)}
+
+
+def _options(value: dict[str, Any]) -> dict[str, Any]:
+    _json_like(value)
+    for key, (low, high) in OPTION_BOUNDS.items():
+        v = value.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"option {key} must be a whole number, got {v!r}")
+        if not low <= v <= high:
+            raise ValueError(f"option {key} is {v}: it must be between {low} and {high}")
     return value
 
 
@@ -221,9 +250,19 @@ def output_text(output: Any) -> str:
     return output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
 
 
+# Bounds on every number the farm computes with: a value past them is a mistake in the
+# file, and refused there with its line, not an overflow later inside serve's turn
+# (a deadline past the year 294276, a retry count past a 32-bit column).
+MAX_TIMEOUT_S = 86_400.0   # a day: no model call or script waits longer
+MAX_RETRIES = 100
+MAX_VISITS = 1_000
+Timeout = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)]
+Retries = Annotated[int, Field(ge=0, le=MAX_RETRIES)]
+
+
 class Defaults(_Model):
-    timeout: float = Field(300, gt=0)
-    retries: int = Field(2, ge=0)
+    timeout: Timeout = 300
+    retries: Retries = 2
 
 
 class Step(_Model):
@@ -231,15 +270,15 @@ class Step(_Model):
     model: str | None = None
     prompt: str | None = None
     system: str | None = None
-    options: JsonDict = Field(default_factory=dict)
+    options: Annotated[dict[str, Any], AfterValidator(_options)] = Field(default_factory=dict)
     format: Annotated[Literal["json"] | dict[str, Any] | None, BeforeValidator(_format)] = None
     script: str | None = None
     input: JsonDict = Field(default_factory=dict)
     next: list[Branch] = Field(default_factory=list)
     needs: list[str] = Field(default_factory=list)
-    timeout: float | None = Field(None, gt=0)
-    retries: int | None = Field(None, ge=0)
-    max_visits: int | None = Field(None, ge=1)
+    timeout: Timeout | None = None
+    retries: Retries | None = None
+    max_visits: Annotated[int, Field(ge=1, le=MAX_VISITS)] | None = None
     # Where a run goes instead of a visit past max_visits: a loop that gives up gracefully
     # ("improve twice, then file a ticket and go on") rather than ending the run failed.
     on_max_visits: str | None = None

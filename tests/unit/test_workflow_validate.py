@@ -570,6 +570,60 @@ CASES = [
             model: m
             prompt: p
         """, "steps[0].on_max_visits", ["needs max_visits"], 1),
+    # Numbers the farm computes with are bounded where they are written: past the bounds
+    # they overflowed a deadline or a counter inside serve and stopped every batch.
+    ("a timeout of thirty thousand years", """
+        name: w
+        defaults:
+          timeout: 1.0e+13     # <-
+        steps: [{name: a, model: m, prompt: p}]
+        """, "defaults.timeout", ["less than or equal to 86400"], 1),
+    ("an infinite timeout", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            timeout: .inf     # <-
+        """, "steps[0].timeout", ["finite number"], 1),
+    ("three billion retries", """
+        name: w
+        defaults:
+          retries: 3000000000     # <-
+        steps: [{name: a, model: m, prompt: p}]
+        """, "defaults.retries", ["less than or equal to 100"], 1),
+    ("a loop bound of a million", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            max_visits: 1000000     # <-
+            next: [{when: "*", to: a}]
+        """, "steps[0].max_visits", ["less than or equal to 1000"], 1),
+    ("a NaN in the options", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            options: {temperature: .nan}     # <-
+        """, "steps[0].options", ["temperature is nan", "JSON cannot carry"], 1),
+    ("a context size no server takes", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            options: {num_ctx: 99999999999}     # <-
+        """, "steps[0].options", ["num_ctx is 99999999999", "between 1 and"], 1),
+    ("an integer past what JSON readers agree on", """
+        name: w
+        steps:
+          - name: a
+            script: s.py
+            input: {id: 99999999999999999999}     # <-
+        """, "steps[0].input", ["beyond what JSON readers agree on"], 1),
 ]
 
 
