@@ -26,7 +26,7 @@ from kombu import Exchange, Queue
 
 from common.local_broker import TRANSPORT, is_local_broker, local_broker_options
 from common.queues import REPORTS_QUEUE
-from common.settings import get_settings
+from common.settings import check_broker_url, get_settings
 
 
 def make_app(broker_url: str | None = None, *, name: str = "wavefarm", batched_publish: bool = False) -> Celery:
@@ -34,7 +34,7 @@ def make_app(broker_url: str | None = None, *, name: str = "wavefarm", batched_p
     confirm of every message, the dispatcher publishes a whole turn inside one AMQP
     transaction and waits once, at its commit (orchestrator/dispatch.py)."""
     settings = get_settings()
-    url = broker_url or settings.require_broker_url()
+    url = check_broker_url(broker_url or settings.require_broker_url())
     app = Celery(name, broker=url, set_as_current=False)
     if is_local_broker(url):
         app.conf.broker_transport = TRANSPORT

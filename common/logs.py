@@ -1,7 +1,7 @@
 """Logging setup: plain lines for people, JSON lines when asked (WAVEFARM_LOG_JSON=1).
 
 Context ids (batch, run, interaction) travel as `extra=` fields and are emitted as
-JSON keys; URLs are redacted before they reach a log call (common.settings.redact_url).
+JSON keys; URLs are redacted before they reach a log call (common.redact).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Settings from WAVEFARM_* environment variables (or a .env file).
 
 URLs are SecretStr: they carry passwords, so they print as '**********' and
-only `redact_url` decides what part of them a person may see.
+only common.redact decides what part of them a person may see.
 """
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.errors import ConfigError
@@ -66,6 +65,30 @@ class Settings(BaseSettings):
         return Path(platformdirs.user_data_dir("wavefarm"))
 
 
+def check_broker_url(url: str) -> str:
+    """`url` if kombu can use it; else a ConfigError that says what is wrong without
+    quoting it (a parser's own message can quote a piece of the password)."""
+    from urllib.parse import urlsplit
+
+    from common.redact import redact
+
+    if url.startswith("filesystem://"):
+        return url
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises for a port that is not one)
+    except ValueError:
+        raise ConfigError(f"the broker URL {redact(url)} is not usable: its host or port cannot be read. "
+                          "Is there a # ? / or @ in the password? Percent-encode it (# as %23, ? as %3F, "
+                          "/ as %2F, @ as %40)") from None
+    from kombu.transport import TRANSPORT_ALIASES
+
+    if parts.scheme.split("+")[0] not in TRANSPORT_ALIASES:
+        raise ConfigError(f"the broker URL {redact(url)} is not usable: use amqp://... (RabbitMQ) or "
+                          "redis://... (Redis), or leave WAVEFARM_BROKER_URL unset for the local broker")
+    return url
+
+
 def _required(value: SecretStr | None, name: str, what: str) -> str:
     if value is None:
         raise ConfigError(f"{name} is not set: point it at {what}")
@@ -80,17 +103,10 @@ def _notice(text: str) -> None:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, safe for logs and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.username:
-        netloc = f"{parts.username}:***@{netloc}"
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The settings, or a ConfigError naming each bad one: never a traceback, and never
+    the value itself (it may be a password)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"WAVEFARM_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"a setting is not usable: {problems}") from None

@@ -20,7 +20,8 @@ from common import embedded_postgres
 from common.cli import run_app
 from common.errors import WavefarmError
 from common.logs import setup_logging
-from common.settings import get_settings, redact_url
+from common.redact import redact
+from common.settings import get_settings
 from orchestrator import batches, catalog, overview
 from orchestrator.db import connect
 from orchestrator.db.migrate import upgrade
@@ -306,7 +307,7 @@ def serve(
     if metrics_port:
         REGISTRY.register(FarmCollector(pool))
         start_http_server(metrics_port)
-    err.print(f"serving: results from {redact_url(settings.require_broker_url())}, Ctrl-C to stop", highlight=False)
+    err.print(f"serving: results from {redact(settings.require_broker_url())}, Ctrl-C to stop", highlight=False)
     try:
         Service(pool, celery_app, batch_size=batch_size, window_factor=window_factor).run(stop)
     finally:

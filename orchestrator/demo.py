@@ -36,7 +36,8 @@ from rich.table import Table
 from rich.text import Text
 
 from common.errors import WavefarmError
-from common.settings import get_settings, redact_url
+from common.redact import redact
+from common.settings import get_settings
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -127,7 +128,7 @@ def find_model_server(ollama_url: str | None, openai_url: str | None, data: Path
         try:
             return ModelServer(api, url, _list_models(api, url), "given")
         except BackendError as exc:
-            raise DemoError(f"the model server at {redact_url(url)} does not answer: {exc}") from None
+            raise DemoError(f"the model server at {redact(url)} does not answer: {exc}") from None
     try:
         return ModelServer("ollama", DEFAULT_OLLAMA, _list_models("ollama", DEFAULT_OLLAMA), "Ollama on this machine")
     except BackendError:
@@ -333,10 +334,10 @@ def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_e
     logs.mkdir(exist_ok=True)
 
     server = find_model_server(ollama_url, openai_url, data, stack)
-    err.print(f"model server: {redact_url(server.url)} ({server.where}), serving "
+    err.print(f"model server: {redact(server.url)} ({server.where}), serving "
               f"{', '.join(server.models) or 'no model'}", highlight=False)
     if not server.models:
-        raise DemoError(f"the model server at {redact_url(server.url)} has no model: "
+        raise DemoError(f"the model server at {redact(server.url)} has no model: "
                         "pull one (`ollama pull gemma3:270m`) and try again")
 
     settings = get_settings()
@@ -349,7 +350,7 @@ def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_e
         outcome["embedded_url"] = db_url
     if broker_url is None:
         broker_url = local_broker_url(data / "broker")
-    err.print(f"database: {redact_url(db_url)}\nbroker: {redact_url(broker_url)}", highlight=False)
+    err.print(f"database: {redact(db_url)}\nbroker: {redact(broker_url)}", highlight=False)
 
     conn = connect(db_url)
     stack.callback(conn.close)
@@ -361,7 +362,7 @@ def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_e
     missing = sorted({s.actor for s in wf.steps if s.kind == "ai"} - set(server.models))
     if missing:
         raise DemoError(f"the workflow {example.workflow.name} needs model(s) {', '.join(missing)}, which "
-                        f"{redact_url(server.url)} does not serve (it has {', '.join(server.models)}): "
+                        f"{redact(server.url)} does not serve (it has {', '.join(server.models)}): "
                         f"pull them (`ollama pull {missing[0]}`) or give a workflow with a models: mapping")
     stored = catalog.store(db, wf, example.workflow.read_text(encoding="utf-8"))
     err.print(f"workflow {stored.name} v{stored.version} from {example.workflow}", highlight=False)

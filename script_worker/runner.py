@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePath
 from typing import IO, Any
-from urllib.parse import urlsplit
 
 from common.messages import Failure, FailureClass, ScriptTask, TaskResult, Usage, utcnow
+from common.redact import scrub, secrets_of
 
 MAX_STDOUT_BYTES = 16 * 1024 * 1024  # one JSON object; beyond this it is a runaway, not an output
 STDERR_TAIL_BYTES = 4096             # what a failure record keeps of stderr
@@ -31,8 +31,6 @@ READER_JOIN_S = 5.0                  # see _finish_readers
 
 # Names of caller-given variables whose values are secrets by their name alone.
 _SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|KEY|CREDENTIAL", re.IGNORECASE)
-# The password in any URL a script prints: scheme://user:PASSWORD@host
-_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@")
 
 
 def run_script(
@@ -192,27 +190,11 @@ def _redactor(given: Mapping[str, str]) -> Callable[[str], str]:
     stdout end up in the database and in front of people."""
     secrets: set[str] = set()
     for name, value in given.items():
-        password = _url_password(value)
-        if password:
-            secrets.add(password)
+        secrets.update(secrets_of(value))
         if _SECRET_NAME.search(name) and len(value) >= 4:
             secrets.add(value)
     ordered = sorted(secrets, key=len, reverse=True)  # a longer secret may contain a shorter one
-
-    def redact(text: str) -> str:
-        text = _URL_PASSWORD.sub(r"\1***@", text)
-        for secret in ordered:
-            text = text.replace(secret, "***")
-        return text
-
-    return redact
-
-
-def _url_password(value: str) -> str | None:
-    try:
-        return urlsplit(value).password if "://" in value else None
-    except ValueError:
-        return None
+    return lambda text: scrub(text, ordered)
 
 
 def _wait_exit(pid: int, timeout: float) -> bool:

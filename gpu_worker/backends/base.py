@@ -30,6 +30,7 @@ from requests.auth import AuthBase
 
 from common.errors import WavefarmError
 from common.messages import AiTask, Failure, FailureClass, TaskResult, Usage, utcnow
+from common.redact import scrub, secrets_of
 from common.structured import InvalidOutput, parse_answer
 
 ERROR_TEXT_LIMIT = 200  # enough to recognise the server's reason, short enough for a table cell
@@ -75,18 +76,6 @@ def server_label(url: str) -> str:
         port = None
     port = port or {"http": 80, "https": 443}.get(parts.scheme)
     return f"{host}:{port}" if port else host
-
-
-def url_secrets(url: str) -> list[str]:
-    """The parts of a URL that must be scrubbed from any text we did not write ourselves."""
-    parts = urlsplit(normalize_base_url(url))
-    return [s for s in (parts.password,) if s]
-
-
-def scrub(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
 
 
 def body_error(body: Any) -> str | None:
@@ -274,7 +263,7 @@ class HttpBackend(ABC):
         self.base_url = normalize_base_url(base_url)
         self.server = server_label(self.base_url)
         self.worker = worker
-        self._secrets = url_secrets(self.base_url) + [s for s in secrets or [] if s]
+        self._secrets = secrets_of(self.base_url) + [s for s in secrets or [] if s]
         self.session = pooled_session(pool_size, self.base_url)
         self.session.auth = auth
 

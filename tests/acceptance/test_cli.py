@@ -137,3 +137,27 @@ def test_pipeline_runs_a_thousand_postings_and_tells_the_story(db_url, tmp_path)
     assert json.loads(again.stdout.strip().splitlines()[-1])["batch_id"] == batch_id
     assert "0 run(s) created, 1000 already submitted" in again.stderr
     assert "no live gpu-worker serves model qwen2.5:7b" in again.stderr
+
+
+HOSTILE_URLS = [
+    ("WAVEFARM_DATABASE_URL", "postgresql://wf:pa#S3cr3tPw@127.0.0.1:1/x"),
+    ("WAVEFARM_DATABASE_URL", "postgresql://wf:S3cr3tPw@127.0.0.1:99999999/x"),
+    ("WAVEFARM_DATABASE_URL", "host=127.0.0.1 port=1 password=S3cr3tPw dbname=x"),
+    ("WAVEFARM_DATABASE_URL", "postgresql://127.0.0.1:1/x?password=S3cr3tPw"),
+    ("WAVEFARM_DATABASE_URL", "postgres://wf:S3cr3tPw@[::1:1/x"),
+    ("WAVEFARM_BROKER_URL", "amqp://guest:pa#S3cr3tPw@127.0.0.1:1//"),
+    ("WAVEFARM_BROKER_URL", "amqp://guest:S3cr3tPw@127.0.0.1:99999999//"),
+    ("WAVEFARM_DB_POOL_SIZE", "S3cr3tPw"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), HOSTILE_URLS, ids=[f"{n}={v}" for n, v in HOSTILE_URLS])
+def test_a_bad_setting_is_one_line_of_error_with_no_secret_and_no_traceback(db_url, name, value):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAVEFARM_")}
+    env.update({"WAVEFARM_DATABASE_URL": db_url, "WAVEFARM_BROKER_URL": "amqp://guest:guest@127.0.0.1:1//", name: value})
+    command = ["serve"] if name == "WAVEFARM_BROKER_URL" else ["status"]
+    proc = subprocess.run([str(BIN / "orchestrator"), *command], capture_output=True, text=True, env=env, timeout=120)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 2, said
+    assert "S3cr3tPw" not in said and "Traceback" not in said
+    assert said.startswith("error: ") and len(said.strip().splitlines()) <= 3, said
