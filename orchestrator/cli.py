@@ -3,7 +3,6 @@ module, and shows what came back as a table or as JSON."""
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
@@ -452,37 +451,18 @@ def show(run_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) 
 def export(
     batch: Annotated[int, typer.Option("--batch")],
     fmt: Annotated[str, typer.Option("--format", help="jsonl or csv")] = "jsonl",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write, whole or not at all (default: stdout).")] = None,
+    allow_formulas: Annotated[bool, typer.Option("--allow-formulas", help="CSV: write cells that start with = + - @ as they are, not as text (only for readers that are not spreadsheets).")] = False,
 ) -> None:
     """The results of a batch: one record per run with the latest output of every step."""
+    from orchestrator import export as exporter
+
     if fmt not in ("jsonl", "csv"):
         raise WavefarmError(f"--format must be jsonl or csv, not {fmt!r}")
     with database() as db:
-        stream = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
-        try:
-            records = overview.export_batch(db, batch)
-            if fmt == "jsonl":
-                for record in records:
-                    stream.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-            else:
-                _write_csv(stream, records, overview.batch_steps(db, batch))
-        finally:
-            if output:
-                stream.close()
-
-
-def _write_csv(stream, records, steps: list[str]) -> None:
-    writer = None
-    for record in records:
-        flat = {"run_id": record["run_id"], "status": record["status"], "end_reason": record["end_reason"]}
-        flat.update(record["row"])
-        for step in steps:
-            value = record["outputs"].get(step)
-            flat[f"output.{step}"] = value if value is None or isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        if writer is None:
-            writer = csv.DictWriter(stream, fieldnames=list(flat))
-            writer.writeheader()
-        writer.writerow(flat)
+        steps = overview.batch_steps(db, batch)  # no such batch: said before any file is touched
+        with exporter.destination(output) as stream:
+            exporter.write(overview.export_batch(db, batch), steps, fmt, stream, allow_formulas=allow_formulas)
 
 
 def _read_text(path: Path) -> str:

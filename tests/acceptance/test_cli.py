@@ -122,7 +122,7 @@ def test_pipeline_runs_a_thousand_postings_and_tells_the_story(db_url, tmp_path)
             assert "loop bound reached" in r["end_reason"], r["end_reason"]
 
     table = list(csv.DictReader(io.StringIO(cli(db_url, "export", "--batch", str(batch_id), "--format", "csv").stdout)))
-    assert len(table) == 1000 and "output.record" in table[0] and "posting_id" in table[0]
+    assert len(table) == 1000 and "output.record" in table[0] and "input.posting_id" in table[0]
 
     completed = next(r for r in records if r["status"] == "completed")
     story = cli(db_url, "show", str(completed["run_id"])).stdout
@@ -161,3 +161,14 @@ def test_a_bad_setting_is_one_line_of_error_with_no_secret_and_no_traceback(db_u
     assert proc.returncode == 2, said
     assert "S3cr3tPw" not in said and "Traceback" not in said
     assert said.startswith("error: ") and len(said.strip().splitlines()) <= 3, said
+
+
+def test_exporting_a_batch_that_does_not_exist_leaves_the_file_alone(db_url, tmp_path):
+    cli(db_url, "db", "upgrade")
+    target = tmp_path / "results.csv"
+    target.write_text("yesterday's results\n")
+    proc = cli(db_url, "export", "--batch", "12345", "--format", "csv", "-o", str(target), check=False)
+    assert proc.returncode == 2 and "no batch 12345" in proc.stderr and "Traceback" not in proc.stderr
+    assert target.read_text() == "yesterday's results\n"
+    folder = cli(db_url, "export", "--batch", "12345", "-o", str(tmp_path), check=False)
+    assert folder.returncode == 2 and "Traceback" not in folder.stderr
