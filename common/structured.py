@@ -14,12 +14,12 @@ from it would implement a subset. The workflow validator checks each schema with
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from common import storable
 from common.errors import WavefarmError
 
 Format = str | dict[str, Any]  # "json" or a JSON Schema
@@ -43,11 +43,12 @@ def parse_answer(content: str, fmt: Format) -> Any:
     """The JSON value a structured answer holds; raises InvalidOutput when it does not
     parse or does not satisfy the schema (every violation, most specific first)."""
     try:
-        # strict=False: a raw newline inside a string is not strict JSON, but it is what
-        # some servers' grammars let through (llama.cpp's), and the value is unambiguous.
-        value = json.loads(content, strict=False)
-    except ValueError:
-        raise InvalidOutput("did not answer JSON") from None
+        value = storable.loads(content)
+    except ValueError as exc:
+        raise InvalidOutput(f"did not answer JSON ({exc})") from None
+    found = storable.problem(value)
+    if found:
+        raise InvalidOutput(f"answered JSON that {found}")
     if isinstance(fmt, dict):
         errors = sorted(Draft202012Validator(fmt).iter_errors(value), key=lambda e: (list(e.absolute_path), e.message))
         if errors:

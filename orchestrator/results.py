@@ -31,7 +31,8 @@ from typing import TypeVar
 
 import psycopg
 
-from common.messages import TaskResult, Usage
+from common import storable
+from common.messages import Failure, FailureClass, TaskResult, Usage
 from common.retries import Retry, RetryPolicy
 from orchestrator import engine, locks
 from orchestrator.catalog import WorkflowCache
@@ -109,12 +110,32 @@ def apply_in(store: Store, results: Sequence[TaskResult], cache: WorkflowCache, 
         try:
             with store.transaction():
                 applied += _apply_set(store, [result], cache, policy)
+            continue
+        except DB_ERRORS:
+            raise
+        except Exception as exc:
+            log.exception("could not apply the result of interaction %s", result.interaction_id)
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        # What cannot be stored as it came is recorded as what it is: this attempt's
+        # failure, with the reason, now; not a result left to wait for its deadline.
+        unstorable = _unstorable(result, reason)
+        try:
+            with store.transaction():
+                applied += _apply_set(store, [unstorable], cache, policy)
         except DB_ERRORS:
             raise
         except Exception:
-            log.exception("could not apply the result of interaction %s", result.interaction_id)
+            log.exception("could not record interaction %s as failed either", result.interaction_id)
             applied.append(Applied(result, "error"))
     return applied
+
+
+def _unstorable(result: TaskResult, reason: str) -> TaskResult:
+    failure = Failure(failure_class=FailureClass.INVALID_OUTPUT,
+                      message=storable.clean(f"the result could not be stored: {reason}"))
+    return TaskResult(interaction_id=result.interaction_id, attempt=result.attempt, failure=failure,
+                      worker=result.worker, server=result.server, started_at=result.started_at,
+                      finished_at=result.finished_at)
 
 
 def outcome_counts(applied: Sequence[Applied]) -> Counter:

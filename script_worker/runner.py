@@ -21,6 +21,7 @@ from pathlib import Path, PurePath
 from typing import IO, Any
 
 from common.messages import Failure, FailureClass, ScriptTask, TaskResult, Usage, utcnow
+from common import storable
 from common.redact import scrub, secrets_of
 
 MAX_STDOUT_BYTES = 16 * 1024 * 1024  # one JSON object; beyond this it is a runaway, not an output
@@ -103,12 +104,12 @@ def run_script(
         code = proc.wait()
     _finish_readers(feeder, out, err)
 
-    stderr_tail = redact(err.text())
+    stderr_tail = storable.clean(redact(err.text()))
     last_line = next((ln.strip() for ln in reversed(stderr_tail.splitlines()) if ln.strip()), "")
     last_line = last_line[:PREVIEW_CHARS] + ("..." if len(last_line) > PREVIEW_CHARS else "")
 
     def failed(cls: FailureClass, message: str) -> TaskResult:
-        return result(failure=Failure(failure_class=cls, message=redact(message), exit_code=code,
+        return result(failure=Failure(failure_class=cls, message=storable.clean(redact(message)), exit_code=code,
                                       stderr_tail=stderr_tail or None), exit_code=code)
 
     if timed_out:
@@ -297,17 +298,16 @@ def _parse_object(raw: bytes) -> tuple[dict[str, Any] | None, str]:
     except UnicodeDecodeError:
         return None, "bytes that are not UTF-8"
     try:
-        # NaN and Infinity are not JSON, and Postgres would refuse them later.
-        value = json.loads(text, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:
+        value = storable.loads(text)  # NaN and Infinity are not JSON, and Postgres would refuse them later
+    except ValueError as exc:
         return None, f"text that is not JSON ({exc})"
     if not isinstance(value, dict):
         return None, f"a JSON {_JSON_KIND.get(type(value), 'value')}"
+    found = storable.problem(value)
+    if found:
+        return None, f"a JSON object that {found}"
     return value, ""
 
 
 _JSON_KIND = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")

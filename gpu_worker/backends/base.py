@@ -15,6 +15,7 @@ validation); ollama.py and openai.py only say how their API is shaped.
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 from abc import ABC, abstractmethod
@@ -29,11 +30,14 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
 from common.errors import WavefarmError
+from common import storable
 from common.messages import AiTask, Failure, FailureClass, TaskResult, Usage, utcnow
 from common.redact import scrub, secrets_of
 from common.structured import InvalidOutput, parse_answer
 
 ERROR_TEXT_LIMIT = 200  # enough to recognise the server's reason, short enough for a table cell
+MAX_ANSWER_BYTES = 16 * 1024 * 1024  # no step's answer is larger; beyond it a server is running away
+READ_CHUNK = 64 * 1024
 PREVIEW_CHARS = 200       # how much of a rejected answer a failure message shows
 CONNECT_TIMEOUT_S = 5.0   # a server that does not accept a connection in 5s is down, not busy
 LIST_TIMEOUT_S = 10.0     # listing models reads a directory: it never needs a model's time
@@ -88,14 +92,33 @@ def body_error(body: Any) -> str | None:
     return err[:ERROR_TEXT_LIMIT] if isinstance(err, str) else None
 
 
-def error_text(response: requests.Response) -> str:
+@dataclass(frozen=True)
+class Reply:
+    """A server's whole answer to one call, read within the call's time and size limits."""
+
+    status_code: int
+    headers: Any
+    content: bytes
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.content)
+        except RecursionError:
+            raise ValueError("nested too deep") from None
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+
+def error_text(response: requests.Response | Reply) -> str:
     """The server's own reason (see body_error), or the raw body when it has none."""
     try:
         body: Any = response.json()
     except ValueError:
-        return response.text.strip()[:ERROR_TEXT_LIMIT]
+        return storable.clean(response.text.strip()[:ERROR_TEXT_LIMIT])
     reason = body_error(body)
-    return reason if reason is not None else str(body)[:ERROR_TEXT_LIMIT]
+    return storable.clean(reason if reason is not None else str(body)[:ERROR_TEXT_LIMIT])
 
 
 def _is_model_missing(text: str) -> bool:
@@ -300,16 +323,13 @@ class HttpBackend(ABC):
     def complete(self, task: AiTask) -> TaskResult:
         started_at = utcnow()
         t0 = time.monotonic()
-        try:
-            response = self.session.post(self.base_url + self.chat_path, json=self._payload(task),
-                                         timeout=(CONNECT_TIMEOUT_S, task.timeout_s))
-        except requests.RequestException as exc:
-            failure = failure_from_exception(exc, model=task.model, server=self.server, timeout_s=task.timeout_s)
-            return failed_result(task, failure, worker=self.worker, started_at=started_at,
+        reply = self._exchange(task, t0)
+        if isinstance(reply, Failure):
+            return failed_result(task, reply, worker=self.worker, started_at=started_at,
                                  metrics={"wall_s": round(time.monotonic() - t0, 3)}, server=self.server)
         elapsed_s = time.monotonic() - t0
         metrics: dict[str, Any] = {"wall_s": round(elapsed_s, 3)}
-        outcome = self._answer(response, task, metrics, elapsed_s)
+        outcome = self._answer(reply, task, metrics, elapsed_s)
         if isinstance(outcome, Failure):
             return failed_result(task, outcome, worker=self.worker, started_at=started_at, metrics=metrics,
                                  server=self.server)
@@ -317,7 +337,41 @@ class HttpBackend(ABC):
                           usage=usage_from_metrics(metrics), metrics=metrics, worker=self.worker, server=self.server,
                           started_at=started_at, finished_at=utcnow())
 
-    def _answer(self, response: requests.Response, task: AiTask, metrics: dict[str, Any],
+    def _exchange(self, task: AiTask, t0: float) -> Reply | Failure:
+        """POST the task and read the whole answer, within the step's timeout for the
+        whole call (a server that trickles its answer a byte at a time is as late as one
+        that sends nothing) and within MAX_ANSWER_BYTES."""
+        deadline = t0 + task.timeout_s
+        where = self._where(task)
+        late = Failure(failure_class=FailureClass.TIMEOUT,
+                       message=f"{where} did not finish its answer within {task.timeout_s:g}s")
+        try:
+            response = self.session.post(self.base_url + self.chat_path, json=self._payload(task),
+                                         timeout=(CONNECT_TIMEOUT_S, task.timeout_s), stream=True)
+        except requests.RequestException as exc:
+            return failure_from_exception(exc, model=task.model, server=self.server, timeout_s=task.timeout_s)
+        data = bytearray()
+        try:
+            # read1: whatever has arrived, so that the clock is looked at while a slow
+            # body trickles in, not only once a whole chunk has.
+            while chunk := response.raw.read1(READ_CHUNK, decode_content=True):
+                data += chunk
+                if len(data) > MAX_ANSWER_BYTES:
+                    return Failure(failure_class=FailureClass.INVALID_OUTPUT,
+                                   message=f"{where} answered more than {MAX_ANSWER_BYTES // 2**20} MiB: no step's "
+                                           "answer is that large")
+                if time.monotonic() > deadline:
+                    return late
+        except Exception as exc:  # urllib3's and requests' errors alike: the answer broke off
+            if time.monotonic() > deadline:
+                return late
+            wrapped = exc if isinstance(exc, requests.RequestException) else requests.ConnectionError(exc)
+            return failure_from_exception(wrapped, model=task.model, server=self.server, timeout_s=task.timeout_s)
+        finally:
+            response.close()
+        return Reply(response.status_code, response.headers, bytes(data))
+
+    def _answer(self, response: Reply, task: AiTask, metrics: dict[str, Any],
                 elapsed_s: float) -> str | dict[str, Any] | list[Any] | Failure:
         where = self._where(task)
         if response.status_code >= 400:
@@ -338,13 +392,16 @@ class HttpBackend(ABC):
         if isinstance(answer, Failure):
             return answer
         if task.format is None:
+            found = storable.problem(answer.content)
+            if found:
+                return Failure(failure_class=FailureClass.INVALID_OUTPUT, message=f"{where} answered text that {found}")
             return answer.content
         try:
             return parse_answer(answer.content, task.format)
         except InvalidOutput as exc:
             cut = " (cut off at the token limit)" if answer.truncated else ""
             return Failure(failure_class=FailureClass.INVALID_OUTPUT,
-                           message=f"{where} {exc}{cut}: {answer.content[:PREVIEW_CHARS]!r}")
+                           message=f"{where} {exc}{cut}: {storable.clean(answer.content[:PREVIEW_CHARS])!r}")
 
     def list_models(self) -> list[str]:
         try:

@@ -331,10 +331,14 @@ def test_one_result_that_cannot_be_stored_costs_only_itself(conn, tmp_path):
     # Postgres refuses a NUL character in jsonb: applying this one raises.
     bad = TaskResult(interaction_id=rows[1].id, attempt=1, output="nul \x00 here")
     outcomes = apply_results(conn, [good[0], bad, good[1]], WorkflowCache())
-    assert outcomes == {"completed": 2, "error": 1}
-    status = {i["id"]: i["status"] for i in interactions(conn, batch)}
-    assert status[bad.interaction_id] == "dispatched"  # the sweeper will send it again
-    assert all(status[g.interaction_id] == "completed" for g in good)
+    # Recorded as the attempt's failure at once, with the reason, and retried: not left
+    # dispatched to come back as a lost worker at its deadline.
+    assert outcomes == {"completed": 2, "retried": 1}
+    by_id = {i["id"]: i for i in interactions(conn, batch)}
+    assert (by_id[bad.interaction_id]["status"], by_id[bad.interaction_id]["attempt"]) == ("pending", 2)
+    assert by_id[bad.interaction_id]["failure_class"] == "invalid_output"
+    assert "could not be stored" in by_id[bad.interaction_id]["failure_message"]
+    assert all(by_id[g.interaction_id]["status"] == "completed" for g in good)
 
 
 FLAG = """#!/usr/bin/env python3

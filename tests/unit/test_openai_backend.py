@@ -87,8 +87,16 @@ LLAMA_CPP_PYTHON_REFUSAL = {"error": {
 
 
 def _json_response(status: int, body: dict) -> requests.Response:
+    """A response as requests hands back one it has not read yet (stream=True)."""
+    import io
+
+    from urllib3.response import HTTPResponse
+
+    data = json.dumps(body).encode()
     response = requests.Response()
-    response.status_code, response._content = status, json.dumps(body).encode()
+    response.status_code = status
+    response.raw = HTTPResponse(body=io.BytesIO(data), status=status, preload_content=False,
+                                headers={"Content-Type": "application/json", "Content-Length": str(len(data))})
     response.headers["Content-Type"] = "application/json"
     return response
 

@@ -154,6 +154,27 @@ def test_nan_is_not_json(tmp_path: Path) -> None:
     assert f is not None and f.failure_class == FailureClass.INVALID_OUTPUT
 
 
+@pytest.mark.parametrize(("printed", "reason"), [
+    (r'{"summary": "a\u0000b"}', "NUL character"),
+    (r'{"name": "\ud83d alone"}', "unpaired UTF-16 surrogate"),
+    ('[' * 50_000 + ']' * 50_000, "not JSON"),
+    ('{"a": ' + '[' * 100 + ']' * 100 + '}', "nested deeper than 64 levels"),
+], ids=["nul", "surrogate", "fifty-thousand-deep", "a-hundred-deep"])
+def test_json_the_database_cannot_keep_is_invalid_output(tmp_path: Path, printed: str, reason: str) -> None:
+    (tmp_path / "bad.py").write_text(f"import sys\nsys.stdout.write({printed!r})\n")
+    f = run("bad.py", scripts_dir=tmp_path).failure
+    assert f is not None and f.failure_class == FailureClass.INVALID_OUTPUT
+    assert reason in f.message
+
+
+def test_a_nul_on_stderr_is_kept_as_a_replacement_character(tmp_path: Path) -> None:
+    (tmp_path / "nul.py").write_text("import sys\nsys.stderr.write('bad \\x00 byte\\n')\nsys.exit(3)\n")
+    f = run("nul.py", scripts_dir=tmp_path).failure
+    assert f.failure_class == FailureClass.SCRIPT_ERROR
+    assert "\x00" not in f.stderr_tail and "\x00" not in f.message
+    assert "bad \ufffd byte" in f.stderr_tail
+
+
 def test_output_too_large() -> None:
     f = run("loud.py", {"stdout_mib": 17}).failure
     assert f is not None and f.failure_class == FailureClass.INVALID_OUTPUT
