@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
 
+from common.errors import CsvFileError
 from orchestrator import catalog, engine
 from orchestrator.csv_rows import BadRow, CsvSummary, GoodRow, file_digest, read_rows
 from orchestrator.db.rows import Batch, FailedInteraction, IncomingRun
@@ -60,7 +61,10 @@ def submit(
     rows = read_rows(path, required_columns=sorted(workflow.input_columns()), key_column=key_column, summary=summary)
     # Whole-file problems (no header, missing columns) raise here, before a batch exists.
     first = next(rows, None)
-    rows = chain([first], rows) if first is not None else iter(())
+    if first is None:
+        raise CsvFileError(f"{path.name} has no rows after its header"
+                           + (f" ({summary.empty} empty)" if summary.empty else "") + ": nothing to submit")
+    rows = chain([first], rows)
 
     digest = file_digest(path)
     with db.transaction():

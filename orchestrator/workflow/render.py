@@ -3,6 +3,11 @@
 Templates come from workflow files, so they run in Jinja's sandbox (no attribute that
 starts with an underscore, no unsafe callables) and every undefined name is an error:
 a prompt with a silent hole in it is worse than a failed interaction.
+
+They render inside serve's transaction, so what one template may make is bounded too:
+text past `max_rendered_chars` (a setting) is a render_error of that interaction, and
+the operators that could build it in one step (`'x' * 10**9`, `9 ** 9 ** 9`) are refused
+before they allocate, as is a `range` longer than MAX_RANGE.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError, meta, nodes
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import missing
 
@@ -24,6 +30,15 @@ if TYPE_CHECKING:
     from orchestrator.workflow.model import Step
 
 CONTEXT_NAMES = frozenset({"input", "steps", "run", "batch"})
+MAX_RANGE = 10_000       # items a template's range() may make (Jinja's own sandbox allows 100,000)
+MAX_EXPONENT = 1_000     # `a ** b` with a larger b makes numbers no prompt needs, at a cost serve pays
+
+
+@lru_cache(maxsize=1)
+def max_rendered_chars() -> int:
+    from common.settings import get_settings
+
+    return get_settings().max_rendered_chars
 
 
 class _Lookup(Mapping[str, Any]):
@@ -72,6 +87,21 @@ class _Undefined(StrictUndefined):
 
 
 class _Environment(SandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        # Refused before the result exists: it would be built in serve's memory first.
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and \
+                        len(seq) * times > max_rendered_chars():
+                    raise SecurityError(f"the template repeats a value into more than {max_rendered_chars():,} "
+                                        "items (WAVEFARM_MAX_RENDERED_CHARS)")
+        elif isinstance(right, int) and not isinstance(left, float) and abs(right) > MAX_EXPONENT and \
+                left not in (0, 1, -1):
+            raise SecurityError(f"the template raises a number to the power {right}: at most {MAX_EXPONENT}")
+        return super().call_binop(context, operator, left, right)
+
     def getattr(self, obj: Any, attribute: str) -> Any:
         # Data before methods: a CSV column or a script output key called "items" or
         # "values" must read the value, not dict.items.
@@ -91,7 +121,15 @@ def _finalize(value: Any) -> Any:
     return value
 
 
+def _range(*args: int) -> range:
+    made = range(*args)
+    if len(made) > MAX_RANGE:
+        raise SecurityError(f"range() of {len(made):,} items: a template may make at most {MAX_RANGE:,}")
+    return made
+
+
 ENV = _Environment(undefined=_Undefined, autoescape=False, keep_trailing_newline=True, finalize=_finalize)
+ENV.globals["range"] = _range
 
 
 @lru_cache(maxsize=8192)
@@ -151,9 +189,18 @@ def analyze(source: str) -> TemplateRefs:
     return TemplateRefs(inputs, steps, unknown, loads)
 
 
-def _render(step_name: str, path: TemplatePath, source: str, context: dict[str, Any]) -> str:
+def _render(step_name: str, path: TemplatePath, source: str, context: dict[str, Any], budget: list[int]) -> str:
+    """`source` rendered; `budget` holds how many characters are left for this prompt or
+    this script input, and is spent as the text is made (a runaway loop stops at it)."""
     try:
-        return _template(source).render(context)
+        parts = []
+        for piece in _template(source).generate(context):
+            budget[0] -= len(piece)
+            if budget[0] < 0:
+                raise SecurityError(f"the rendered text is longer than {max_rendered_chars():,} characters "
+                                    "(WAVEFARM_MAX_RENDERED_CHARS)")
+            parts.append(piece)
+        return "".join(parts)
     except TemplateSyntaxError as exc:
         reason = f"template does not parse: {exc.message} (template line {exc.lineno})"
     except TemplateError as exc:  # undefined names, sandbox refusals
@@ -163,13 +210,14 @@ def _render(step_name: str, path: TemplatePath, source: str, context: dict[str, 
     raise RenderError(f"step {step_name}, {format_path(path)}: {reason}")
 
 
-def _render_value(step_name: str, path: TemplatePath, value: Any, context: dict[str, Any]) -> Any:
+def _render_value(step_name: str, path: TemplatePath, value: Any, context: dict[str, Any],
+                  budget: list[int]) -> Any:
     if isinstance(value, str):
-        return _render(step_name, path, value, context)
+        return _render(step_name, path, value, context, budget)
     if isinstance(value, dict):
-        return {k: _render_value(step_name, (*path, k), v, context) for k, v in value.items()}
+        return {k: _render_value(step_name, (*path, k), v, context, budget) for k, v in value.items()}
     if isinstance(value, list):
-        return [_render_value(step_name, (*path, i), v, context) for i, v in enumerate(value)]
+        return [_render_value(step_name, (*path, i), v, context, budget) for i, v in enumerate(value)]
     return value
 
 
@@ -182,7 +230,8 @@ def render_step(step: Step, context: dict[str, Any]) -> dict[str, Any]:
     ctx = dict(context)
     ctx["input"] = _Lookup(context.get("input") or {}, _no_column)
     ctx["steps"] = _Lookup(context.get("steps") or {}, _no_output)
+    budget = [max_rendered_chars()]  # for the whole input mapping, or for the prompt and system together
     if step.kind == "script":
-        return {"input": _render_value(step.name, ("input",), step.input, ctx)}
-    system = None if step.system is None else _render(step.name, ("system",), step.system, ctx)
-    return {"prompt": _render(step.name, ("prompt",), step.prompt or "", ctx), "system": system}
+        return {"input": _render_value(step.name, ("input",), step.input, ctx, budget)}
+    system = None if step.system is None else _render(step.name, ("system",), step.system, ctx, budget)
+    return {"prompt": _render(step.name, ("prompt",), step.prompt or "", ctx, budget), "system": system}

@@ -133,3 +133,12 @@ def test_serve_is_told_of_a_submission_and_of_nothing_else(db_url, tmp_path):
         service._release()
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("body", ["", "\n\n,\n"], ids=["header-only", "header-and-empty-rows"])
+def test_a_file_with_no_rows_is_said_and_makes_no_batch(conn, tmp_path, workflow, body):
+    path = tmp_path / "empty.csv"
+    path.write_text("title,body\n" + body)
+    with pytest.raises(CsvFileError, match="empty.csv has no rows after its header"):
+        batches.submit(Store(conn), path, "posts")
+    assert conn.execute("SELECT count(*) AS n FROM batches").fetchone()["n"] == 0

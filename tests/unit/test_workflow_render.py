@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from common.errors import RenderError
@@ -139,3 +141,27 @@ def test_templates_are_compiled_once():
     for n in range(50):
         assert render_step(step, context(x=str(n)))["prompt"] == f"cached {n} template"
     assert render_module._template(source) is compiled
+
+
+@pytest.mark.parametrize(("template", "reason"), [
+    ("{{ 'x' * 10000000 }}", "repeats a value into more than 1,000,000 items"),
+    ("{{ [1] * 10**9 }}", "repeats a value"),
+    ("{{ 7 ** 999999 }}", "raises a number to the power"),
+    ("{% for i in range(10**7) %}{% endfor %}", re.escape("range() of 10,000,000 items")),
+    ("{% for i in range(10000) %}{% for j in range(1000) %}word {% endfor %}{% endfor %}",
+     "longer than 1,000,000 characters"),
+    ("{{ input.big ~ input.big }}", "longer than 1,000,000 characters"),
+])
+def test_a_template_cannot_make_more_than_the_bound_and_fails_as_its_interaction(template, reason):
+    with pytest.raises(RenderError, match=reason):
+        render_step(ai(template), context(big="y" * 600_000))
+
+
+def test_the_bound_is_for_the_prompt_and_system_together_and_for_a_whole_script_input():
+    half = "{{ input.big }}"
+    with pytest.raises(RenderError, match="longer than"):
+        render_step(ai(half, system=half), context(big="z" * 600_000))
+    script = Step(name="save", script="save.py", input={"a": half, "b": [half]})
+    with pytest.raises(RenderError, match="step save, input.b\\[0\\]: the rendered text is longer"):
+        render_step(script, context(big="z" * 600_000))
+    assert len(render_step(ai(half), context(big="z" * 600_000))["prompt"]) == 600_000

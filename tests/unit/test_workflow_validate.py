@@ -755,3 +755,54 @@ def test_field_conditions(when, output, matches):
     from orchestrator.workflow import Branch
 
     assert Branch.model_validate({"when": when, "to": "x"}).matches(output) is matches
+
+
+# ---- files built to hurt -------------------------------------------------------------
+
+BOMB = "name: bomb\na: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi")) + \
+    "steps: [{name: s, model: m, prompt: p}]\n"
+
+
+def test_an_alias_bomb_is_refused_before_it_is_expanded():
+    assert len(BOMB) < 600  # nine levels of nine: 387 million values once expanded
+    (problem,) = validate_text(BOMB)
+    assert "aliases expand it to more than 100,000 values" in problem.message
+
+
+def test_aliases_that_repeat_a_part_of_the_file_are_fine():
+    text = _text("""
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            options: &opts {temperature: 0, num_ctx: 4096}
+            next: [{when: "*", to: b}]
+          - name: b
+            model: m
+            prompt: q
+            options: *opts
+        """)
+    assert validate_text(text) == []
+    assert load_text(text).step("b").options == {"temperature": 0, "num_ctx": 4096}
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("name: deep\nsteps: " + "[" * 5000 + "]" * 5000 + "\n", "nest"),
+    ("name: deep\nx: " + "[" * 100 + "]" * 100 + "\nsteps: [{name: s, model: m, prompt: p}]\n",
+     "nested deeper than 64 levels"),
+    ("name: rec\nx: &x [1, *x]\nsteps: [{name: s, model: m, prompt: p}]\n", "refers to a value that contains it"),
+], ids=["five-thousand-deep", "a-hundred-deep", "recursive-alias"])
+def test_a_file_nested_past_any_use_is_one_clear_problem(text, words):
+    (problem,) = validate_text(text)
+    assert words in problem.message
+
+
+def test_a_three_thousand_step_chain_validates_and_its_references_are_checked():
+    steps = "".join(f"  - name: s{i}\n    model: m\n    prompt: \"{{{{ steps.s{max(i - 1, 0)}.output }}}}\"\n"
+                    f"    next: [{{when: \"*\", to: s{i + 1}}}]\n" for i in range(1, 2999))
+    text = ("name: long\nsteps:\n  - name: s0\n    model: m\n    prompt: p\n    next: [{when: \"*\", to: s1}]\n"
+            + steps + "  - name: s2999\n    model: m\n    prompt: \"{{ steps.s2999.output }}\"\n")
+    (problem,) = validate_text(text)  # the last step reads its own output: it never runs again after itself
+    assert problem.path == "steps[2999].prompt" and "never runs again after itself" in problem.message
