@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from common import embedded_postgres
 from common.cli import run_app
@@ -34,9 +35,17 @@ app.add_typer(db_app, name="db")
 app.add_typer(workflow_app, name="workflow")
 
 # When piped (to a file, a test, grep) rich would assume 80 columns and cut cells
-# short; a wide console keeps every name and id whole.
-out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+# short; a wide console keeps every name and id whole. Nothing printed is read as rich
+# markup: a model's answer, a script's stderr, a CSV value or a YAML key holding
+# "[/INST]" or "[link=...]" is text like any other. What the code styles, it styles
+# with Text spans (`styled`).
+out = Console(width=None if sys.stdout.isatty() else 200, markup=False, highlight=False)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=False, highlight=False)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """A line of plain text, with (text, style) parts styled: never parsed as markup."""
+    return Text.assemble(*parts)
 
 
 def _table(*columns: str, title: str | None = None) -> Table:
@@ -101,9 +110,9 @@ def workflow_validate(file: Path, scripts_dir: ScriptsDir = None, model: ModelOp
     text = _read_text(file)
     problems = validate_text(text, str(file), _scripts_dir(scripts_dir), _model_overrides(model))
     if problems:
-        err.print(f"[red]{file}: {len(problems)} problem(s)[/red]")
+        err.print(styled((f"{file}: {len(problems)} problem(s)", "red")))
         for p in problems:
-            err.print(f"  {p.located(str(file))}", markup=False, highlight=False)
+            err.print(f"  {p.located(str(file))}")
         raise typer.Exit(1)
     out.print(f"{file}: valid")
 
@@ -204,7 +213,7 @@ def _print_submission(submission: batches.Submission) -> None:
         highlight=False,
     )
     for bad in submission.rejected[:20]:
-        err.print(f"  [yellow]line {bad.line}[/yellow]: {bad.reason}", highlight=False)
+        err.print(styled("  ", (f"line {bad.line}", "yellow"), f": {bad.reason}"))
     if len(submission.rejected) > 20:
         err.print(f"  ... and {len(submission.rejected) - 20} more (orchestrator status --batch {submission.batch_id})")
 
@@ -361,8 +370,8 @@ def _print_farm_status(data: dict) -> None:
         out.print(table)
         for q in data["queues"]:
             if q["problem"]:
-                out.print(f"[red]{q['queue']}[/red]: {q['problem']} ({', '.join(q['actors'])}): "
-                          f"{q['pending']} waiting", highlight=False)
+                out.print(styled((q["queue"], "red"), f": {q['problem']} ({', '.join(q['actors'])}): "
+                                                      f"{q['pending']} waiting"))
     if data["workers"]:
         table = _table("worker", "kind", "consuming", "slots", "server", "circuit", "last seen", title="workers")
         for w in data["workers"]:
@@ -375,8 +384,8 @@ def _print_farm_status(data: dict) -> None:
 def _print_batch_status(data: dict) -> None:
     b = data["batch"]
     runs = data["runs"]
-    out.print(f"[bold]batch {b['id']}[/bold]  {b['workflow']} v{b['workflow_version']}  from {b['source']}  "
-              f"({b['rows_good']} rows, {b['rows_rejected']} rejected)")
+    out.print(styled((f"batch {b['id']}", "bold"), f"  {b['workflow']} v{b['workflow_version']}  from {b['source']}  "
+                                                   f"({b['rows_good']} rows, {b['rows_rejected']} rejected)"))
     out.print("runs: " + "  ".join(f"{k} {v}" for k, v in runs.items()))
     cols = overview.STATUSES
     table = _table("step", "actor", *cols, title="interactions by step")
@@ -399,7 +408,7 @@ def _print_batch_status(data: dict) -> None:
             table.add_row(str(f["n"]), f["end_reason"] or "")
         out.print(table)
     if data["rejects"]:
-        out.print("[bold]rejected rows[/bold]")
+        out.print(styled(("rejected rows", "bold")))
         for r in data["rejects"]:
             out.print(f"  line {r['line']}: {r['reason']}", highlight=False)
 
@@ -424,8 +433,9 @@ def show(run_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) 
         print(json.dumps(story, default=str, indent=2))
         return
     run = story["run"]
-    out.print(f"[bold]run {run['id']}[/bold]  batch {run['batch_id']}  {run['workflow_name']} v{run['workflow_version']}"
-              f"  line {run['line']} of {run['source_name']}  [bold]{run['status']}[/bold]")
+    out.print(styled((f"run {run['id']}", "bold"), f"  batch {run['batch_id']}  {run['workflow_name']} "
+                     f"v{run['workflow_version']}  line {run['line']} of {run['source_name']}  ",
+                     (run["status"], "bold")))
     if run["end_reason"]:
         out.print(f"end: {run['end_reason']}", highlight=False)
     table = _table("#", "id", "step", "actor", "status", "attempt", "parents", "in", "out", "duration", "worker")
@@ -444,7 +454,7 @@ def show(run_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) 
         out.print(f"  {e['at']:%H:%M:%S} {e['kind']}: {json.dumps(e['detail'])}", highlight=False)
     for i in story["interactions"]:
         if i["failure_message"]:
-            out.print(f"  [red]{i['step']}[/red]: {i['failure_message']}", highlight=False)
+            out.print(styled("  ", (i["step"], "red"), f": {i['failure_message']}"))
 
 
 @app.command()

@@ -172,3 +172,35 @@ def test_exporting_a_batch_that_does_not_exist_leaves_the_file_alone(db_url, tmp
     assert target.read_text() == "yesterday's results\n"
     folder = cli(db_url, "export", "--batch", "12345", "-o", str(tmp_path), check=False)
     assert folder.returncode == 2 and "Traceback" not in folder.stderr
+
+
+MARKUP = "[/INST] boom [link=http://evil.example]click[/link] [bold]"
+
+
+def test_text_from_outside_is_printed_as_text_not_read_as_markup(db_url, tmp_path):
+    """A script's stderr, a CSV value, a model's answer may hold what rich would read as
+    markup ([/INST] is ordinary for Llama-style models): status and show print it as it
+    is, and neither crashes nor makes a hyperlink."""
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "markup.py").write_text(f"import sys\nsys.stdin.read()\nsys.stderr.write({MARKUP!r} + '\\n')\n"
+                                       "sys.exit(3)\n")
+    workflow = tmp_path / "markup.yaml"
+    workflow.write_text("name: markup\nsteps:\n  - name: shout\n    script: markup.py\n"
+                        "    input: {x: \"{{ input.x }}\"}\n")
+    rows = tmp_path / "rows.csv"
+    rows.write_text("x\n[bold]one\n[bold]one\n[/INST]two\n")
+    cli(db_url, "db", "upgrade")
+    submitted = cli(db_url, "submit", "--batch", str(rows), "--workflow", str(workflow), "--key", "x", "--local",
+                    "--scripts-dir", str(scripts), "--json", check=False)
+    assert submitted.returncode == 1, submitted.stderr  # the runs failed, as the script does
+    assert "Traceback" not in submitted.stderr and "MarkupError" not in submitted.stderr
+    assert "[bold]one" in submitted.stderr  # the rejected duplicate row, quoted as it is
+    batch_id = json.loads(submitted.stdout.strip().splitlines()[-1])["batch_id"]
+
+    status = cli(db_url, "status", "--batch", str(batch_id))
+    assert "[/INST] boom [link=http://evil.example]click[/link]" in status.stdout
+    records = [json.loads(line) for line in cli(db_url, "export", "--batch", str(batch_id)).stdout.splitlines()]
+    shown = cli(db_url, "show", str(records[0]["run_id"]))
+    assert "[/INST] boom [link=http://evil.example]click[/link]" in shown.stdout
+    assert "\x1b]8;" not in shown.stdout + status.stdout  # no terminal hyperlink was made
