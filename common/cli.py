@@ -16,5 +16,6 @@ def run_app(app: typer.Typer, err: Console | None = None) -> None:
     try:
         app()
     except WavefarmError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        # soft_wrap: one line stays one line in a log or a journal, whatever the width.
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)

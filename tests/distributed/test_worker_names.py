@@ -1,0 +1,74 @@
+"""Workers started as SPEC.md shows them, with no --name, several of a kind on one
+machine: each takes a name of its own and keeps it across a restart, on every broker
+the farm runs on; a name that a live worker holds is refused."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.distributed.conftest import assert_matches_oracle
+from tests.distributed.farm import BIN, SCRIPTS, Farm
+
+
+def live_workers(farm: Farm, since: float = 0.0) -> dict[str, list[str]]:
+    """Name -> queues of the workers that consume and sent a heartbeat after `since` (epoch seconds)."""
+    rows = farm.db.execute("SELECT name, queues FROM workers WHERE cardinality(queues) > 0 AND NOT stopping "
+                           "AND last_seen > to_timestamp(%s)", (since,)).fetchall()
+    return {r["name"]: r["queues"] for r in rows}
+
+
+def worker_count(farm: Farm) -> int:
+    return farm.db.execute("SELECT count(*) AS n FROM workers").fetchone()["n"]
+
+
+@pytest.mark.parametrize("broker_url", ["amqp", "redis", "filesystem"], indirect=True)
+def test_two_workers_of_each_kind_on_one_machine_without_names_all_work(farm, hosts, csv_path, oracle):
+    a, b = hosts  # one model server per GPU worker, as with one Ollama per GPU
+    farm.serve()
+    farm.gpu("gpu-a", a.url, named=False)
+    farm.gpu("gpu-b", b.url, named=False)
+    farm.scripts("scripts-1", named=False)
+    farm.scripts("scripts-2", named=False)
+
+    machine = socket.gethostname()
+    expected = {f"gpu@{machine}:{a.port}": ["ai.gemma3-1b"], f"gpu@{machine}:{b.port}": ["ai.qwen2.5-7b"],
+                f"script@{machine}": ["script"], f"script-2@{machine}": ["script"]}
+    assert farm.wait_for("four workers under four names to consume", lambda: live_workers(farm) == expected or None)
+    batch_id = farm.submit(csv_path)
+    farm.wait_batch(batch_id)
+    assert_matches_oracle(farm, batch_id, oracle)
+    assert a.served and b.served
+
+    # Killed (as a crash or the OOM killer would) and started again: the same name, the same row.
+    farm.kill("scripts-1", signal.SIGKILL)
+    restarted = time.time()
+    farm.scripts("scripts-1", named=False)
+    farm.wait_for("every worker to be back under its name",
+                  lambda: live_workers(farm, since=restarted) == expected or None, timeout=60)
+    assert worker_count(farm) == 4
+    for name in ("gpu-a", "gpu-b", "scripts-1", "scripts-2"):
+        log = farm.log(name)
+        assert "RESOURCE_LOCKED" not in log and "RestartFreqExceeded" not in log, f"{name}: {log[-2000:]}"
+
+
+@pytest.mark.parametrize("broker_url", ["amqp", "redis"], indirect=True)
+def test_a_name_a_live_worker_holds_is_refused_and_that_worker_goes_on(farm, hosts, csv_path, oracle):
+    a, b = hosts
+    farm.start_standard(a.url, b.url)
+    second = subprocess.run([str(BIN / "script-worker"), "--scripts-dir", str(SCRIPTS), "--name", "scripts"],
+                            env=farm.env(), capture_output=True, text=True, timeout=60)
+    assert second.returncode != 0
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'scripts' is taken" in lines[0] and "--name" in lines[0], second.stderr
+    assert "Traceback" not in second.stdout + second.stderr
+
+    batch_id = farm.submit(csv_path)
+    farm.wait_batch(batch_id)
+    assert_matches_oracle(farm, batch_id, oracle)
+    assert farm.procs["scripts"].poll() is None
+    assert worker_count(farm) == 3
