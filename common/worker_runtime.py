@@ -145,6 +145,8 @@ def run_worker(app: Celery, runtime: WorkerRuntime, lease: Lease, *, pool: str =
     keeper = LeaseKeeper(lease, runtime.name, on_lost=lambda: os.kill(os.getpid(), signal.SIGTERM))
     keeper.start()
     try:
+        # No --task-events: task events cost CPU on every task, and Flower, the only
+        # reader, turns them on when it runs (its --enable-events, the default).
         app.worker_main([
             "worker",
             f"--pool={pool}",
@@ -152,7 +154,6 @@ def run_worker(app: Celery, runtime: WorkerRuntime, lease: Lease, *, pool: str =
             f"--hostname={runtime.name}",
             f"--queues={IDLE_QUEUE}",
             f"--loglevel={loglevel}",
-            "--task-events",
             "--without-mingle",
             "--without-gossip",
         ])
