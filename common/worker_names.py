@@ -42,9 +42,9 @@ def machine() -> str:
     return _clean(socket.gethostname()) or "localhost"
 
 
-def candidates(role: str, *, server_url: str | None = None, host: str | None = None) -> list[str]:
-    """The default names of a worker, in the order they are tried."""
-    here = host if host is not None else machine()
+def candidates(role: str, *, server_url: str | None = None, machine_name: str | None = None) -> list[str]:
+    """The default names of a worker on `machine_name` (default: this machine), in the order they are tried."""
+    here = machine_name if machine_name is not None else machine()
     where = f"{here}:{_server_place(server_url, here)}" if server_url else here
     return [f"{role}@{where}"] + [f"{role}-{i}@{where}" for i in range(2, MAX_INDEX + 1)]
 

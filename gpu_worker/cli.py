@@ -38,7 +38,7 @@ def run(
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="WAVEFARM_OPENAI_API_KEY", help="Bearer token for --openai-url.", show_default=False)] = None,
     models: Annotated[str, typer.Option("--models", help="Comma-separated models, or auto: whatever the server has.")] = "auto",
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Parallel calls: match the server's parallel slots (OLLAMA_NUM_PARALLEL).")] = 1,
-    name: Annotated[Optional[str], typer.Option("--name", help="Worker name, unique among live workers (default: gpu@MACHINE:PORT for a server on this machine, gpu@MACHINE:SERVER:PORT for one elsewhere; gpu-2@..., when taken).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Worker name, one live worker's at a time (default: gpu@MACHINE:PORT after the server, or gpu@MACHINE:SERVER:PORT).")] = None,
     metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve Prometheus metrics on this port.")] = None,
     probe_interval: Annotated[float, typer.Option("--probe-interval", help="Seconds between asking the server what it has.")] = 5.0,
     check: Annotated[bool, typer.Option("--check", help="List what the server has and exit.")] = False,

@@ -28,7 +28,7 @@ app = typer.Typer(add_completion=False)
 def run(
     scripts_dir: Annotated[Optional[Path], typer.Option("--scripts-dir", help="The only directory scripts run from (default: WAVEFARM_SCRIPTS_DIR).")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Scripts run at once.")] = 2,
-    name: Annotated[Optional[str], typer.Option("--name", help="Worker name, unique among live workers (default: script@MACHINE; script-2@MACHINE, ... when taken).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Worker name, one live worker's at a time (default: script@MACHINE, then script-2@MACHINE, ...).")] = None,
     metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve Prometheus metrics on this port.")] = None,
     script: Annotated[Optional[str], typer.Option("--try", help="Run this script once with --input, print the result, exit.")] = None,
     input_json: Annotated[str, typer.Option("--input", help="With --try: the JSON object given on stdin.")] = "{}",

@@ -65,8 +65,7 @@ def claim(app: Celery, name: str | None, defaults: Sequence[str]) -> tuple[str, 
             for candidate in candidates:
                 lease = open_lease(app, node_name(candidate))
                 if lease.acquire():
-                    if waited:
-                        log.info("the broker answers: this worker is %s", candidate)
+                    log.info("this worker is %s", candidate)
                     return candidate, lease
                 lease.release()
             break

@@ -5,12 +5,12 @@ the farm runs on; a name that a live worker holds is refused."""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import time
 
 import pytest
 
+from common import worker_names
 from tests.distributed.conftest import assert_matches_oracle
 from tests.distributed.farm import BIN, SCRIPTS, Farm
 
@@ -35,7 +35,7 @@ def test_two_workers_of_each_kind_on_one_machine_without_names_all_work(farm, ho
     farm.scripts("scripts-1", named=False)
     farm.scripts("scripts-2", named=False)
 
-    machine = socket.gethostname()
+    machine = worker_names.machine()
     expected = {f"gpu@{machine}:{a.port}": ["ai.gemma3-1b"], f"gpu@{machine}:{b.port}": ["ai.qwen2.5-7b"],
                 f"script@{machine}": ["script"], f"script-2@{machine}": ["script"]}
     assert farm.wait_for("four workers under four names to consume", lambda: live_workers(farm) == expected or None)

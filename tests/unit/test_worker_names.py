@@ -11,7 +11,7 @@ from common.worker_names import GPU, SCRIPT, candidates, check_name, node_name
 
 
 def first(role: str, **kw) -> str:
-    return candidates(role, host="box", **kw)[0]
+    return candidates(role, machine_name="box", **kw)[0]
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:11434", "http://localhost:11434", "127.0.0.1:11434",
@@ -31,7 +31,8 @@ def test_a_server_elsewhere_names_both_this_machine_and_the_server():
     # Two remote servers on the same port, driven from one machine: two names.
     assert first(GPU, server_url="http://10.0.0.7:8000/v1") != first(GPU, server_url="http://10.0.0.8:8000/v1")
     # The same server driven from two machines: two names.
-    assert candidates(GPU, host="a", server_url="http://gpu-b:1")[0] != candidates(GPU, host="b", server_url="http://gpu-b:1")[0]
+    from_a, from_b = (candidates(GPU, machine_name=m, server_url="http://gpu-b:1")[0] for m in ("a", "b"))
+    assert from_a != from_b
 
 
 def test_a_url_without_a_port_takes_its_schemes():
@@ -49,11 +50,11 @@ def test_an_ipv6_server_keeps_its_colons_out_of_the_name():
 
 
 def test_a_script_worker_is_named_by_its_machine():
-    assert candidates(SCRIPT, host="box")[:3] == ["script@box", "script-2@box", "script-3@box"]
+    assert candidates(SCRIPT, machine_name="box")[:3] == ["script@box", "script-2@box", "script-3@box"]
 
 
 def test_a_name_already_live_makes_way_for_numbered_ones_all_distinct_and_valid():
-    names = candidates(GPU, host="box", server_url="http://127.0.0.1:11434")
+    names = candidates(GPU, machine_name="box", server_url="http://127.0.0.1:11434")
     assert names[:2] == ["gpu@box:11434", "gpu-2@box:11434"]
     assert len(set(names)) == len(names) == worker_names.MAX_INDEX
     assert all(check_name(n) == n and node_name(n) == n for n in names)
