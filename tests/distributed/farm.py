@@ -37,6 +37,17 @@ def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
 
 
+def close_connections(vhost: str) -> None:
+    """What a RabbitMQ restart does to its clients, for one vhost only: the broker closes
+    every connection (and with them the exclusive queues)."""
+    listing = subprocess.run(["rabbitmqctl", "-q", "list_connections", "pid", "vhost"], check=True,
+                             capture_output=True, text=True, timeout=120).stdout
+    for line in listing.splitlines():
+        pid, _, conn_vhost = line.partition("\t")
+        if conn_vhost.strip() == vhost:
+            rabbitmqctl("close_connection", pid.strip(), "wavefarm test: broker restart")
+
+
 def listening(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()

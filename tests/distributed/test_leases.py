@@ -21,7 +21,7 @@ import redis
 from common.celery_app import make_app
 from common.leases import BrokerAway, LeaseKeeper, open_lease
 from common.leases.redis import Holder
-from tests.distributed.farm import broker, rabbitmqctl
+from tests.distributed.farm import broker, close_connections
 from tests.net import free_port
 
 KEY = "script@test-machine"
@@ -142,16 +142,6 @@ def free(app) -> bool:
         return lease.acquire()
     finally:
         lease.release()
-
-
-def close_connections(vhost: str) -> None:
-    """What a broker restart does to a client: its connections are closed from the broker's side."""
-    listing = subprocess.run(["rabbitmqctl", "-q", "list_connections", "pid", "vhost"], check=True,
-                             capture_output=True, text=True, timeout=60).stdout
-    for line in listing.splitlines():
-        pid, _, conn_vhost = line.partition("\t")
-        if conn_vhost.strip() == vhost:
-            rabbitmqctl("close_connection", pid.strip(), "test: broker restart")
 
 
 class PrivateRedis:

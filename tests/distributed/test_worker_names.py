@@ -12,7 +12,7 @@ import pytest
 
 from common import worker_names
 from tests.distributed.conftest import assert_matches_oracle
-from tests.distributed.farm import BIN, SCRIPTS, Farm
+from tests.distributed.farm import BIN, SCRIPTS, Farm, close_connections
 
 
 def live_workers(farm: Farm, since: float = 0.0) -> dict[str, list[str]]:
@@ -20,6 +20,12 @@ def live_workers(farm: Farm, since: float = 0.0) -> dict[str, list[str]]:
     rows = farm.db.execute("SELECT name, queues FROM workers WHERE cardinality(queues) > 0 AND NOT stopping "
                            "AND last_seen > to_timestamp(%s)", (since,)).fetchall()
     return {r["name"]: r["queues"] for r in rows}
+
+
+def start_named(farm: Farm, name: str) -> subprocess.CompletedProcess:
+    """A script worker started with --name NAME, run to its end (or killed after a minute)."""
+    return subprocess.run([str(BIN / "script-worker"), "--scripts-dir", str(SCRIPTS), "--name", name],
+                          env=farm.env(), capture_output=True, text=True, timeout=60)
 
 
 def worker_count(farm: Farm) -> int:
@@ -56,12 +62,37 @@ def test_two_workers_of_each_kind_on_one_machine_without_names_all_work(farm, ho
         assert "RESOURCE_LOCKED" not in log and "RestartFreqExceeded" not in log, f"{name}: {log[-2000:]}"
 
 
+def test_workers_keep_their_names_when_rabbitmq_drops_every_connection(farm, hosts, broker_url, csv_path, oracle):
+    a, b = hosts
+    farm.serve()
+    farm.gpu("gpu-a", a.url, named=False)
+    farm.gpu("gpu-b", b.url, named=False)
+    farm.scripts("scripts-1", named=False)
+    farm.scripts("scripts-2", named=False)
+    names = farm.wait_for("four workers to consume", lambda: len(live := live_workers(farm)) == 4 and live)
+    batch_id = farm.submit(csv_path)
+    farm.wait_for("the batch to be under way", lambda: farm.completed_count(batch_id) >= 40)
+    close_connections(broker_url.rsplit("/", 1)[1])  # the names' queues go with the connections
+    dropped = time.time()
+    farm.wait_batch(batch_id)
+    assert_matches_oracle(farm, batch_id, oracle)
+    farm.wait_for("every worker to be back under its name",
+                  lambda: live_workers(farm, since=dropped) == names or None, timeout=60)
+    assert worker_count(farm) == 4
+    assert all(p.poll() is None for p in farm.procs.values()), {n: p.poll() for n, p in farm.procs.items()}
+    # The names are held again: taking one is refused.
+    assert start_named(farm, f"script@{worker_names.machine()}").returncode != 0
+    for name in ("gpu-a", "gpu-b", "scripts-1", "scripts-2"):
+        log = farm.log(name)
+        assert log.count("cannot reach the broker to hold the worker name") <= 1, log[-3000:]
+        assert "RESOURCE_LOCKED" not in log and "taken by another worker" not in log, log[-3000:]
+
+
 @pytest.mark.parametrize("broker_url", ["amqp", "redis"], indirect=True)
 def test_a_name_a_live_worker_holds_is_refused_and_that_worker_goes_on(farm, hosts, csv_path, oracle):
     a, b = hosts
     farm.start_standard(a.url, b.url)
-    second = subprocess.run([str(BIN / "script-worker"), "--scripts-dir", str(SCRIPTS), "--name", "scripts"],
-                            env=farm.env(), capture_output=True, text=True, timeout=60)
+    second = start_named(farm, "scripts")
     assert second.returncode != 0
     lines = second.stderr.strip().splitlines()
     assert len(lines) == 1 and "'scripts' is taken" in lines[0] and "--name" in lines[0], second.stderr
