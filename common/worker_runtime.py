@@ -162,4 +162,3 @@ def run_worker(app: Celery, runtime: WorkerRuntime, lease: Lease, *, pool: str =
     if keeper.lost:
         raise NameTaken(f"stopped: another worker took the name {runtime.name} while this one could not reach "
                         "the broker; start this one again under another name (with no --name it takes a free one)")
-

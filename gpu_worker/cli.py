@@ -8,12 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from common import worker_names
 from common.celery_app import make_app
 from common.cli import run_app
+from common.leases import claim
 from common.logs import setup_logging
 from common.settings import get_settings
-from common import worker_names
-from common.leases import claim
 from common.worker_runtime import run_worker
 from gpu_worker.backends.base import ModelBackend, normalize_base_url, server_label
 from gpu_worker.backends.ollama import OllamaBackend
