@@ -10,7 +10,8 @@ each matters):
   stay in the queue where another host can take them.
 - persistent messages on durable queues, publisher confirms: a broker restart keeps
   what it acknowledged.
-- task events on: Flower sees every task of every worker.
+- task events off: they cost CPU on every task, and Flower, the only reader, turns
+  them on in every worker while it runs (its --enable-events, the default).
 - no result backend: results travel on our reports queue, where the orchestrator
   applies them to Postgres.
 
@@ -51,9 +52,9 @@ def make_app(broker_url: str | None = None, *, name: str = "wavefarm", batched_p
         accept_content=["json"],
         task_default_delivery_mode="persistent",
         task_create_missing_queues=True,
-        worker_send_task_events=True,
-        # Flower learns of every task from the workers' events; a "sent" event per
-        # dispatched task would double the orchestrator's publishing for little.
+        worker_send_task_events=False,
+        # A "sent" event per dispatched task would double the orchestrator's
+        # publishing for little, Flower or not.
         task_send_sent_event=False,
         worker_hijack_root_logger=False,
         worker_enable_remote_control=True,

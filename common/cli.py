@@ -7,6 +7,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from common.errors import WavefarmError
 
@@ -16,5 +17,7 @@ def run_app(app: typer.Typer, err: Console | None = None) -> None:
     try:
         app()
     except WavefarmError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        # soft_wrap: one line stays one line in a log or a journal, whatever the width.
+        # The message is text, never markup: it may quote a file, a value or a server.
+        err.print(Text.assemble(("error:", "red"), " ", str(exc)), highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -38,11 +38,17 @@ def local_broker_url(directory: Path) -> str:
 FILESYSTEM_POLL_S = 0.05
 
 
-def local_broker_options(url: str) -> dict:
+def local_broker_dir(url: str) -> Path:
+    """The directory a filesystem:// URL names."""
     path = unquote(urlsplit(url).path)
     if not path or path == "/":
         raise ValueError("a filesystem broker URL names its directory: filesystem://localhost/path/to/broker")
-    messages, exchanges = Path(path) / "messages", Path(path) / "exchanges"
+    return Path(path)
+
+
+def local_broker_options(url: str) -> dict:
+    directory = local_broker_dir(url)
+    messages, exchanges = directory / "messages", directory / "exchanges"
     messages.mkdir(parents=True, exist_ok=True)
     exchanges.mkdir(parents=True, exist_ok=True)
     # The same folder in and out: every process reads what every other one writes.

@@ -11,7 +11,8 @@ consumer bootstep that runs every half second.
 from __future__ import annotations
 
 import logging
-import socket
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from celery import Celery, bootsteps
 from celery.signals import worker_shutting_down
 from prometheus_client import Gauge, start_http_server
 
+from common.leases import Lease, LeaseKeeper, NameTaken
 from common.messages import WorkerStatus
 from common.reporting import publish_status
 
@@ -112,11 +114,13 @@ class ReconcileQueues(bootsteps.StartStopStep):
             log.exception("could not update the consumed queues")
 
 
-def run_worker(app: Celery, runtime: WorkerRuntime, *, pool: str = "threads", pool_size: int | None = None,
-               metrics_port: int | None = None, loglevel: str = "INFO") -> None:
+def run_worker(app: Celery, runtime: WorkerRuntime, lease: Lease, *, pool: str = "threads",
+               pool_size: int | None = None, metrics_port: int | None = None, loglevel: str = "INFO") -> None:
     """Start the Celery worker in this process and block until it stops.
 
-    `pool_size` (default: the announced concurrency) is how many tasks it holds at once.
+    `lease` holds the worker's name (common.leases.claim) and is held until the worker
+    has stopped. `pool_size` (default: the announced concurrency) is how many tasks it
+    holds at once.
     """
     app.wavefarm_runtime = runtime
     app.steps["consumer"].add(ReconcileQueues)
@@ -136,18 +140,25 @@ def run_worker(app: Celery, runtime: WorkerRuntime, *, pool: str = "threads", po
     # CPU at zero model latency. Their warnings and errors still show.
     for name in ("celery.app.trace", "celery.worker.strategy"):
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(loglevel)))
-    app.worker_main([
-        "worker",
-        f"--pool={pool}",
-        f"--concurrency={pool_size or runtime.concurrency}",
-        f"--hostname={runtime.name}",
-        f"--queues={IDLE_QUEUE}",
-        f"--loglevel={loglevel}",
-        "--task-events",
-        "--without-mingle",
-        "--without-gossip",
-    ])
-
-
-def default_name(prefix: str) -> str:
-    return f"{prefix}@{socket.gethostname()}"
+    # Another worker took the name while this one could not reach the broker: stop
+    # (a warm shutdown, as on SIGTERM) rather than run beside it under one name.
+    keeper = LeaseKeeper(lease, runtime.name, on_lost=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    keeper.start()
+    try:
+        # No --task-events: task events cost CPU on every task, and Flower, the only
+        # reader, turns them on when it runs (its --enable-events, the default).
+        app.worker_main([
+            "worker",
+            f"--pool={pool}",
+            f"--concurrency={pool_size or runtime.concurrency}",
+            f"--hostname={runtime.name}",
+            f"--queues={IDLE_QUEUE}",
+            f"--loglevel={loglevel}",
+            "--without-mingle",
+            "--without-gossip",
+        ])
+    finally:
+        keeper.stop()
+    if keeper.lost:
+        raise NameTaken(f"stopped: another worker took the name {runtime.name} while this one could not reach "
+                        "the broker; start this one again under another name (with no --name it takes a free one)")

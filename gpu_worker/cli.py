@@ -8,12 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from common import worker_names
 from common.celery_app import make_app
 from common.cli import run_app
+from common.leases import claim
 from common.logs import setup_logging
 from common.settings import get_settings
-from common.worker_runtime import default_name, run_worker
-from gpu_worker.backends.base import ModelBackend, server_label
+from common.worker_runtime import run_worker
+from gpu_worker.backends.base import ModelBackend, normalize_base_url, server_label
 from gpu_worker.backends.ollama import OllamaBackend
 
 app = typer.Typer(add_completion=False)
@@ -36,19 +38,18 @@ def run(
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="WAVEFARM_OPENAI_API_KEY", help="Bearer token for --openai-url.", show_default=False)] = None,
     models: Annotated[str, typer.Option("--models", help="Comma-separated models, or auto: whatever the server has.")] = "auto",
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Parallel calls: match the server's parallel slots (OLLAMA_NUM_PARALLEL).")] = 1,
-    name: Annotated[Optional[str], typer.Option("--name", help="Worker name (default: gpu@HOSTNAME).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Worker name, one live worker's at a time (default: gpu@MACHINE:PORT after the server, or gpu@MACHINE:SERVER:PORT).")] = None,
     metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve Prometheus metrics on this port.")] = None,
     probe_interval: Annotated[float, typer.Option("--probe-interval", help="Seconds between asking the server what it has.")] = 5.0,
     check: Annotated[bool, typer.Option("--check", help="List what the server has and exit.")] = False,
 ) -> None:
     settings = get_settings()
     setup_logging(json_lines=settings.log_json)
-    worker_name = name or default_name("gpu")
-    # +1: the readiness probe shares the pool with the calls.
-    backend, server = make_backend(ollama_url, openai_url, pool_size=concurrency + 1, worker=worker_name,
-                                   api_key=api_key)
+    server_url = normalize_base_url(openai_url or ollama_url or settings.ollama_url)
     wanted = None if models.strip() == "auto" else [m.strip() for m in models.split(",") if m.strip()]
     if check:
+        backend, server = make_backend(ollama_url, openai_url, pool_size=1, worker="gpu-worker --check",
+                                       api_key=api_key)
         available = backend.list_models()
         typer.echo(f"models on {server}: {', '.join(available) or 'none'}")
         missing = sorted(set(wanted or []) - set(available))
@@ -59,11 +60,15 @@ def run(
     from gpu_worker.worker import GpuWorker
 
     celery_app = make_app(name="wavefarm-gpu")
+    worker_name, lease = claim(celery_app, name, worker_names.candidates(worker_names.GPU, server_url=server_url))
+    # +1: the readiness probe shares the pool with the calls.
+    backend, server = make_backend(ollama_url, openai_url, pool_size=concurrency + 1, worker=worker_name,
+                                   api_key=api_key)
     worker = GpuWorker(celery_app, backend, server=server, wanted=wanted, concurrency=concurrency,
                        name=worker_name, probe_interval_s=probe_interval)
     worker.watch.start()
     try:
-        run_worker(celery_app, worker.runtime, pool_size=worker.pool_size, metrics_port=metrics_port)
+        run_worker(celery_app, worker.runtime, lease, pool_size=worker.pool_size, metrics_port=metrics_port)
     finally:
         worker.watch.stop()
 

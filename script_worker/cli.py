@@ -28,7 +28,7 @@ app = typer.Typer(add_completion=False)
 def run(
     scripts_dir: Annotated[Optional[Path], typer.Option("--scripts-dir", help="The only directory scripts run from (default: WAVEFARM_SCRIPTS_DIR).")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Scripts run at once.")] = 2,
-    name: Annotated[Optional[str], typer.Option("--name", help="Worker name (default: script@HOSTNAME).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Worker name, one live worker's at a time (default: script@MACHINE, then script-2@MACHINE, ...).")] = None,
     metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve Prometheus metrics on this port.")] = None,
     script: Annotated[Optional[str], typer.Option("--try", help="Run this script once with --input, print the result, exit.")] = None,
     input_json: Annotated[str, typer.Option("--input", help="With --try: the JSON object given on stdin.")] = "{}",
@@ -50,14 +50,17 @@ def run(
         _try(directory, script, input_json, timeout, env)
         return
 
+    from common import worker_names
     from common.celery_app import make_app
-    from common.worker_runtime import default_name, run_worker
+    from common.leases import claim
+    from common.worker_runtime import run_worker
     from script_worker.worker import ScriptWorker
 
     setup_logging(json_lines=settings.log_json)
     celery_app = make_app(name="wavefarm-script")
-    worker = ScriptWorker(celery_app, directory, concurrency=concurrency, name=name or default_name("script"), env=env)
-    run_worker(celery_app, worker.runtime, metrics_port=metrics_port)
+    worker_name, lease = claim(celery_app, name, worker_names.candidates(worker_names.SCRIPT))
+    worker = ScriptWorker(celery_app, directory, concurrency=concurrency, name=worker_name, env=env)
+    run_worker(celery_app, worker.runtime, lease, metrics_port=metrics_port)
 
 
 def _try(directory: Path, script: str, input_json: str, timeout: float, env: dict[str, str]) -> None:

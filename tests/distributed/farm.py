@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from common.local_broker import local_broker_url
 from orchestrator import batches, catalog
 from orchestrator.db import connect
 from orchestrator.db.store import Store
@@ -36,6 +38,17 @@ def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
 
 
+def close_connections(vhost: str) -> None:
+    """What a RabbitMQ restart does to its clients, for one vhost only: the broker closes
+    every connection (and with them the exclusive queues)."""
+    listing = subprocess.run(["rabbitmqctl", "-q", "list_connections", "pid", "vhost"], check=True,
+                             capture_output=True, text=True, timeout=120).stdout
+    for line in listing.splitlines():
+        pid, _, conn_vhost = line.partition("\t")
+        if conn_vhost.strip() == vhost:
+            rabbitmqctl("close_connection", pid.strip(), "wavefarm test: broker restart")
+
+
 def listening(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -46,6 +59,10 @@ def listening(port: int) -> bool:
 
 @contextmanager
 def broker(kind: str) -> Iterator[str]:
+    if kind == "filesystem":  # the local broker of the zero-setup mode: a directory of its own
+        with tempfile.TemporaryDirectory(prefix="wavefarm-broker-") as directory:
+            yield local_broker_url(Path(directory))
+        return
     # The farm tests need a real broker; on a machine without one they say so and skip
     # (`.ci/run` starts RabbitMQ and Redis).
     port = 5672 if kind == "amqp" else 6379
@@ -131,19 +148,22 @@ class Farm:
         return self.start(name, [str(BIN / "orchestrator"), "serve", *metrics],
                           self.env(WAVEFARM_DATABASE_URL=self.db_url))
 
+    # `named=False` starts a worker as SPEC.md shows, without --name: it takes its default
+    # name, and `name` only labels the process and its log here.
     def gpu(self, name: str, server_url: str, *, concurrency: int = 4, models: str = "auto",
-            metrics_port: int | None = None, api: str = "ollama") -> subprocess.Popen:
+            metrics_port: int | None = None, api: str = "ollama", named: bool = True) -> subprocess.Popen:
         metrics = ["--metrics-port", str(metrics_port)] if metrics_port else []
         # No database URL: a GPU host has the broker only.
-        return self.start(name, [str(BIN / "gpu-worker"), f"--{api}-url", server_url, "--name", name,
-                                 "--concurrency", str(concurrency), "--models", models, "--probe-interval", "1",
-                                 *metrics], self.env())
+        return self.start(name, [str(BIN / "gpu-worker"), f"--{api}-url", server_url,
+                                 *(["--name", name] if named else []), "--concurrency", str(concurrency),
+                                 "--models", models, "--probe-interval", "1", *metrics], self.env())
 
-    def scripts(self, name: str = "scripts", directory: Path = SCRIPTS, *, database: bool = False) -> subprocess.Popen:
+    def scripts(self, name: str = "scripts", directory: Path = SCRIPTS, *, database: bool = False,
+                named: bool = True) -> subprocess.Popen:
         # Scripts that save to the database get its URL, as a deployment would give it.
         env = self.env(WAVEFARM_DATABASE_URL=self.db_url) if database else self.env()
-        return self.start(name, [str(BIN / "script-worker"), "--scripts-dir", str(directory), "--name", name,
-                                 "--concurrency", "2"], env)
+        return self.start(name, [str(BIN / "script-worker"), "--scripts-dir", str(directory),
+                                 *(["--name", name] if named else []), "--concurrency", "2"], env)
 
     def start_standard(self, host_a: str, host_b: str, *, serves: tuple[str, ...] = ("serve",)) -> None:
         """serve, a GPU worker on each of two hosts, a script worker; returns once all consume."""

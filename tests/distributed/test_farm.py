@@ -18,51 +18,11 @@ import requests
 from common.celery_app import make_app
 from common.messages import TaskResult
 from common.reporting import publish_result
-from gpu_worker.backends.ollama import OllamaBackend
-from orchestrator import batches, catalog
-from orchestrator.db import connect
-from orchestrator.db.store import Store
-from orchestrator.executor import LocalExecutor
-from orchestrator.workflow import load_file
-from tests.conftest import copy_of, uses_local_postgres
-from tests.distributed.conftest import GEMMA, QWEN
-from tests.distributed.farm import (
-    SCRIPTS,
-    WORKFLOW,
-    Farm,
-    completions_per_interaction,
-    outcomes,
-    postings,
-    rabbitmqctl,
-)
+from tests.conftest import uses_local_postgres
+from tests.distributed.conftest import GEMMA, QWEN, assert_matches_oracle
+from tests.distributed.farm import postings, rabbitmqctl
 from tests.model_server import ModelServer
 from tests.net import free_port
-
-ROWS = 60
-
-
-@pytest.fixture(scope="module")
-def csv_path(tmp_path_factory) -> Path:
-    return postings(tmp_path_factory.mktemp("farm") / "postings.csv", ROWS)
-
-
-@pytest.fixture(scope="module")
-def oracle(template_db, csv_path) -> dict:
-    """The batch run in-process by the local executor: the outcome every farm run must reproduce."""
-    with copy_of(template_db) as url, ModelServer(models=[GEMMA, QWEN], slots=8) as server:
-        conn = connect(url)
-        try:
-            wf = load_file(WORKFLOW, SCRIPTS)
-            db = Store(conn)
-            catalog.store(db, wf, WORKFLOW.read_text())
-            batch_id = batches.submit(db, csv_path, wf.name).batch_id
-            LocalExecutor(db, ai=OllamaBackend(server.url), scripts_dir=SCRIPTS, concurrency=8).run(batch_id)
-            result = outcomes(conn, batch_id)
-        finally:
-            conn.close()
-    statuses = {status for status, _ in result.values()}
-    assert "completed" in statuses and "failed" in statuses, "the oracle batch should take both endings"
-    return result
 
 
 def metrics(port: int) -> dict[str, float]:
@@ -70,15 +30,6 @@ def metrics(port: int) -> dict[str, float]:
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
             if line and not line.startswith("#")}
-
-
-def assert_matches_oracle(farm: Farm, batch_id: int, oracle: dict) -> None:
-    got = outcomes(farm.db, batch_id)
-    assert set(got) == set(oracle)
-    wrong = {k: (got[k], oracle[k]) for k in oracle if got[k] != oracle[k]}
-    assert not wrong, f"{len(wrong)} run(s) differ from the oracle, e.g. {next(iter(wrong.items()))}"
-    doubled = {i: n for i, n in completions_per_interaction(farm.db, batch_id).items() if n != 1}
-    assert not doubled, f"interactions recorded completed more than once: {doubled}"
 
 
 @pytest.mark.parametrize("broker_url", ["amqp", "redis"], indirect=True)

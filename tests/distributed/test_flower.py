@@ -1,15 +1,17 @@
-"""Flower, as deploy/ runs it, sees the farm: the workers and the per-model queues."""
+"""Flower, as deploy/ runs it, sees the farm: the workers, the per-model queues, and the
+tasks (workers start without task events; Flower turns them on, its default)."""
 
 from __future__ import annotations
 
 import pytest
 import requests
 
-from tests.distributed.farm import BIN, listening
+from common.queues import AI_TASK, SCRIPT_TASK
+from tests.distributed.farm import BIN, listening, postings
 from tests.net import free_port
 
 
-def test_flower_lists_the_workers_and_the_model_queues(farm, hosts, broker_url):
+def test_flower_lists_the_workers_the_model_queues_and_the_tasks(farm, hosts, broker_url, tmp_path):
     if not listening(15672):  # Flower reads queue lengths through it (.ci/run enables it)
         pytest.skip("RabbitMQ's management API is not on 127.0.0.1:15672: rabbitmq-plugins enable rabbitmq_management")
     a, b = hosts
@@ -49,3 +51,14 @@ def test_flower_lists_the_workers_and_the_model_queues(farm, hosts, broker_url):
         return names if {"ai.gemma3-1b", "ai.qwen2.5-7b", "script"} <= names else None
 
     assert farm.wait_for("flower to report the model queues' lengths", queue_names, timeout=60, every=1)
+
+    # The workers started without task events: Flower turns them on, and then sees every task.
+    farm.wait_for("flower to turn the workers' task events on", lambda: all(
+        "Events of group {task} enabled by remote" in farm.log(name) for name in ("gpu-a", "gpu-b", "scripts")))
+    farm.submit(postings(tmp_path / "postings.csv", 20))
+
+    def task_names() -> set | None:
+        names = {task.get("name") for task in (get("/tasks") or {}).values()}
+        return names if {AI_TASK, SCRIPT_TASK} <= names else None
+
+    assert farm.wait_for("flower to see the farm's tasks", task_names, timeout=60, every=1)
