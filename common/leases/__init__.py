@@ -22,7 +22,7 @@ from common.errors import ConfigError
 from common.leases.base import BrokerAway, Lease, NameTaken
 from common.leases.keeper import LeaseKeeper
 from common.local_broker import is_local_broker, local_broker_dir
-from common.settings import redact_url
+from common.redact import redact
 from common.worker_names import check_name, node_name
 
 __all__ = ["BrokerAway", "Lease", "LeaseKeeper", "NameTaken", "claim", "open_lease"]
@@ -72,7 +72,7 @@ def claim(app: Celery, name: str | None, defaults: Sequence[str]) -> tuple[str, 
         except BrokerAway as exc:
             if not waited:
                 log.warning("waiting for the broker at %s to claim a worker name (%s)",
-                            redact_url(app.conf.broker_url), exc)
+                            redact(app.conf.broker_url), exc)
             pause = min(WAIT_MAX_S, 1.0 + waited / 2)
             time.sleep(pause)
             waited += pause
