@@ -17,12 +17,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from common import embedded_postgres
 from common.cli import run_app
 from common.errors import WavefarmError
 from common.logs import setup_logging
 from common.settings import get_settings, redact_url
-from orchestrator import batches, catalog, reports
+from orchestrator import batches, catalog, embedded_postgres, reports
 from orchestrator.db import connect
 from orchestrator.db.migrate import upgrade
 from orchestrator.workflow import load_file, validate_text

@@ -1,7 +1,7 @@
 """`orchestrator demo`: the main job in one command on a machine with nothing but Python.
 
 It sets up what the farm needs and nobody installed: an embedded Postgres in the user's
-data directory (common/embedded_postgres.py), the filesystem broker next to it
+data directory (orchestrator/embedded_postgres.py), the filesystem broker next to it
 (common/celery_app.py), and a model server (one given, a local Ollama, or the built-in
 small model). Then it runs the farm as production does, as separate processes:
 `orchestrator serve`, a `script-worker` and a `gpu-worker`, each logging to a file in
@@ -269,7 +269,7 @@ def demo(
 ) -> None:
     """Run the example job end to end on this machine, with nothing to set up: an
     embedded Postgres, a local broker, the farm's processes, a model server."""
-    from common import embedded_postgres as embedded
+    from orchestrator import embedded_postgres as embedded
 
     data = embedded.data_dir()
     if stop_db:
@@ -322,7 +322,7 @@ def _example(workflow: Path | None, batch: Path | None, scripts_dir: Path | None
 def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_env: bool, keep_db: bool,
          data: Path, stack: ExitStack, outcome: dict, limit: int | None) -> None:
     from common.local_broker import local_broker_url
-    from common import embedded_postgres as embedded
+    from orchestrator import embedded_postgres as embedded
     from orchestrator import batches, catalog, reports
     from orchestrator.db import connect
     from orchestrator.db.migrate import upgrade
