@@ -15,7 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.demo import DemoError, choose_models
+from orchestrator.demo.console import DemoError
+from orchestrator.demo.server import choose_models
 from tests.model_server import ModelServer
 
 BIN = Path(sys.executable).parent
