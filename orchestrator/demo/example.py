@@ -17,7 +17,11 @@ from orchestrator.workflow import Workflow, load_file
 def examples_root() -> Path:
     """examples/ of the source tree in an editable install, site-packages/orchestrator/examples
     in a built one: a directory either way (the scripts must be files to run)."""
-    return Path(str(files("orchestrator.examples")))
+    try:
+        return Path(str(files("orchestrator.examples")))
+    except ModuleNotFoundError:  # the code runs from a source tree that was never installed
+        raise DemoError("the example is not installed: install wavefarm (`pip install .`, or "
+                        "`pip install -e .` in a clone), or give --workflow, --batch and --scripts-dir") from None
 
 
 @dataclass(frozen=True)
@@ -37,14 +41,16 @@ def default_example() -> Example:
 def choose_example(workflow: Path | None, batch: Path | None, scripts_dir: Path | None,
                    key: str | None) -> Example:
     """The example, with what the options replace; a file that is not there is an error."""
-    base = default_example()
-    custom = workflow is not None
-    example = Example(
-        workflow=(workflow or base.workflow).resolve(),
-        batch=(batch or base.batch).resolve(),
-        scripts_dir=(scripts_dir or base.scripts_dir).resolve(),
-        key=key if key is not None else (None if custom or batch is not None else base.key),
-    )
+    if workflow and batch and scripts_dir:
+        example = Example(workflow.resolve(), batch.resolve(), scripts_dir.resolve(), key)
+    else:
+        base = default_example()
+        example = Example(
+            workflow=(workflow or base.workflow).resolve(),
+            batch=(batch or base.batch).resolve(),
+            scripts_dir=(scripts_dir or base.scripts_dir).resolve(),
+            key=key if key is not None else (None if workflow is not None or batch is not None else base.key),
+        )
     for what, path in (("workflow", example.workflow), ("batch", example.batch)):
         if not path.is_file():
             raise DemoError(f"the {what} file {path} does not exist")
@@ -55,7 +61,10 @@ def choose_example(workflow: Path | None, batch: Path | None, scripts_dir: Path 
 
 def shown_path(path: Path) -> str:
     """A path of the packaged example as the repository names it (examples/...)."""
-    root = examples_root().resolve()
+    try:
+        root = examples_root().resolve()
+    except DemoError:
+        return str(path)
     return f"examples/{path.relative_to(root)}" if path.is_relative_to(root) else str(path)
 
 
