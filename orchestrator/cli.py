@@ -16,13 +16,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from common import embedded_postgres
 from common.cli import run_app
 from common.errors import WavefarmError
 from common.logs import setup_logging
 from common.redact import redact
 from common.settings import get_settings
-from orchestrator import batches, catalog, overview
+from orchestrator import batches, catalog, embedded_postgres, overview
 from orchestrator.db import connect
 from orchestrator.db.migrate import upgrade
 from orchestrator.db.store import Store

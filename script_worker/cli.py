@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from common import embedded_postgres
+from common import embedded_address
 from common.cli import run_app
 from common.errors import ConfigError
 from common.logs import setup_logging
@@ -44,7 +44,7 @@ def run(
     # Scripts that write to the database get its URL (SPEC: script contract); nothing else of ours.
     # Scripts that save to the database get its URL: the configured one, or the embedded
     # Postgres's while it runs (the zero-setup mode on one machine).
-    db_url = settings.database_url.get_secret_value() if settings.database_url else embedded_postgres.running_url()
+    db_url = settings.database_url.get_secret_value() if settings.database_url else embedded_address.running_url()
     env = {"WAVEFARM_DATABASE_URL": db_url} if db_url else {}
     if script is not None:
         _try(directory, script, input_json, timeout, env)

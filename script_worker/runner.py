@@ -20,9 +20,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path, PurePath
 from typing import IO, Any
 
-from common.messages import Failure, FailureClass, ScriptTask, TaskResult, Usage, utcnow
 from common import storable
+from common.messages import Failure, FailureClass, ScriptTask, TaskResult, Usage, utcnow
 from common.redact import scrub, secrets_of
+from common.supervisor import signal_group, wait_exit
 
 MAX_STDOUT_BYTES = 16 * 1024 * 1024  # one JSON object; beyond this it is a runaway, not an output
 STDERR_TAIL_BYTES = 4096             # what a failure record keeps of stderr
@@ -92,15 +93,15 @@ def run_script(
     try:
         for thread in (feeder, out, err):
             thread.start()
-        timed_out = not _wait_exit(proc.pid, task.timeout_s)
+        timed_out = not wait_exit(proc.pid, task.timeout_s)
         if timed_out:
-            _signal_group(proc.pid, signal.SIGTERM)
-            _wait_exit(proc.pid, KILL_GRACE_S)
+            signal_group(proc.pid, signal.SIGTERM)
+            wait_exit(proc.pid, KILL_GRACE_S)
     finally:
         # Always, even after a clean exit: nothing a script started outlives it on
         # this worker (a leftover child would also hold our pipes open). The leader
         # is not reaped yet, so its pid, which names the group, cannot have been reused.
-        _signal_group(proc.pid, signal.SIGKILL)
+        signal_group(proc.pid, signal.SIGKILL)
         code = proc.wait()
     _finish_readers(feeder, out, err)
 
@@ -196,35 +197,6 @@ def _redactor(given: Mapping[str, str]) -> Callable[[str], str]:
             secrets.add(value)
     ordered = sorted(secrets, key=len, reverse=True)  # a longer secret may contain a shorter one
     return lambda text: scrub(text, ordered)
-
-
-def _wait_exit(pid: int, timeout: float) -> bool:
-    """Wait up to `timeout` for `pid` to exit, without reaping it.
-
-    An unreaped (zombie) leader keeps its pid, and with it the process group id,
-    reserved, so signalling the group afterwards can never hit an unrelated one.
-    Polls like Popen.wait(timeout) does, from 1 ms up to 50 ms.
-    """
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while True:
-        try:
-            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
-                return True
-        except ChildProcessError:  # reaped behind our back: it has exited all the same
-            return True
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        time.sleep(min(delay, remaining))
-        delay = min(delay * 2, 0.05)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is already gone
 
 
 def _signal_name(number: int) -> str:

@@ -40,7 +40,7 @@ def admin_url() -> str:
         return LOCAL_ADMIN_URL
     except psycopg.OperationalError:
         pass
-    from common.embedded_postgres import EmbeddedPostgres
+    from orchestrator.embedded_postgres import EmbeddedPostgres
 
     pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="wavefarm-test-pg-")), say=lambda _text: None)
     url = pg.start()

@@ -4,21 +4,19 @@ processes itself, and must leave nothing running when it is done."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from orchestrator.demo import DemoError, choose_models
-from tests.model_server import ModelServer
-
-BIN = Path(sys.executable).parent
+from common.supervisor import Process, Supervisor
+from orchestrator.demo.console import DemoError
+from orchestrator.demo.server import choose_models
+from tests.acceptance.newcomer import BIN, run_demo, wait_none_left
 
 
 # -- choosing models ------------------------------------------------------------------------
@@ -45,59 +43,8 @@ def test_choose_models_needs_a_served_model():
 
 
 # -- the whole demo ---------------------------------------------------------------------------
-@pytest.fixture
-def newcomer(tmp_path) -> tuple[Path, dict[str, str]]:
-    """An empty home and an environment with no wavefarm settings and no XDG overrides."""
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WAVEFARM_", "XDG_", "PG"))}
-    env["HOME"] = str(home)
-    return home, env
-
-
 def demo(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(BIN / "orchestrator"), "demo", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=280)
-    print(proc.stderr[-6000:], proc.stdout[-3000:], sep="\n")  # shown when the test fails
-    return proc
-
-
-def left_running(home: Path) -> list[str]:
-    """Processes of this demo still alive: children inherit HOME, postgres names its data directory."""
-    found = []
-    for proc in psutil.process_iter(["pid", "status", "cmdline"]):
-        try:
-            if proc.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            cmdline = " ".join(proc.info["cmdline"] or [])
-            if proc.pid == os.getpid():
-                continue
-            if str(home) in cmdline or proc.environ().get("HOME") == str(home):
-                found.append(f"{proc.pid}: {cmdline}")
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
-
-
-def wait_none_left(home: Path, timeout: float = 10.0) -> list[str]:
-    until = time.monotonic() + timeout
-    while (left := left_running(home)) and time.monotonic() < until:
-        time.sleep(0.2)
-    return left
-
-
-@pytest.fixture
-def model_server():
-    with ModelServer(models=["gemma3:1b", "qwen2.5:7b"], latency=0.01, slots=4) as server:
-        yield server
-
-
-@pytest.fixture
-def stop_db_after(newcomer, tmp_path):
-    """Whatever happened in the test, no embedded Postgres of it outlives it."""
-    yield
-    subprocess.run([str(BIN / "orchestrator"), "demo", "--stop-db"], env=newcomer[1], cwd=tmp_path,
-                   capture_output=True, timeout=120)
+    return run_demo(BIN, env, cwd, *args)
 
 
 def test_demo_runs_the_example_from_nothing_and_leaves_nothing_running(newcomer, tmp_path, model_server,
@@ -156,37 +103,41 @@ def test_demo_runs_the_example_from_nothing_and_leaves_nothing_running(newcomer,
     assert "not running" in demo(env, tmp_path, "--stop-db").stderr
 
 
-def start_demo(env: dict[str, str], cwd: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+@pytest.fixture
+def background(tmp_path):
+    """What a test leaves running in the background is stopped when it ends, whatever happened."""
+    with Supervisor(tmp_path / "logs") as supervisor:
+        yield supervisor
+
+
+def start_demo(background: Supervisor, env: dict[str, str], cwd: Path, *args: str) -> Process:
     """A demo in the background, returned once its farm's processes are started."""
-    log = cwd / "demo.err"
-    with log.open("w") as stderr:
-        proc = subprocess.Popen([str(BIN / "orchestrator"), "demo", *args], env=env, cwd=cwd,
-                                stdout=subprocess.DEVNULL, stderr=stderr)
+    demo = background.start("demo", [str(BIN / "orchestrator"), "demo", *args], env=env, cwd=cwd)
     until = time.monotonic() + 120
-    while "started serve" not in log.read_text() and proc.poll() is None and time.monotonic() < until:
+    while "started serve" not in demo.log.read_text() and demo.alive() and time.monotonic() < until:
         time.sleep(0.2)
-    assert proc.poll() is None, log.read_text()
-    return proc, log
+    assert demo.alive(), demo.log.read_text()
+    return demo
 
 
-def test_ctrl_c_stops_the_farm_and_the_database(newcomer, tmp_path, model_server, stop_db_after):
+def test_ctrl_c_stops_the_farm_and_the_database(newcomer, tmp_path, model_server, stop_db_after, background):
     home, env = newcomer
-    proc, log = start_demo(env, tmp_path, "--ollama-url", model_server.url)
+    demo = start_demo(background, env, tmp_path, "--ollama-url", model_server.url)
     time.sleep(2)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=90) == 130, log.read_text()
-    assert "interrupted: stopping the farm" in log.read_text()
+    demo.popen.send_signal(signal.SIGINT)
+    assert demo.popen.wait(timeout=90) == 130, demo.log.read_text()
+    assert "interrupted: stopping the farm" in demo.log.read_text()
     assert wait_none_left(home) == []
 
 
 def test_a_worker_that_dies_is_reported_with_its_log_and_the_rest_is_stopped(newcomer, tmp_path, model_server,
-                                                                              stop_db_after):
+                                                                              stop_db_after, background):
     home, env = newcomer
-    proc, log = start_demo(env, tmp_path, "--ollama-url", model_server.url)
-    worker = next(c for c in psutil.Process(proc.pid).children() if "gpu-worker" in " ".join(c.cmdline()))
+    demo = start_demo(background, env, tmp_path, "--ollama-url", model_server.url)
+    worker = next(c for c in psutil.Process(demo.pid).children() if "gpu-worker" in " ".join(c.cmdline()))
     worker.kill()
-    assert proc.wait(timeout=90) == 1, log.read_text()
-    text = log.read_text()
+    assert demo.popen.wait(timeout=90) == 1, demo.log.read_text()
+    text = demo.log.read_text()
     assert re.search(r"gpu-worker stopped unexpectedly \(exit -9\); the end of .*gpu-worker\.log", text), text
     assert "  | " in text  # the tail of its log
     assert wait_none_left(home) == []

@@ -23,6 +23,7 @@ import psycopg
 import pytest
 
 from common.local_broker import local_broker_url
+from common.supervisor import Supervisor
 from orchestrator import batches, catalog
 from orchestrator.db import connect
 from orchestrator.db.store import Store
@@ -121,7 +122,7 @@ class Farm:
         self.db_url = db_url
         self.broker_url = broker_url
         self.logs = logs
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.supervisor = Supervisor(logs)
         self._db = connect(db_url)
 
     @property
@@ -137,11 +138,13 @@ class Farm:
         env.update(WAVEFARM_BROKER_URL=self.broker_url, **extra)
         return env
 
+    @property
+    def procs(self) -> dict[str, subprocess.Popen]:
+        """The farm's live processes by name."""
+        return {name: p.popen for name, p in self.supervisor.processes.items()}
+
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = (self.logs / f"{name}.log").open("ab")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        self.procs[name] = proc
-        return proc
+        return self.supervisor.start(name, argv, env=env).popen
 
     def serve(self, name: str = "serve", *, metrics_port: int | None = None) -> subprocess.Popen:
         metrics = ["--metrics-port", str(metrics_port)] if metrics_port else []
@@ -175,20 +178,10 @@ class Farm:
         self.wait_workers("gpu-a", "gpu-b", "scripts")
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        proc = self.procs.pop(name)
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout=30)
+        self.supervisor.stop(name, sig, grace_s=30)
 
     def stop_all(self) -> None:
-        for name in list(self.procs):
-            proc = self.procs.pop(name)
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+        self.supervisor.stop_all()
         self._db.close()
 
     def log(self, name: str) -> str:

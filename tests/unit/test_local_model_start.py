@@ -5,13 +5,13 @@ call, as a llama.cpp build for CPU features the machine cannot run does."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from common.supervisor import Supervisor
 from gpu_worker import local_model
 from tests.net import free_port
 
@@ -35,15 +35,10 @@ def test_a_server_that_dies_at_its_first_call_is_reported_at_start_with_the_fix(
     port = free_port()
     script = tmp_path / "server.py"
     script.write_text(DIES_AT_FIRST_CALL)
-    log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, str(script), str(port), local_model.MODEL_NAME],
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
+    with Supervisor(tmp_path) as supervisor:
+        server = supervisor.start("server", [sys.executable, str(script), str(port), local_model.MODEL_NAME])
         with pytest.raises(local_model.LocalModelError) as err:
-            local_model._wait_ready(proc, f"http://127.0.0.1:{port}", log, 0, timeout=30)
-    finally:
-        local_model._stop(proc)
+            local_model._wait_ready(server, f"http://127.0.0.1:{port}", timeout=30)
     message = str(err.value)
     assert "died of signal 11 at its first call" in message
     assert "GGML_NATIVE=OFF" in message and "general protection fault" in message

