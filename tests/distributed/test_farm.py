@@ -36,6 +36,7 @@ from tests.distributed.farm import (
 )
 from tests.model_server import ModelServer
 from tests.net import free_port
+from tests.private_services import PrivateRabbitMQ
 
 ROWS = 60
 
@@ -219,6 +220,47 @@ def test_restarting_this_machines_database_or_broker_mid_batch_loses_nothing(far
     assert_matches_oracle(farm, batch_id, oracle)
     # Every process rode it out: none exited.
     assert all(p.poll() is None for p in farm.procs.values()), {n: p.poll() for n, p in farm.procs.items()}
+
+
+def with_default_timeout(tmp_path: Path) -> Path:
+    """The test workflow with the default step timeout (300 s), as a user's would have:
+    its dispatch deadline (610 s) is far beyond any test's patience."""
+    text = WORKFLOW.read_text()
+    short = "defaults: {timeout: 8, retries: 5}"
+    assert short in text
+    path = tmp_path / WORKFLOW.name
+    path.write_text(text.replace(short, "defaults: {retries: 5}"))
+    return path
+
+
+def test_a_broker_restarted_twice_mid_batch_costs_seconds_not_the_dispatch_deadline(db_url, tmp_path, csv_path,
+                                                                                    oracle):
+    # A RabbitMQ node of the test's own, restarted as an operator does (stop_app, start_app),
+    # while the GPU workers are mid-call: every message they hold goes back to its queue and
+    # each of their calls in flight publishes its result after the broker is back.
+    with PrivateRabbitMQ.running() as rabbit, \
+         ModelServer(models=[GEMMA], latency=0.3, slots=4) as a, ModelServer(models=[QWEN], latency=0.3, slots=4) as b:
+        farm = Farm(db_url, rabbit.url, tmp_path)
+        try:
+            farm.start_standard(a.url, b.url)
+            batch_id = farm.submit(csv_path, with_default_timeout(tmp_path))
+            restarts = (20, 200)  # early (fan-out) and late (reviews, fan-in): two moments of a timing-dependent bug
+            for under_way in restarts:
+                farm.wait_for(f"{under_way} interactions done", lambda: farm.completed_count(batch_id) >= under_way)
+                rabbit.restart_app()
+            # Nothing may wait for its deadline: the batch ends long before one could pass.
+            farm.wait_batch(batch_id, timeout=120)
+            assert_matches_oracle(farm, batch_id, oracle)
+            lost = farm.db.execute("SELECT count(*) AS n FROM events WHERE batch_id = %s "
+                                   "AND detail->>'failure_class' = 'worker_lost'", (batch_id,)).fetchone()["n"]
+            assert lost == 0, f"{lost} interaction(s) reported worker_lost: they waited for the deadline"
+            # Each worker reconnected once per restart and went on: none held its messages
+            # until the broker or its own heartbeat check dropped a wedged connection.
+            for name in ("gpu-a", "gpu-b", "scripts"):
+                assert farm.log(name).count("Connection to broker lost") == len(restarts), farm.log(name)[-5000:]
+            assert all(p.poll() is None for p in farm.procs.values()), {n: p.poll() for n, p in farm.procs.items()}
+        finally:
+            farm.stop_all()
 
 
 def test_scripts_that_crash_hang_or_print_text_fail_clearly_and_the_batch_goes_on(farm, hosts, tmp_path):
