@@ -25,6 +25,7 @@ from common.settings import get_settings, redact_url
 from orchestrator import batches, catalog, reports
 from orchestrator.db import connect
 from orchestrator.db.migrate import upgrade
+from orchestrator.reconnect import Reconnecting
 from orchestrator.workflow import load_file, validate_text
 
 app = typer.Typer(help="wavefarm orchestrator: workflows, batches, runs.", no_args_is_help=True)
@@ -62,6 +63,16 @@ def database() -> Iterator[psycopg.Connection]:
 
 def _database_url() -> str:
     return embedded_postgres.configured_or_embedded_url(say=lambda text: err.print(text, highlight=False))
+
+
+def _reconnecting(conn: psycopg.Connection) -> Reconnecting:
+    """The connection of a command that stays on the database: a restart is waited for."""
+    return Reconnecting(conn, url=_database_url(), say=_say_line)
+
+
+def _say_line(text: str) -> None:
+    """One line on stderr, unwrapped whatever its length (a URL), taken as plain text."""
+    err.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
 def _scripts_dir(option: Path | None) -> Path | None:
@@ -155,10 +166,16 @@ def submit(
                                     on_rows=lambda n: progress.update(task, completed=n))
         _print_submit(report)
         ok = True
-        if local:
-            ok = _run_local(conn, report.batch_id, ollama_url, _scripts_dir(scripts_dir), concurrency)
-        elif wait:
-            ok = _wait(conn, report.batch_id)
+        if local or wait:
+            # From here on the command watches the batch: a database restart is waited for.
+            db = _reconnecting(conn)
+            try:
+                if local:
+                    ok = _run_local(db, report.batch_id, ollama_url, _scripts_dir(scripts_dir), concurrency)
+                else:
+                    ok = _wait(db, report.batch_id)
+            finally:
+                db.close()
     if as_json:
         print(json.dumps({"batch_id": report.batch_id}))
     else:
@@ -204,18 +221,27 @@ def _progress() -> Progress:
     )
 
 
-def _wait(conn: psycopg.Connection, batch_id: int) -> bool:
+def _show_progress(progress: Progress, task, db: Reconnecting, batch_id: int) -> dict[str, int]:
+    p = db.run(lambda conn: reports.batch_progress(conn, batch_id))
+    progress.update(task, total=p["runs"], completed=p["ended"], ok=p["completed"], failed=p["failed"])
+    return p
+
+
+def _all_completed(p: dict[str, int]) -> bool:
+    return p["failed"] == 0 and p["completed"] == p["runs"]
+
+
+def _wait(db: Reconnecting, batch_id: int) -> bool:
     with _progress() as progress:
         task = progress.add_task("", total=None, batch=batch_id, ok=0, failed=0)
         while True:
-            p = reports.batch_progress(conn, batch_id)
-            progress.update(task, total=p["runs"], completed=p["ended"], ok=p["completed"], failed=p["failed"])
+            p = _show_progress(progress, task, db, batch_id)
             if p["ended"] >= p["runs"]:
-                return p["failed"] == 0 and p["completed"] == p["runs"]
+                return _all_completed(p)
             time.sleep(1.0)
 
 
-def _local_executor(conn: psycopg.Connection, ollama_url: str | None, scripts_dir: Path | None,
+def _local_executor(db: Reconnecting, ollama_url: str | None, scripts_dir: Path | None,
                     concurrency: int, worker: str):
     """The in-process executor of `submit --local` and `serve --local`."""
     from gpu_worker.backends.ollama import OllamaBackend
@@ -223,7 +249,7 @@ def _local_executor(conn: psycopg.Connection, ollama_url: str | None, scripts_di
 
     settings = get_settings()
     return LocalExecutor(
-        conn,
+        db,
         ai=OllamaBackend(ollama_url or settings.ollama_url, pool_size=concurrency, worker=worker),
         scripts_dir=scripts_dir,
         concurrency=concurrency,
@@ -232,9 +258,9 @@ def _local_executor(conn: psycopg.Connection, ollama_url: str | None, scripts_di
     )
 
 
-def _run_local(conn: psycopg.Connection, batch_id: int, ollama_url: str | None,
+def _run_local(db: Reconnecting, batch_id: int, ollama_url: str | None,
                scripts_dir: Path | None, concurrency: int) -> bool:
-    executor = _local_executor(conn, ollama_url, scripts_dir, concurrency, "local")
+    executor = _local_executor(db, ollama_url, scripts_dir, concurrency, "local")
     last = [0.0]
     with _progress() as progress:
         task = progress.add_task("", total=None, batch=batch_id, ok=0, failed=0)
@@ -243,13 +269,11 @@ def _run_local(conn: psycopg.Connection, batch_id: int, ollama_url: str | None,
             if time.monotonic() - last[0] < 0.5:
                 return
             last[0] = time.monotonic()
-            p = reports.batch_progress(conn, batch_id)
-            progress.update(task, total=p["runs"], completed=p["ended"], ok=p["completed"], failed=p["failed"])
+            _show_progress(progress, task, db, batch_id)
 
         executor.run(batch_id, on_tick=tick)
-        p = reports.batch_progress(conn, batch_id)
-        progress.update(task, total=p["runs"], completed=p["ended"], ok=p["completed"], failed=p["failed"])
-    return p["failed"] == 0 and p["completed"] == p["runs"]
+        p = _show_progress(progress, task, db, batch_id)
+    return _all_completed(p)
 
 
 @app.command()
@@ -301,7 +325,7 @@ def serve(
 
 def _serve_local(ollama_url: str | None, scripts_dir: Path | None, concurrency: int) -> None:
     with database() as conn:
-        executor = _local_executor(conn, ollama_url, scripts_dir, concurrency, "serve")
+        executor = _local_executor(_reconnecting(conn), ollama_url, scripts_dir, concurrency, "serve")
         err.print("serving: executing pending interactions in this process (Ctrl-C to stop)")
         try:
             while True:

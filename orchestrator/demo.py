@@ -25,7 +25,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
-from typing import Annotated, Iterator, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Iterator, Literal, Optional
 
 import psycopg
 import typer
@@ -37,6 +37,9 @@ from rich.text import Text
 
 from common.errors import WavefarmError
 from common.settings import get_settings, redact_url
+
+if TYPE_CHECKING:
+    from orchestrator.reconnect import Reconnecting
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -326,6 +329,7 @@ def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_e
     from orchestrator import batches, catalog, reports
     from orchestrator.db import connect
     from orchestrator.db.migrate import upgrade
+    from orchestrator.reconnect import Reconnecting
 
     data.mkdir(parents=True, exist_ok=True)
     logs = data / "logs"
@@ -350,8 +354,12 @@ def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_e
         broker_url = local_broker_url(data / "broker")
     err.print(f"database: {redact_url(db_url)}\nbroker: {redact_url(broker_url)}", highlight=False)
 
-    conn = connect(db_url)
-    stack.callback(conn.close)
+    # The progress display below rides out a restart of the database (an operator's, or
+    # a failover when WAVEFARM_DATABASE_URL names a real one).
+    db = Reconnecting(connect(db_url), url=db_url,
+                      say=lambda text: err.print(text, highlight=False, markup=False, soft_wrap=True))
+    stack.callback(db.close)
+    conn = db.conn
     for m in upgrade(conn):
         _say(f"applied migration {m.version:04d} {m.name}")
 
@@ -379,13 +387,13 @@ def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_e
     if p["runs"] and p["ended"] >= p["runs"]:
         err.print("every run of this batch ended in an earlier demo: here are its results", highlight=False)
     else:
-        _farm(conn, report.batch_id, example, server, db_url, broker_url, logs, stack, outcome)
-    _print_results(conn, report.batch_id, example.key, outcome)
-    _print_report(conn, report.batch_id, example)
+        _farm(db, report.batch_id, example, server, db_url, broker_url, logs, stack, outcome)
+    _print_results(db.conn, report.batch_id, example.key, outcome)
+    _print_report(db.conn, report.batch_id, example)
 
 
-def _farm(conn, batch_id: int, example: Example, server: ModelServer, db_url: str, broker_url: str, logs: Path,
-          stack: ExitStack, outcome: dict) -> None:
+def _farm(db: Reconnecting, batch_id: int, example: Example, server: ModelServer, db_url: str, broker_url: str,
+          logs: Path, stack: ExitStack, outcome: dict) -> None:
     """Start serve and the workers as production runs them, and watch the batch to its end."""
     # The farm's own URLs, whatever the shell says; other settings (an API key) pass on.
     env = {k: v for k, v in os.environ.items() if k not in ("WAVEFARM_DATABASE_URL", "WAVEFARM_BROKER_URL")}
@@ -407,7 +415,7 @@ def _farm(conn, batch_id: int, example: Example, server: ModelServer, db_url: st
     err.print(f"started serve, script-worker and gpu-worker (logs in {logs})", highlight=False)
 
     started = time.monotonic()
-    _watch(conn, batch_id, children)
+    _watch(db, batch_id, children)
     outcome["elapsed_s"] = time.monotonic() - started
     _stop_children(children)
 
@@ -438,7 +446,7 @@ def _stop_children(children: Children) -> None:
 
 
 # -- progress -------------------------------------------------------------------------------
-def _watch(conn, batch_id: int, children: Children) -> None:
+def _watch(db: Reconnecting, batch_id: int, children: Children) -> None:
     """A progress bar of runs ended, and per model what is done, in flight and waiting."""
     from orchestrator import reports
     from orchestrator.workers import STALE_S
@@ -451,9 +459,9 @@ def _watch(conn, batch_id: int, children: Children) -> None:
     last_change, last_state, warned = time.monotonic(), None, False
     with _line_end_after(), Live(Group(progress, models), console=err, refresh_per_second=4):
         while True:
-            p = reports.batch_progress(conn, batch_id)
+            p, per_model = db.run(lambda conn: (reports.batch_progress(conn, batch_id),
+                                                reports.batch_status(conn, batch_id)["models"]))
             progress.update(task, total=p["runs"], completed=p["ended"], ok=p["completed"], failed=p["failed"])
-            per_model = reports.batch_status(conn, batch_id)["models"]
             models.truncate(0)
             models.append(_model_lines(per_model))
             if p["ended"] >= p["runs"]:
@@ -464,7 +472,7 @@ def _watch(conn, batch_id: int, children: Children) -> None:
                 last_change, last_state = time.monotonic(), state
             elif not warned and time.monotonic() - last_change > STALL_S:
                 warned = True  # say once why nothing moves, if the farm knows
-                for q in reports.farm_status(conn, stale_s=STALE_S)["queues"]:
+                for q in db.run(lambda conn: reports.farm_status(conn, stale_s=STALE_S))["queues"]:
                     if q["problem"]:
                         err.print(f"[yellow]no progress for {STALL_S:.0f}s:[/yellow] queue {q['queue']}: "
                                   f"{q['problem']} (logs in {children.logs})", highlight=False)

@@ -23,6 +23,7 @@ from common.messages import AiTask, Failure, FailureClass, Task, TaskResult, utc
 from gpu_worker.backends.base import ModelBackend
 from orchestrator.catalog import WorkflowCache
 from orchestrator.db import Q
+from orchestrator.reconnect import Reconnecting
 from orchestrator.results import apply_results
 from orchestrator.states import claim_pending
 from orchestrator.sweeper import sweep
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 class LocalExecutor:
     def __init__(
         self,
-        conn: psycopg.Connection,
+        conn: psycopg.Connection | Reconnecting,
         *,
         ai: ModelBackend | None,
         scripts_dir: Path | None,
@@ -43,7 +44,9 @@ class LocalExecutor:
         script_env: Mapping[str, str] | None = None,
         idle_poll_s: float = 0.5,
     ) -> None:
-        self.conn = conn
+        # A command gives a connection that rides out a database restart; a caller
+        # that manages its own connection gets the errors.
+        self.db = conn if isinstance(conn, Reconnecting) else Reconnecting(conn)
         self.ai = ai
         self.scripts_dir = scripts_dir
         self.concurrency = concurrency
@@ -75,12 +78,11 @@ class LocalExecutor:
             while True:
                 claimed = []
                 if len(in_flight) < window:
-                    with self.conn.transaction(), self.conn.cursor() as cur:
-                        claimed = claim_pending(cur, limit=window - len(in_flight), batch_id=batch_id)
+                    claimed = self.db.run(lambda conn: self._claim(conn, window - len(in_flight), batch_id))
                 for row in claimed:
                     in_flight.add(pool.submit(self.execute, task_from_row(row)))
                 if not in_flight:
-                    outcomes.update(sweep(self.conn, self.cache))
+                    outcomes.update(self.db.run(lambda conn: sweep(conn, self.cache)))
                     if self._open(batch_id) == 0:
                         break
                     # Work dispatched elsewhere (or by an executor that died): wait for
@@ -89,13 +91,20 @@ class LocalExecutor:
                     continue
                 done, in_flight = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
                 if done:
-                    outcomes.update(apply_results(self.conn, [f.result() for f in done], self.cache))
+                    results = [f.result() for f in done]
+                    outcomes.update(self.db.run(lambda conn: apply_results(conn, results, self.cache)))
                     if on_tick:
                         on_tick(outcomes)
         return outcomes
 
+    @staticmethod
+    def _claim(conn: psycopg.Connection, limit: int, batch_id: int | None) -> list[dict]:
+        with conn.transaction(), conn.cursor() as cur:
+            return claim_pending(cur, limit=limit, batch_id=batch_id)
+
     def _open(self, batch_id: int | None) -> int:
-        return self.conn.execute(Q["open_interactions"], {"batch_id": batch_id}).fetchone()["open"]
+        return self.db.run(
+            lambda conn: conn.execute(Q["open_interactions"], {"batch_id": batch_id}).fetchone()["open"])
 
 
 def _failed(task: Task, failure_class: FailureClass, message: str) -> TaskResult:
