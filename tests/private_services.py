@@ -97,7 +97,8 @@ class PrivateRabbitMQ:
             except subprocess.CalledProcessError:
                 # Not registered with epmd yet: the node is still booting.
                 if time.monotonic() > until:
-                    raise AssertionError(f"the private RabbitMQ node {self.node} did not start:\n{self.log_tail()}")
+                    raise AssertionError(f"the private RabbitMQ node {self.node} did not start:\n"
+                                         f"{self.server_log()[-3000:]}")
                 time.sleep(0.5)
 
     def restart_app(self) -> None:
@@ -113,13 +114,6 @@ class PrivateRabbitMQ:
         self.ctl("start_app")
         self.ctl("await_startup")
 
-    def queues(self) -> str:
-        """What the broker holds, for a failure message."""
-        out = subprocess.run([_rabbit_tool("rabbitmqctl"), "-q", "-n", self.node, "list_queues", "name",
-                              "messages_ready", "messages_unacknowledged", "consumers"], env=self._env(),
-                             capture_output=True, text=True, timeout=60)
-        return out.stdout
-
     def stop(self) -> None:
         try:
             self.ctl("shutdown", timeout=60)
@@ -131,9 +125,10 @@ class PrivateRabbitMQ:
                 except (ValueError, ProcessLookupError):
                     pass
 
-    def log_tail(self, lines: int = 30) -> str:
-        logs = sorted((self.root / "log").glob("*.log")) if (self.root / "log").exists() else []
-        return "\n".join("\n".join(p.read_text(errors="replace").splitlines()[-lines:]) for p in logs)
+    def server_log(self) -> str:
+        """The node's own log: whom it refused, which connections it closed and why."""
+        path = self.root / "log" / f"{self.node}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
 
 class PrivatePostgres:

@@ -236,10 +236,15 @@ def test_a_broker_restarted_twice_mid_batch_costs_seconds_not_the_dispatch_deadl
                 farm.wait_for(f"{under_way} interactions done", lambda: farm.completed_count(batch_id) >= under_way)
                 rabbit.restart_app()
             assert_rode_it_out(farm, batch_id, oracle)
-            # Each worker reconnected once per restart and went on: none held its messages
-            # until the broker or its own heartbeat check dropped a wedged connection.
+            # No worker went quiet on its new connection, holding its messages until the
+            # connection was dropped for missed heartbeats (by the broker, or by the
+            # worker's own check) or read a garbled frame: what a connection used by two
+            # threads at once does (common/celery_app.py, prefetch count reduction).
+            dropped = [line for line in rabbit.server_log().splitlines() if "missed heartbeats" in line]
+            assert not dropped, dropped
             for name in ("gpu-a", "gpu-b", "scripts"):
-                assert farm.log(name).count("Connection to broker lost") == len(restarts), farm.log(name)[-5000:]
+                log = farm.log(name)
+                assert "heartbeats missed" not in log and "UnexpectedFrame" not in log, log[-5000:]
         finally:
             farm.stop_all()
 
