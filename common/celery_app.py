@@ -71,6 +71,15 @@ def make_app(broker_url: str | None = None, *, name: str = "wavefarm", batched_p
         # On a lost connection a running call is left to finish: its message comes
         # back from the broker anyway, and the second result is ignored by the guard.
         worker_cancel_long_running_tasks_on_connection_loss=False,
+        # Celery's "reduce the prefetch after a reconnect, restore it as the tasks
+        # running through it finish" sends basic.qos from the pool thread that finished
+        # the task, on the consumer's connection, while the event loop uses it too. A
+        # py-amqp connection is not thread-safe: after a broker restart with calls in
+        # flight, the threads steal each other's frames, the worker stops reading and
+        # heartbeating, and its messages wait until the broker drops it (30-50 s,
+        # measured). Without it the worker takes its full prefetch at once: a few
+        # messages more wait in the pool behind the calls still running.
+        worker_enable_prefetch_count_reduction=False,
     )
     return app
 

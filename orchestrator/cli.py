@@ -23,8 +23,10 @@ from common.redact import redact
 from common.settings import get_settings
 from orchestrator import batches, catalog, embedded_postgres, overview
 from orchestrator.db import connect
+from orchestrator.db import views
 from orchestrator.db.migrate import upgrade
 from orchestrator.db.store import Store
+from orchestrator.reconnect import Reconnecting
 from orchestrator.workflow import load_file, validate_text
 
 app = typer.Typer(help="wavefarm orchestrator: workflows, batches, runs.", no_args_is_help=True)
@@ -70,6 +72,16 @@ def database() -> Iterator[Store]:
 
 def _database_url() -> str:
     return embedded_postgres.configured_or_embedded_url(say=lambda text: err.print(text, highlight=False))
+
+
+def _reconnecting(db: Store) -> Reconnecting:
+    """The store of a command that stays on the database: a restart is waited for."""
+    return Reconnecting(db, url=_database_url(), say=_say_line)
+
+
+def _say_line(text: str) -> None:
+    """One line on stderr, unwrapped whatever its length (a URL), taken as plain text."""
+    err.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
 def _scripts_dir(option: Path | None) -> Path | None:
@@ -180,10 +192,17 @@ def submit(
         if not local:
             _warn_unserved(db, catalog.by_id(db, overview.require_batch(db, submission.batch_id).workflow_id))
         ok = True
-        if local:
-            ok = _run_local(db, submission.batch_id, ollama_url, _scripts_dir(scripts_dir), concurrency)
-        elif wait:
-            ok = _wait(db, submission.batch_id)
+        if local or wait:
+            # From here on the command watches the batch: a database restart is waited for.
+            watching = _reconnecting(db)
+            try:
+                if local:
+                    ok = _run_local(watching, submission.batch_id, ollama_url, _scripts_dir(scripts_dir),
+                                    concurrency)
+                else:
+                    ok = _wait(watching, submission.batch_id)
+            finally:
+                watching.close()  # the connection it ends with may be a new one
     if as_json:
         print(json.dumps({"batch_id": submission.batch_id}))
     else:
@@ -228,18 +247,28 @@ def _progress() -> Progress:
     )
 
 
-def _wait(db: Store, batch_id: int) -> bool:
+def _show_progress(progress: Progress, task, db: Reconnecting, batch_id: int) -> views.Progress:
+    p = db.run(lambda store: overview.batch_progress(store, batch_id))
+    progress.update(task, total=p.runs, completed=p.ended, ok=p.completed, failed=p.failed)
+    return p
+
+
+def _all_completed(p: views.Progress) -> bool:
+    return p.failed == 0 and p.completed == p.runs
+
+
+def _wait(db: Reconnecting, batch_id: int) -> bool:
     with _progress() as progress:
         task = progress.add_task("", total=None, batch=batch_id, ok=0, failed=0)
         while True:
-            p = overview.batch_progress(db, batch_id)
-            progress.update(task, total=p.runs, completed=p.ended, ok=p.completed, failed=p.failed)
+            p = _show_progress(progress, task, db, batch_id)
             if p.ended >= p.runs:
-                return p.failed == 0 and p.completed == p.runs
+                return _all_completed(p)
             time.sleep(1.0)
 
 
-def _local_executor(db: Store, ollama_url: str | None, scripts_dir: Path | None, concurrency: int, worker: str):
+def _local_executor(db: Reconnecting, ollama_url: str | None, scripts_dir: Path | None,
+                    concurrency: int, worker: str):
     """The in-process executor of `submit --local` and `serve --local`."""
     from gpu_worker.backends.ollama import OllamaBackend
     from orchestrator.executor import LocalExecutor
@@ -255,7 +284,7 @@ def _local_executor(db: Store, ollama_url: str | None, scripts_dir: Path | None,
     )
 
 
-def _run_local(db: Store, batch_id: int, ollama_url: str | None,
+def _run_local(db: Reconnecting, batch_id: int, ollama_url: str | None,
                scripts_dir: Path | None, concurrency: int) -> bool:
     executor = _local_executor(db, ollama_url, scripts_dir, concurrency, "local")
     last = [0.0]
@@ -266,13 +295,11 @@ def _run_local(db: Store, batch_id: int, ollama_url: str | None,
             if time.monotonic() - last[0] < 0.5:
                 return
             last[0] = time.monotonic()
-            p = overview.batch_progress(db, batch_id)
-            progress.update(task, total=p.runs, completed=p.ended, ok=p.completed, failed=p.failed)
+            _show_progress(progress, task, db, batch_id)
 
         executor.run(batch_id, on_tick=tick)
-        p = overview.batch_progress(db, batch_id)
-        progress.update(task, total=p.runs, completed=p.ended, ok=p.completed, failed=p.failed)
-    return p.failed == 0 and p.completed == p.runs
+        p = _show_progress(progress, task, db, batch_id)
+    return _all_completed(p)
 
 
 @app.command()
@@ -324,7 +351,7 @@ def serve(
 
 def _serve_local(ollama_url: str | None, scripts_dir: Path | None, concurrency: int) -> None:
     with database() as db:
-        executor = _local_executor(db, ollama_url, scripts_dir, concurrency, "serve")
+        executor = _local_executor(_reconnecting(db), ollama_url, scripts_dir, concurrency, "serve")
         err.print("serving: executing pending interactions in this process (Ctrl-C to stop)")
         try:
             while True:

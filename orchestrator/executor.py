@@ -21,7 +21,9 @@ from common.messages import AiTask, Failure, FailureClass, Task, TaskResult, utc
 from common.retries import RetryPolicy
 from gpu_worker.backends.base import ModelBackend
 from orchestrator.catalog import WorkflowCache
+from orchestrator.db.rows import Claimed
 from orchestrator.db.store import Store
+from orchestrator.reconnect import Reconnecting
 from orchestrator.results import apply_results
 from orchestrator.states import claim_pending
 from orchestrator.sweeper import sweep
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 class LocalExecutor:
     def __init__(
         self,
-        store: Store,
+        store: Store | Reconnecting,
         *,
         ai: ModelBackend | None,
         scripts_dir: Path | None,
@@ -43,7 +45,9 @@ class LocalExecutor:
         idle_poll_s: float = 0.5,
         policy: RetryPolicy | None = None,
     ) -> None:
-        self.store = store
+        # A command gives a store that rides out a database restart; a caller that
+        # manages its own connection gets the errors.
+        self.db = store if isinstance(store, Reconnecting) else Reconnecting(store)
         self.policy = policy or RetryPolicy.from_settings()
         self.ai = ai
         self.scripts_dir = scripts_dir
@@ -76,13 +80,12 @@ class LocalExecutor:
             while True:
                 claimed = []
                 if len(in_flight) < window:
-                    with self.store.transaction():
-                        claimed = claim_pending(self.store, limit=window - len(in_flight), batch_id=batch_id)
+                    claimed = self.db.run(lambda db: self._claim(db, window - len(in_flight), batch_id))
                 for row in claimed:
                     in_flight.add(pool.submit(self.execute, task_from_claim(row)))
                 if not in_flight:
-                    outcomes.update(sweep(self.store, self.cache, policy=self.policy))
-                    if self.store.open_count(batch_id) == 0:
+                    outcomes.update(self.db.run(lambda db: sweep(db, self.cache, policy=self.policy)))
+                    if self.db.run(lambda db: db.open_count(batch_id)) == 0:
                         break
                     # Work dispatched elsewhere (or by an executor that died), or a retry
                     # waiting for its backoff: wait for its result, its backoff or its
@@ -91,11 +94,16 @@ class LocalExecutor:
                     continue
                 done, in_flight = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
                 if done:
-                    outcomes.update(apply_results(self.store, [f.result() for f in done], self.cache,
-                                                  self.policy))
+                    results = [f.result() for f in done]
+                    outcomes.update(self.db.run(lambda db: apply_results(db, results, self.cache, self.policy)))
                     if on_tick:
                         on_tick(outcomes)
         return outcomes
+
+    @staticmethod
+    def _claim(db: Store, limit: int, batch_id: int | None) -> list[Claimed]:
+        with db.transaction():
+            return claim_pending(db, limit=limit, batch_id=batch_id)
 
 
 def _failed(task: Task, failure_class: FailureClass, message: str) -> TaskResult:

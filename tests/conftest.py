@@ -53,11 +53,6 @@ def admin_url() -> str:
     return url
 
 
-def uses_local_postgres() -> bool:
-    """The tests' Postgres is this machine's cluster, which a test may restart."""
-    return admin_url() == LOCAL_ADMIN_URL
-
-
 def database_url(name: str) -> str:
     # Only the path names the database: the embedded server's URL carries a query.
     return urlunsplit(urlsplit(admin_url())._replace(path=f"/{name}"))

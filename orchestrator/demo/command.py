@@ -77,8 +77,7 @@ def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_e
          data: Path, stack: ExitStack, outcome: dict, limit: int | None) -> None:
     from common.local_broker import local_broker_url
     from orchestrator import batches, catalog, overview
-    from orchestrator.db import connect
-    from orchestrator.db.store import Store
+    from orchestrator.reconnect import Reconnecting
     from orchestrator.db.migrate import upgrade
     from orchestrator.embedded_postgres import EmbeddedPostgres
 
@@ -105,10 +104,12 @@ def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_e
         broker_url = local_broker_url(data / "broker")
     err.print(f"database: {redact(db_url)}\nbroker: {redact(broker_url)}", highlight=False)
 
-    conn = connect(db_url)
-    stack.callback(conn.close)
-    db = Store(conn)
-    for m in upgrade(conn):
+    # The progress display below rides out a restart of the database (an operator's, or
+    # a failover when WAVEFARM_DATABASE_URL names a real one).
+    watching = Reconnecting.to(db_url, say=lambda text: err.print(text, soft_wrap=True))
+    stack.callback(watching.close)
+    db = watching.store
+    for m in upgrade(db.conn):
         say(f"applied migration {m.version:04d} {m.name}")
 
     wf = load_workflow(example, server.models)
@@ -140,11 +141,11 @@ def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_e
         start_farm(farm, example, server, db_url, broker_url)
         err.print(f"started serve, script-worker and gpu-worker (logs in {logs})", highlight=False)
         started = time.monotonic()
-        watch(db, submitted.batch_id, farm)
+        watch(watching, submitted.batch_id, farm)
         outcome["elapsed_s"] = time.monotonic() - started
         _stop_farm(farm)
-    print_results(db, submitted.batch_id, example.key, outcome)
-    print_saved(db, submitted.batch_id, example)
+    print_results(watching.store, submitted.batch_id, example.key, outcome)
+    print_saved(watching.store, submitted.batch_id, example)
 
 
 def _stop_farm(farm: Supervisor) -> None:

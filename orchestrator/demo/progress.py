@@ -13,15 +13,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from common.supervisor import Supervisor
-from orchestrator.db.store import Store
+from orchestrator.reconnect import Reconnecting
 from orchestrator.demo.console import err
 
 POLL_S = 0.5
 STALL_S = 60.0     # no change for this long: say what the farm knows
 
 
-def watch(db: Store, batch_id: int, farm: Supervisor) -> None:
-    """Until every run of the batch has ended; raises ProcessDied when a process of the farm stops."""
+def watch(db: Reconnecting, batch_id: int, farm: Supervisor) -> None:
+    """Until every run of the batch has ended; raises ProcessDied when a process of the farm
+    stops. A database that goes away is waited for (said in one line), not a traceback."""
     from orchestrator import overview
     from orchestrator.workers import STALE_S
 
@@ -33,9 +34,9 @@ def watch(db: Store, batch_id: int, farm: Supervisor) -> None:
     last_change, last_state, warned = time.monotonic(), None, False
     with _line_end_after(), Live(Group(progress, models), console=err, refresh_per_second=4):
         while True:
-            p = overview.batch_progress(db, batch_id)
+            p, per_model = db.run(lambda store: (overview.batch_progress(store, batch_id),
+                                                 overview.batch_status(store, batch_id)["models"]))
             progress.update(task, total=p.runs, completed=p.ended, ok=p.completed, failed=p.failed)
-            per_model = overview.batch_status(db, batch_id)["models"]
             models.truncate(0)
             models.append(_model_lines(per_model))
             if p.ended >= p.runs:
@@ -46,7 +47,7 @@ def watch(db: Store, batch_id: int, farm: Supervisor) -> None:
                 last_change, last_state = time.monotonic(), state
             elif not warned and time.monotonic() - last_change > STALL_S:
                 warned = True  # say once why nothing moves, if the farm knows
-                for q in overview.farm_status(db, stale_s=STALE_S)["queues"]:
+                for q in db.run(lambda store: overview.farm_status(store, stale_s=STALE_S))["queues"]:
                     if q["problem"]:
                         err.print(Text.assemble((f"no progress for {STALL_S:.0f}s:", "yellow"),
                                                 f" queue {q['queue']}: {q['problem']} (logs in {farm.logs})"))
