@@ -42,8 +42,11 @@ def make_app(broker_url: str | None = None, *, name: str = "wavefarm", batched_p
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        # Our tasks never raise for a task's own failure (the failure is the result);
-        # a raise is a crash before the result was published: keep the message.
+        # Our tasks never raise for a task's own failure (the failure is the result), nor
+        # for a message they cannot read (common/intake.py reports that attempt failed):
+        # only a bug raises. Celery then rejects the message without requeueing it (it
+        # would fail the same way on every worker), and the sweeper takes the attempt
+        # back at its deadline.
         task_acks_on_failure_or_timeout=False,
         worker_prefetch_multiplier=1,
         task_ignore_result=True,

@@ -19,6 +19,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from common.messages import AiTask, FailureClass, TaskResult
 from common.queues import AI_TASK
+from common.intake import admit
 from common.reporting import publish_result
 from common.retries import handed_back
 from common.worker_runtime import WorkerRuntime
@@ -57,13 +58,9 @@ class GpuWorker:
         app.task(name=AI_TASK)(self._task)
 
     def _task(self, payload: dict) -> None:
-        task = AiTask.model_validate(payload)
-        if task.expired():
-            # The orchestrator gave this attempt up and re-dispatched it: running it now
-            # would only produce a result it ignores.
-            log.info("dropping interaction %s attempt %s: past its deadline", task.interaction_id, task.attempt,
-                     extra={"interaction_id": task.interaction_id, "model": task.model})
-            TASKS.labels(task.model, "expired").inc()
+        task, skipped = admit(self.app, AiTask, payload, worker=self.runtime.name)
+        if task is None:
+            TASKS.labels(payload.get("model", "?") if isinstance(payload, dict) else "?", skipped).inc()
             return
         if not self.breaker.allow():
             TASKS.labels(task.model, "handed_back").inc()

@@ -16,6 +16,7 @@ from prometheus_client import Counter, Histogram
 
 from common.messages import ScriptTask
 from common.queues import SCRIPT_QUEUE, SCRIPT_TASK
+from common.intake import admit
 from common.reporting import publish_result
 from common.worker_runtime import WorkerRuntime
 from script_worker.runner import run_script
@@ -40,10 +41,9 @@ class ScriptWorker:
         app.task(name=SCRIPT_TASK)(self._task)
 
     def _task(self, payload: dict) -> None:
-        task = ScriptTask.model_validate(payload)
-        if task.expired():
-            log.info("dropping interaction %s attempt %s: past its deadline", task.interaction_id, task.attempt)
-            TASKS.labels(task.script, "expired").inc()
+        task, skipped = admit(self.app, ScriptTask, payload, worker=self.name)
+        if task is None:
+            TASKS.labels(payload.get("script", "?") if isinstance(payload, dict) else "?", skipped).inc()
             return
         result = run_script(task, self.scripts_dir, env=self.env, worker=self.name)
         if result.failure is None:

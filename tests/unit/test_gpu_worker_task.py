@@ -65,3 +65,17 @@ def test_an_unreachable_server_gives_the_message_back_and_opens_the_breaker(app)
     with pytest.raises(Reject):  # open: not even tried
         w._task(task().model_dump(mode="json"))
     assert reports(app) == []  # no failure reported: the interaction keeps its attempts
+
+
+def test_a_task_message_it_cannot_read_is_reported_failed_at_once_not_dropped(app):
+    body = task().model_dump(mode="json")
+    body["timeout_s"] = "soon"  # what an orchestrator of another version might send
+    with ModelServer(models=["gemma3:1b"]) as server:
+        worker(app, server.url)._task(body)
+        assert sum(server.requests.values()) == 0
+    (report,) = reports(app)
+    assert (report.result.interaction_id, report.result.attempt) == (7, 2)
+    assert report.result.failure.failure_class == "unreadable_report"
+    assert "could not read the task message (timeout_s" in report.result.failure.message
+    worker(app, "http://127.0.0.1:1")._task({"what": "is this"})  # not even whose: logged, dropped
+    assert reports(app) == []
