@@ -17,12 +17,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import IO, Any
 
 from common import storable
 from common.messages import Failure, FailureClass, ScriptTask, TaskResult, Usage, utcnow
 from common.redact import scrub, secrets_of
+from common.scripts import locate_script
 from common.supervisor import signal_group, wait_exit
 
 MAX_STDOUT_BYTES = 16 * 1024 * 1024  # one JSON object; beyond this it is a runaway, not an output
@@ -57,7 +58,7 @@ def run_script(
             worker=worker, started_at=started, finished_at=utcnow(),
         )
 
-    path, problem = _locate(task.script, scripts_dir)
+    path, problem = locate_script(task.script, scripts_dir)
     if path is None:
         return result(failure=Failure(failure_class=FailureClass.SCRIPT_NOT_FOUND, message=problem))
 
@@ -128,36 +129,6 @@ def run_script(
         return failed(FailureClass.INVALID_OUTPUT,
                       f"{task.script} printed {complaint} where one JSON object was expected: {preview!r}")
     return result(output=output, exit_code=code)
-
-
-def _locate(script: str, scripts_dir: Path) -> tuple[Path | None, str]:
-    """The script's real path inside scripts_dir, or None and why not.
-
-    A workflow names its script; it must not be able to reach any other file on the
-    worker, so absolute paths, '..' and symlinks leading out are refused before
-    anything runs. The resolved path is what gets executed, so swapping a symlink
-    after this check cannot redirect the run.
-    """
-    where = f"script {script!r} in the scripts directory {scripts_dir}"
-    relative = PurePath(script)
-    if not script or relative.is_absolute():
-        return None, f"{where}: a script is named by a path relative to the scripts directory"
-    if ".." in relative.parts:
-        return None, f"{where}: '..' is not allowed in a script path"
-    try:
-        root = Path(scripts_dir).resolve()
-        real = (root / relative).resolve()
-    except (OSError, ValueError, RuntimeError) as exc:  # NUL byte, symlink loop, ...
-        return None, f"{where}: unusable path ({exc})"
-    if not root.is_dir():
-        return None, f"{where}: the scripts directory does not exist"
-    if not real.is_relative_to(root):
-        return None, f"{where}: it leads outside the scripts directory"
-    if not real.is_file():
-        return None, f"{where}: no such file" if not real.exists() else f"{where}: not a regular file"
-    if real.suffix != ".py" and not os.access(real, os.X_OK):
-        return None, f"{where}: not executable (chmod +x it, or name a Python script *.py)"
-    return real, ""
 
 
 def _script_env(task: ScriptTask, given: Mapping[str, str]) -> dict[str, str]:

@@ -18,6 +18,7 @@ from jinja2 import TemplateSyntaxError
 from pydantic import ValidationError
 
 from common.errors import WorkflowInvalid
+from common.scripts import locate_script
 from common.structured import schema_problem
 from orchestrator.workflow.model import (
     AI_ONLY_KEYS,
@@ -344,8 +345,12 @@ def _script_path(i: int, script: Any, label: str, scripts_dir: Path | None, find
         findings.add(path, f"{label}: script path is empty")
     elif posix.is_absolute() or windows.is_absolute() or windows.drive or ".." in posix.parts or ".." in windows.parts:
         findings.add(path, f"{label}: script path {script!r} must stay inside the scripts directory (relative, no '..')")
-    elif scripts_dir is not None and not (scripts_dir / script).is_file():
-        findings.add(path, f"{label}: script {script!r} not found in {scripts_dir}")
+    elif scripts_dir is not None:
+        # The runner's own rule: a symlink that leads out, a file that is not executable,
+        # are refused here as they would be at run time.
+        found, problem = locate_script(script, scripts_dir)
+        if found is None:
+            findings.add(path, f"{label}: {problem}")
 
 
 def _templates(i: int, s: dict, label: str, graph: _Graph, findings: _Findings) -> None:

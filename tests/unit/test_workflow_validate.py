@@ -650,7 +650,7 @@ def test_script_files_are_checked_when_a_scripts_dir_is_given(tmp_path):
     assert validate_text(text) == []
     (problem,) = validate_text(text, scripts_dir=_scripts(tmp_path, "there.py"))
     assert (problem.line, problem.path) == (7, "steps[1].script")
-    assert "step 'b'" in problem.message and "'missing.py' not found" in problem.message
+    assert "step 'b'" in problem.message and "'missing.py'" in problem.message and "no such file" in problem.message
 
 
 def test_a_yaml_syntax_error_in_a_file(tmp_path):
@@ -708,7 +708,7 @@ def test_load_file_checks_scripts(tmp_path):
     with pytest.raises(WorkflowInvalid) as info:
         load_file(HERE / "good_pipeline.yaml", scripts_dir=tmp_path)
     (problem,) = info.value.problems
-    assert "'save_summary.py' not found" in problem.message
+    assert "'save_summary.py'" in problem.message and "no such file" in problem.message
 
 
 MODELS = """
@@ -806,3 +806,26 @@ def test_a_three_thousand_step_chain_validates_and_its_references_are_checked():
             + steps + "  - name: s2999\n    model: m\n    prompt: \"{{ steps.s2999.output }}\"\n")
     (problem,) = validate_text(text)  # the last step reads its own output: it never runs again after itself
     assert problem.path == "steps[2999].prompt" and "never runs again after itself" in problem.message
+
+
+def test_validate_refuses_a_script_the_runner_would_refuse(tmp_path):
+    """A symlink in the scripts directory that leads out of it, or a file that cannot be
+    run: valid once meant the runner refused it at run time, batch after batch."""
+    scripts, outside = tmp_path / "scripts", tmp_path / "elsewhere"
+    scripts.mkdir()
+    outside.mkdir()
+    (outside / "steal.py").write_text("print('{}')\n")
+    (scripts / "link.py").symlink_to(outside / "steal.py")
+    (scripts / "notes.txt").write_text("not a program\n")
+    text = _text("""
+        name: w
+        steps:
+          - name: a
+            script: link.py
+            next: [{when: "*", to: b}]
+          - name: b
+            script: notes.txt
+        """)
+    first, second = validate_text(text, scripts_dir=scripts)
+    assert first.path == "steps[0].script" and "leads outside the scripts directory" in first.message
+    assert second.path == "steps[1].script" and "not executable" in second.message
