@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     # Unset: the zero-setup defaults, an embedded Postgres (orchestrator/embedded_postgres.py)
     # and a local broker (common/local_broker.py) in `data_dir`, for one machine.
     database_url: SecretStr | None = None
+    # What scripts get as WAVEFARM_DATABASE_URL: a role that may write your tables and
+    # nothing of the farm's (deploy/scripts-role.sql). Unset: the orchestrator's own URL.
+    scripts_database_url: SecretStr | None = None
     broker_url: SecretStr | None = None
     data_dir: Path | None = None  # default: the user's data directory (~/.local/share/wavefarm)
     scripts_dir: Path | None = None
@@ -43,6 +46,13 @@ class Settings(BaseSettings):
     # What one rendered prompt (with its system prompt) or script input may hold; past it
     # the interaction fails as render_error instead of sending megabytes.
     max_rendered_chars: int = Field(1_000_000, ge=1_000, le=100_000_000)
+
+    def database_url_for_scripts(self, fallback: str | None) -> tuple[str | None, bool]:
+        """The URL scripts get, and whether it is the orchestrator's own (`fallback`:
+        WAVEFARM_DATABASE_URL, or the embedded Postgres's), with all its privileges."""
+        if self.scripts_database_url is not None:
+            return self.scripts_database_url.get_secret_value(), False
+        return fallback, fallback is not None
 
     def require_database_url(self) -> str:
         return _required(self.database_url, "WAVEFARM_DATABASE_URL",

@@ -35,7 +35,7 @@ def make_backend(ollama_url: str | None, openai_url: str | None, *, pool_size: i
 def run(
     ollama_url: Annotated[Optional[str], typer.Option("--ollama-url", help="Ollama next to this worker (default: WAVEFARM_OLLAMA_URL).")] = None,
     openai_url: Annotated[Optional[str], typer.Option("--openai-url", help="An OpenAI-compatible server instead (vLLM, llama.cpp).", envvar="WAVEFARM_OPENAI_URL")] = None,
-    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="WAVEFARM_OPENAI_API_KEY", help="Bearer token for --openai-url.", show_default=False)] = None,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="WAVEFARM_OPENAI_API_KEY", help="Bearer token for --openai-url. Prefer setting WAVEFARM_OPENAI_API_KEY: a command line is visible to every user of the host in ps.", show_default=False)] = None,
     models: Annotated[str, typer.Option("--models", help="Comma-separated models, or auto: whatever the server has.")] = "auto",
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Parallel calls: match the server's parallel slots (OLLAMA_NUM_PARALLEL).")] = 1,
     name: Annotated[Optional[str], typer.Option("--name", help="Worker name, one live worker's at a time (default: gpu@MACHINE:PORT after the server, or gpu@MACHINE:SERVER:PORT).")] = None,

@@ -280,7 +280,7 @@ def _local_executor(db: Reconnecting, ollama_url: str | None, scripts_dir: Path 
         scripts_dir=scripts_dir,
         concurrency=concurrency,
         # Scripts that write to the database get its URL (SPEC: script contract).
-        script_env={"WAVEFARM_DATABASE_URL": _database_url()},
+        script_env={"WAVEFARM_DATABASE_URL": settings.database_url_for_scripts(_database_url())[0]},
     )
 
 

@@ -7,6 +7,7 @@ worker applies, which is how a script actor is tested by hand before a batch.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -41,12 +42,18 @@ def run(
     if not directory.is_dir():
         raise ConfigError(f"the scripts directory {directory} does not exist")
     directory = directory.resolve()
-    # Scripts that write to the database get its URL (SPEC: script contract); nothing else of ours.
-    # Scripts that save to the database get its URL: the configured one, or the embedded
+    # Scripts that save to the database get a URL (SPEC: script contract), nothing else of
+    # ours: WAVEFARM_SCRIPTS_DATABASE_URL, else the configured database, else the embedded
     # Postgres's while it runs (the zero-setup mode on one machine).
-    db_url = settings.database_url.get_secret_value() if settings.database_url else embedded_address.running_url()
+    own = settings.database_url.get_secret_value() if settings.database_url else None
+    db_url, privileged = settings.database_url_for_scripts(own or embedded_address.running_url())
     env = {"WAVEFARM_DATABASE_URL": db_url} if db_url else {}
+    note = ("scripts get the orchestrator's own database URL, with all its privileges over the farm's tables: "
+            "set WAVEFARM_SCRIPTS_DATABASE_URL to a role that may write only yours (deploy/scripts-role.sql)"
+            if privileged and own is not None else None)
     if script is not None:
+        if note:
+            typer.echo(f"note: {note}", err=True)
         _try(directory, script, input_json, timeout, env)
         return
 
@@ -57,6 +64,8 @@ def run(
     from script_worker.worker import ScriptWorker
 
     setup_logging(json_lines=settings.log_json)
+    if note:
+        logging.getLogger(__name__).warning("%s", note)  # once, at start-up
     celery_app = make_app(name="wavefarm-script")
     worker_name, lease = claim(celery_app, name, worker_names.candidates(worker_names.SCRIPT))
     worker = ScriptWorker(celery_app, directory, concurrency=concurrency, name=worker_name, env=env)

@@ -339,3 +339,32 @@ def test_an_unreachable_database_never_shows_its_password() -> None:
     assert failure.exit_code == 1
     assert "cannot connect to the database" in failure.message
     assert "s3cret-pw-42" not in failure.model_dump_json()
+
+
+def test_the_scripts_role_writes_the_examples_tables_and_cannot_touch_the_farms(db_url):
+    """deploy/scripts-role.sql, as the docs say to run it: the role scripts get may save
+    postings and read or change nothing of the farm's."""
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    from tests.conftest import ROOT
+
+    role = f"wf_scripts_{uuid.uuid4().hex[:8]}"
+    sql = (ROOT / "deploy" / "scripts-role.sql").read_text().replace("wavefarm_scripts", role)
+    sql = sql.replace(":password", "'role-test-pw'")
+    with psycopg.connect(db_url, autocommit=True) as owner:
+        owner.execute((ROOT / "examples" / "postings" / "scripts" / "schema.sql").read_text())
+        owner.execute(sql)
+    parts = urlsplit(db_url)
+    as_role = urlunsplit(parts._replace(netloc=f"{role}:role-test-pw@{parts.hostname}:{parts.port or 5432}"))
+    try:
+        with psycopg.connect(as_role, autocommit=True) as scripts:
+            scripts.execute("INSERT INTO postings (source_id, url, description) VALUES ('s1', 'http://x/1', 'd')")
+            for forbidden in ("SELECT * FROM interactions", "DELETE FROM runs", "SELECT * FROM events",
+                              "CREATE TABLE sneaky (x int)"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    scripts.execute(forbidden)
+    finally:
+        with psycopg.connect(db_url, autocommit=True) as owner:
+            owner.execute(f"DROP OWNED BY {role}")
+            owner.execute(f"DROP ROLE {role}")

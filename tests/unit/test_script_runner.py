@@ -329,3 +329,22 @@ def test_a_long_last_stderr_line_is_cut_in_the_message(tmp_path: Path) -> None:
     f = run("rant.py", scripts_dir=tmp_path).failure
     assert f is not None and f.exit_code == 5 and len(f.message) < 300
     assert f.stderr_tail == "!" * 3000
+
+
+def test_scripts_get_their_own_database_url_when_one_is_set(tmp_path: Path) -> None:
+    import json as _json
+    import subprocess as _sp
+
+    def probe(**env: str) -> tuple[str | None, str]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("WAVEFARM_")}
+        proc = _sp.run([str(Path(sys.executable).parent / "script-worker"), "--scripts-dir", str(SCRIPTS),
+                        "--try", "env_probe.py", "--input", '{"names": ["WAVEFARM_DATABASE_URL"]}'],
+                       capture_output=True, text=True, env={**base, **env}, timeout=60)
+        return _json.loads(proc.stdout)["output"]["env"]["WAVEFARM_DATABASE_URL"], proc.stderr
+
+    orchestrators = "postgresql://farm:farm-pw@db/farm"
+    url, said = probe(WAVEFARM_DATABASE_URL=orchestrators)
+    assert url == orchestrators and "orchestrator's own database URL" in said and "farm-pw" not in said
+    url, said = probe(WAVEFARM_DATABASE_URL=orchestrators,
+                      WAVEFARM_SCRIPTS_DATABASE_URL="postgresql://scripts:s-pw@db/farm")
+    assert url == "postgresql://scripts:s-pw@db/farm" and said == ""
