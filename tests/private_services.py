@@ -137,7 +137,7 @@ class PrivatePostgres:
     shutdown: every session is told AdminShutdown) and starts it again on the same port."""
 
     def __init__(self, root: Path) -> None:
-        from common.embedded_postgres import EmbeddedPostgres
+        from orchestrator.embedded_postgres import EmbeddedPostgres
 
         self.server = EmbeddedPostgres(root, say=lambda _text: None)
         self.url = ""

@@ -132,9 +132,11 @@ CREATE INDEX attempts_interaction ON attempts (interaction_id, attempt);
 
 -- The one definition of a dispatched attempt's deadline: one timeout waiting behind
 -- the in-flight window, one running, and 10 s for the result's way back. Past it the
--- sweeper takes the attempt back.
+-- sweeper takes the attempt back. A timeout is at most a day (workflow validation); the
+-- bound here keeps a row stored before that rule from overflowing the interval and
+-- failing every dispatch of its turn.
 CREATE FUNCTION wavefarm_dispatch_deadline(timeout_s double precision) RETURNS timestamptz
-LANGUAGE sql STABLE AS $$ SELECT now() + make_interval(secs => timeout_s * 2 + 10) $$;
+LANGUAGE sql STABLE AS $$ SELECT now() + make_interval(secs => least(timeout_s, 86400) * 2 + 10) $$;
 
 
 -- Append-only history (enforced below): every status change (written by the trigger
