@@ -33,7 +33,8 @@ class FailureClass(StrEnum):
     RENDER_ERROR = "render_error"        # the step's template could not be rendered for this run
     WORKER_LOST = "worker_lost"          # no result before the deadline (lost message, dead worker)
     SERVER_BUSY = "server_busy"          # the model server said it is busy (HTTP 429 or 503)
-    UNREADABLE = "unreadable_report"     # the worker's report could not be read
+    UNREADABLE = "unreadable_report"     # the worker's report (or task message) could not be read
+    UNDELIVERABLE = "undeliverable"      # no task message could be made of the interaction
 
 
 # What each class means for retries: common/retries.py, the one place of the retry rule.

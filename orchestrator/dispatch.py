@@ -31,22 +31,34 @@ import logging
 import math
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from itertools import groupby
 
+import psycopg
 from celery import Celery
 from prometheus_client import Counter
+
+from common.messages import Task, TaskResult
 
 from common.queues import queue_for, task_name
 from orchestrator import locks
 from orchestrator.db.rows import Claimed, DispatchRow
 from orchestrator.db.store import Store
 from orchestrator.states import claim_for_dispatch
-from orchestrator.tasks import task_from_claim
+from orchestrator.tasks import task_or_failure
 from orchestrator.workers import STALE_S
 
 log = logging.getLogger(__name__)
 
 DISPATCHED = Counter("wavefarm_dispatched_total", "Task messages published", ["queue"])
+DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+@dataclass
+class DispatchTurn:
+    sent: int = 0
+    # Claimed, but no task message can be made of them: their attempt's failure.
+    undeliverable: list[TaskResult] = field(default_factory=list)
 
 
 class Dispatcher:
@@ -63,25 +75,33 @@ class Dispatcher:
         self._slots_read_at = float("-inf")
         self._declared: set[str] = set()  # queues declared on the broker by this process
 
-    def dispatch(self, store: Store) -> int:
+    def dispatch(self, store: Store, *, isolate: bool = False) -> DispatchTurn:
         """Publish what the queues have room for, in a transaction of its own."""
         with store.transaction():
-            return self.dispatch_in(store)
+            return self.dispatch_in(store, isolate=isolate)
 
-    def dispatch_in(self, store: Store) -> int:
-        """Publish what the queues have room for; return how many messages were sent.
+    def dispatch_in(self, store: Store, *, isolate: bool = False) -> DispatchTurn:
+        """Publish what the queues have room for; say how many messages were sent, and
+        which claimed interactions could not be made into a message (the caller records
+        them failed, in the same transaction).
 
         Inside the caller's transaction, whose commit makes the claims durable: the
         broker has every message once this returns. The dispatch lock is held until
         that commit, and results for interactions this transaction created wait on it
         (orchestrator/results.py).
+
+        `isolate`: each actor's claims in a savepoint of their own, one that raises
+        skipped and said, so that one batch or queue that cannot be dispatched (a row
+        the database refuses to claim) does not stop the others. The caller asks for it
+        when a whole turn raised.
         """
+        turn = DispatchTurn()
         if not store.try_lock(locks.DISPATCH):
-            return 0  # another serve process is dispatching right now
+            return turn  # another serve process is dispatching right now
         view = store.dispatch_view()
         pending = [r for r in view if r.what == "pending"]
         if not pending:
-            return 0
+            return turn
         slots = self._live_slots(store)
         # Queue windows are shared by the actors that map to one queue (all scripts).
         used: dict[str, int] = defaultdict(int)
@@ -90,36 +110,65 @@ class Dispatcher:
                 used[queue_for(r.kind, r.actor)] += r.n
         self._turn += 1
         try:
-            return self._publish_turn(store, pending, used, slots)
+            self._publish_turn(store, pending, used, slots, turn, isolate)
         except Exception:
             self._declared.clear()  # the broker may have lost them: declare anew
             raise
+        return turn
 
     def _publish_turn(self, store: Store, pending: list[DispatchRow], used: dict[str, int],
-                      slots: dict[str, int]) -> int:
+                      slots: dict[str, int], turn: DispatchTurn, isolate: bool) -> None:
         """Claim and publish each actor's share of its queue's free window."""
-        sent = 0
         with self.app.producer_or_acquire() as producer:
             transactional: bool | None = None  # decided at the first message of the turn
-            for (kind, actor), batches in groupby(pending, key=lambda r: (r.kind, r.actor)):
-                queue = queue_for(kind, actor)
-                free = math.ceil(self.window_factor * slots.get(queue, 0)) - used[queue]
-                if free <= 0:
-                    continue
-                rows = self._claim_fairly(store, kind, actor, list(batches), free)
-                if rows and transactional is None:
-                    transactional = self._begin(producer)
-                for row in rows:
-                    self._publish(producer, row, queue)
-                used[queue] += len(rows)
-                sent += len(rows)
-                if rows:
-                    DISPATCHED.labels(queue).inc(len(rows))
+            try:
+                for (kind, actor), batches in groupby(pending, key=lambda r: (r.kind, r.actor)):
+                    queue = queue_for(kind, actor)
+                    free = math.ceil(self.window_factor * slots.get(queue, 0)) - used[queue]
+                    if free <= 0:
+                        continue
+                    rows = self._claim_fairly(store, kind, actor, list(batches), free, isolate)
+                    tasks = []
+                    for row in rows:
+                        made = task_or_failure(row)
+                        if isinstance(made, TaskResult):
+                            turn.undeliverable.append(made)
+                        else:
+                            tasks.append((row, made))
+                    if tasks and transactional is None:
+                        transactional = self._begin(producer)
+                    for row, task in tasks:
+                        self._publish(producer, row, task, queue)
+                    used[queue] += len(tasks)
+                    turn.sent += len(tasks)
+                    if tasks:
+                        DISPATCHED.labels(queue).inc(len(tasks))
+            except BaseException:
+                if transactional:
+                    # What this turn published must not reach the workers: its claims
+                    # are rolled back with the transaction that made them.
+                    producer.channel.tx_rollback()
+                raise
             if transactional:
                 # The broker has every message of the turn once this returns; only
                 # then does Postgres commit them as dispatched.
                 producer.channel.tx_commit()
-        return sent
+
+    def _claim(self, store: Store, kind: str, actor: str, batch_id: int, limit: int,
+               isolate: bool) -> list[Claimed] | None:
+        """One batch's claim; with `isolate`, in a savepoint of its own: None when it
+        raised (said, and the batch skipped this turn; the others go on)."""
+        if not isolate:
+            return claim_for_dispatch(store, kind=kind, actor=actor, batch_id=batch_id, limit=limit)
+        try:
+            with store.transaction():
+                return claim_for_dispatch(store, kind=kind, actor=actor, batch_id=batch_id, limit=limit)
+        except DB_ERRORS:
+            raise
+        except Exception:
+            log.exception("cannot claim the pending work of %s %s in batch %s: skipped this turn, the rest goes on",
+                          kind, actor, batch_id)
+            return None
 
     def _live_slots(self, store: Store) -> dict[str, int]:
         now = time.monotonic()
@@ -129,7 +178,7 @@ class Dispatcher:
         return self._slots
 
     def _claim_fairly(self, store: Store, kind: str, actor: str, batches: list[DispatchRow],
-                      free: int) -> list[Claimed]:
+                      free: int, isolate: bool) -> list[Claimed]:
         """Claim up to `free` of one actor's pending work from `batches` (each with its
         priority): highest priority first, equal priorities in turns."""
         batches = sorted(batches, key=lambda b: (-b.priority, b.batch_id))
@@ -146,7 +195,9 @@ class Dispatcher:
                     if want <= 0:
                         still_pending.append(batch_id)
                         continue
-                    rows = claim_for_dispatch(store, kind=kind, actor=actor, batch_id=batch_id, limit=want)
+                    rows = self._claim(store, kind, actor, batch_id, want, isolate)
+                    if rows is None:
+                        continue  # a batch that cannot be claimed: the others share its part
                     claimed += rows
                     free -= len(rows)
                     if len(rows) == want:
@@ -156,8 +207,7 @@ class Dispatcher:
                 break
         return claimed
 
-    def _publish(self, producer, row: Claimed, queue: str) -> None:
-        task = task_from_claim(row)
+    def _publish(self, producer, row: Claimed, task: Task, queue: str) -> None:
         self.app.send_task(
             task_name(row.kind),
             args=[task.model_dump(mode="json")],

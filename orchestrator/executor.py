@@ -27,7 +27,7 @@ from orchestrator.reconnect import Reconnecting
 from orchestrator.results import apply_results
 from orchestrator.states import claim_pending
 from orchestrator.sweeper import sweep
-from orchestrator.tasks import task_from_claim
+from orchestrator.tasks import task_or_failure
 from script_worker.runner import run_script
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,9 @@ class LocalExecutor:
                 if len(in_flight) < window:
                     claimed = self.db.run(lambda db: self._claim(db, window - len(in_flight), batch_id))
                 for row in claimed:
-                    in_flight.add(pool.submit(self.execute, task_from_claim(row)))
+                    made = task_or_failure(row)
+                    in_flight.add(pool.submit(self.execute, made) if not isinstance(made, TaskResult)
+                                  else _done(made))
                 if not in_flight:
                     outcomes.update(self.db.run(lambda db: sweep(db, self.cache, policy=self.policy)))
                     if self.db.run(lambda db: db.open_count(batch_id)) == 0:
@@ -104,6 +106,13 @@ class LocalExecutor:
     def _claim(db: Store, limit: int, batch_id: int | None) -> list[Claimed]:
         with db.transaction():
             return claim_pending(db, limit=limit, batch_id=batch_id)
+
+
+def _done(result: TaskResult) -> Future:
+    """A result there is nothing to execute for, as the pool's futures hand results over."""
+    future: Future = Future()
+    future.set_result(result)
+    return future
 
 
 def _failed(task: Task, failure_class: FailureClass, message: str) -> TaskResult:

@@ -23,7 +23,7 @@ from common.retries import RetryPolicy
 from orchestrator import workers
 from orchestrator.catalog import WorkflowCache
 from orchestrator.db.store import Store
-from orchestrator.dispatch import Dispatcher
+from orchestrator.dispatch import Dispatcher, DispatchTurn
 from orchestrator.inbox import Delivery, Inbox
 from orchestrator.metrics import APPLY_SECONDS, RESULTS
 from orchestrator.results import Applied, apply_in, log_applied, outcome_counts, whole_or_isolated
@@ -118,16 +118,43 @@ class Service:
         broker_error: BaseException | None = None
         with store.transaction():
             if statuses:
-                workers.record(store, statuses)
+                self._record_workers(store, statuses)
             applied = apply_in(store, results, self.cache, isolate=isolate, policy=self.policy)
             try:
-                with store.transaction():
-                    self.dispatcher.dispatch_in(store)
+                turn = self._dispatch(store)
             except (BrokerError, *self.inbox.connection_errors) as exc:
                 if not results and not statuses:
                     raise
                 broker_error = exc
+            else:
+                # Claimed but not sendable: each one's attempt fails, with the reason.
+                applied += apply_in(store, turn.undeliverable, self.cache, isolate=isolate, policy=self.policy)
         return applied, broker_error
+
+    def _dispatch(self, store: Store) -> DispatchTurn:
+        """The turn's dispatch, in a savepoint: a broker that refuses costs only the
+        dispatch. One batch or queue whose claims raise must not stop the others: the
+        turn is dispatched again actor by actor, and what still raises is skipped."""
+        try:
+            with store.transaction():
+                return self.dispatcher.dispatch_in(store)
+        except (BrokerError, *self.inbox.connection_errors, *DB_ERRORS):
+            raise
+        except Exception:
+            log.exception("a dispatch turn failed: dispatching actor by actor")
+        with store.transaction():
+            return self.dispatcher.dispatch_in(store, isolate=True)
+
+    @staticmethod
+    def _record_workers(store: Store, statuses: list[WorkerStatus]) -> None:
+        """Heartbeats, in a savepoint: one the database refuses is dropped (the worker
+        sends another in 10 s), not the turn's results with it."""
+        try:
+            workers.record(store, statuses)
+        except DB_ERRORS:
+            raise
+        except Exception:
+            log.exception("could not record %d heartbeat(s): dropped", len(statuses))
 
     def _connection(self) -> Store:
         """serve's own connection, held across turns: taking one from the pool each turn

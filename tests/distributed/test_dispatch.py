@@ -65,18 +65,18 @@ def test_a_queue_gets_twice_its_live_slots_and_no_more(conn, app, amqp_url, tmp_
     batch = submit(conn, tmp_path / "a.csv", 50)
     heartbeat(conn, "gpu-1", [QUEUE], 2)
     d = Dispatcher(app, slots_ttl_s=0)
-    assert d.dispatch(Store(conn)) == 4
-    assert d.dispatch(Store(conn)) == 0  # the window is full until results come back
+    assert d.dispatch(Store(conn)).sent == 4
+    assert d.dispatch(Store(conn)).sent == 0  # the window is full until results come back
     assert queued(amqp_url, QUEUE) == 4
     assert dispatched_per_batch(conn) == {batch: 4}
     heartbeat(conn, "gpu-2", [QUEUE], 3)  # a second host joins: the window grows
-    assert d.dispatch(Store(conn)) == 6
+    assert d.dispatch(Store(conn)).sent == 6
 
 
 def test_work_for_a_queue_nobody_consumes_stays_pending_and_status_says_so(conn, app, tmp_path):
     submit(conn, tmp_path / "a.csv", 5)
     heartbeat(conn, "gpu-1", ["ai.other-model"], 4)
-    assert Dispatcher(app, slots_ttl_s=0).dispatch(Store(conn)) == 0
+    assert Dispatcher(app, slots_ttl_s=0).dispatch(Store(conn)).sent == 0
     farm = overview.farm_status(Store(conn), stale_s=STALE_S)
     (q,) = [q for q in farm["queues"] if q["queue"] == QUEUE]
     assert q["pending"] == 5 and q["workers"] == 0 and q["problem"] == "no live worker consumes this queue"
@@ -86,7 +86,7 @@ def test_a_silent_worker_stops_counting(conn, app, tmp_path):
     submit(conn, tmp_path / "a.csv", 5)
     heartbeat(conn, "gpu-1", [QUEUE], 2)
     conn.execute("UPDATE workers SET last_seen = now() - interval '5 minutes'")
-    assert Dispatcher(app, slots_ttl_s=0).dispatch(Store(conn)) == 0
+    assert Dispatcher(app, slots_ttl_s=0).dispatch(Store(conn)).sent == 0
 
 
 def test_two_batches_share_the_window_and_priority_goes_first(conn, app, tmp_path):
@@ -94,12 +94,12 @@ def test_two_batches_share_the_window_and_priority_goes_first(conn, app, tmp_pat
     second = submit(conn, tmp_path / "b.csv", 50)
     heartbeat(conn, "gpu-1", [QUEUE], 4)
     d = Dispatcher(app, slots_ttl_s=0)
-    assert d.dispatch(Store(conn)) == 8
+    assert d.dispatch(Store(conn)).sent == 8
     assert dispatched_per_batch(conn) == {first: 4, second: 4}  # not first come, first served
 
     urgent = submit(conn, tmp_path / "c.csv", 50, priority=5)
     heartbeat(conn, "gpu-2", [QUEUE], 4)  # 8 more slots: all to the urgent batch
-    assert d.dispatch(Store(conn)) == 8
+    assert d.dispatch(Store(conn)).sent == 8
     assert dispatched_per_batch(conn) == {first: 4, second: 4, urgent: 8}
 
 
@@ -128,3 +128,49 @@ def test_a_broker_that_is_down_leaves_the_work_pending(conn, tmp_path):
     counts = conn.execute("SELECT status, count(*) AS n FROM interactions WHERE batch_id = %s GROUP BY 1",
                           (batch,)).fetchall()
     assert counts == [{"status": "pending", "n": 5}]
+
+
+def serve_turn(db_url: str, app) -> None:
+    """One turn of serve's loop with nothing to apply: heartbeats none, then dispatch."""
+    from orchestrator.db import open_pool
+    from orchestrator.service import Service
+
+    pool = open_pool(db_url, size=2)
+    try:
+        service = Service(pool, app)
+        service.apply_and_dispatch([])
+        service._release()
+    finally:
+        pool.close()
+
+
+def test_a_batch_whose_work_the_database_refuses_to_claim_does_not_stop_the_others(conn, db_url, app, tmp_path):
+    healthy = submit(conn, tmp_path / "a.csv", 5)
+    broken = submit(conn, tmp_path / "b.csv", 5)
+    heartbeat(conn, "gpu-1", [QUEUE], 4)
+    # Any row of `broken` that a claim would update is refused, as a constraint or a
+    # value the server cannot compute would refuse it.
+    conn.execute(f"""
+        CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.batch_id = {broken} AND NEW.status = 'dispatched' THEN
+            RAISE EXCEPTION 'interval out of range'; END IF; RETURN NEW; END $$;
+        CREATE TRIGGER refuse BEFORE UPDATE ON interactions FOR EACH ROW EXECUTE FUNCTION refuse();""")
+    serve_turn(db_url, app)
+    assert dispatched_per_batch(conn) == {healthy: 5}  # the healthy batch went out in the same turn
+
+
+def test_an_interaction_no_task_can_be_made_of_fails_alone_with_the_reason(conn, db_url, app, amqp_url, tmp_path):
+    batch = submit(conn, tmp_path / "a.csv", 3)
+    heartbeat(conn, "gpu-1", [QUEUE], 4)
+    # A row stored by an older version, or by hand: its input lacks the prompt.
+    (bad,) = conn.execute("UPDATE interactions SET input = '{}' WHERE id = (SELECT min(id) FROM interactions "
+                          "WHERE batch_id = %s) RETURNING id", (batch,)).fetchall()
+    serve_turn(db_url, app)
+    row = conn.execute("SELECT status, failure_class, failure_message FROM interactions WHERE id = %s",
+                       (bad["id"],)).fetchone()
+    assert (row["status"], row["failure_class"]) == ("failed", "undeliverable")
+    assert "no task message can be made of it: KeyError" in row["failure_message"]
+    run = conn.execute("SELECT r.status, r.end_reason FROM runs r JOIN interactions i ON i.run_id = r.id "
+                       "WHERE i.id = %s", (bad["id"],)).fetchone()
+    assert run["status"] == "failed" and "undeliverable" in run["end_reason"]
+    assert dispatched_per_batch(conn) == {batch: 2} and queued(amqp_url, QUEUE) == 2

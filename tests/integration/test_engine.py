@@ -535,3 +535,13 @@ def test_a_failure_that_is_not_retried_says_why_in_the_event_log(conn, tmp_path)
     (event,) = events(conn, row.run_id, "not_retried")
     assert event["detail"]["failure_class"] == "bad_request"
     assert "another attempt would fail the same way" in event["detail"]["reason"]
+
+
+def test_the_local_executor_fails_an_interaction_no_task_can_be_made_of_and_goes_on(conn, tmp_path, scripts_dir):
+    batch = start(conn, tmp_path, SHAPES, [["1"], ["2"]])
+    conn.execute("UPDATE interactions SET input = '{}' WHERE id = (SELECT min(id) FROM interactions "
+                 "WHERE batch_id = %s)", (batch,))
+    execute(conn, scripts_dir, lambda t: "fine", batch)
+    first, second = runs(conn, batch)
+    assert first["status"] == "failed" and "undeliverable" in first["end_reason"]
+    assert second["status"] == "completed"
