@@ -492,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="keep the processes' logs here (default: a temporary directory)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds one batch may take before the bench gives up")
     args = p.parse_args(argv)
+    if args.profile and not (BIN / "py-spy").exists():
+        p.error(f"--profile needs py-spy beside this Python ({BIN}): {BIN / 'pip'} install py-spy")
     global BATCH_TIMEOUT
     BATCH_TIMEOUT = args.timeout
     parts = set(args.only or ["farm", "celery", "chain40"])
