@@ -1,17 +1,22 @@
 """How many results per second the orchestrator applies (guarded transition, branching,
 children, events, run endings), one result per transaction vs. batches of results.
 
-    .venv/bin/python -m bench.apply_results [RUNS]
+    .venv/bin/python -m bench.apply_results [RUNS]     (default: 2000)
+
+RUNS rows are submitted twice, as two batches of the workflow below (four results a
+run), and every pending interaction is answered with a result until none is left: once
+one result per transaction, once 50.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import scratch_database, write_postings
+from bench.common import Conditions, positive, scratch_database, write_postings
 from common.messages import TaskResult
 from orchestrator import batches, catalog
 from orchestrator.catalog import WorkflowCache
@@ -58,9 +63,13 @@ def drain(db: Store, batch_id: int, per_transaction: int) -> tuple[int, float]:
         applied += len(results)
 
 
-def main(runs: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp, scratch_database() as url:
-        conn = connect(url)
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.apply_results", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="?", type=positive, default=2000, metavar="RUNS",
+                   help="runs per batch (default: 2000)")
+    runs = p.parse_args(argv).runs
+    conditions = Conditions("bench.apply_results", argv)
+    with tempfile.TemporaryDirectory() as tmp, scratch_database() as url, connect(url) as conn:
         db = Store(conn)
         catalog.store(db, load_text(WORKFLOW), WORKFLOW)
         for per_transaction in (1, 50):
@@ -69,9 +78,10 @@ def main(runs: int) -> None:
             batch_id = batches.submit(db, path, "bench").batch_id
             applied, spent = drain(db, batch_id, per_transaction)
             print(f"{per_transaction:>3} result(s)/transaction: {applied} results in {spent:.2f} s = "
-                  f"{applied / spent:,.0f} results/s")
-        conn.close()
+                  f"{applied / spent:,.0f} results/s", flush=True)
+        conditions.print(postgres=conn)
+    return 0
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2000)
+    sys.exit(main())

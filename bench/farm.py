@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -51,7 +50,7 @@ from pathlib import Path
 
 import redis
 
-from bench.common import scratch_database
+from bench.common import Conditions, scratch_database
 from bench.cpu import CpuMeter
 from orchestrator import batches, catalog
 from orchestrator.db.store import Store
@@ -496,10 +495,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="keep the processes' logs here (default: a temporary directory)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds one batch may take before the bench gives up")
     args = p.parse_args(argv)
+    if args.profile and not (BIN / "py-spy").exists():
+        p.error(f"--profile needs py-spy beside this Python ({BIN}): {BIN / 'pip'} install py-spy")
     global BATCH_TIMEOUT
     BATCH_TIMEOUT = args.timeout
     parts = set(args.only or ["farm", "celery", "chain40"])
-    command = f".venv/bin/python -m bench.farm {shlex.join(sys.argv[1:] if argv is None else argv)}".rstrip()
+    conditions = Conditions("bench.farm", argv)
     capacity = args.hosts * args.slots
     warm = max(8, capacity * 2)
     results: list[Measure] = []
@@ -509,8 +510,6 @@ def main(argv: list[str] | None = None) -> int:
         results.append(m)
         print(m.line(), flush=True)
 
-    t_start = time.monotonic()
-    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="wavefarm-bench-") as tmp_name, scratch_database() as db_url, \
             broker(args.broker) as broker_url:
         tmp = Path(tmp_name)
@@ -572,10 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     if profile_text:
         print(f"\npy-spy (raw stacks in {args.profile}):\n{profile_text}")
-    print(f"\n{args.hosts} hosts x {args.slots} slots, broker {args.broker}, {os.cpu_count()} CPUs; "
-          f"whole bench {time.monotonic() - t_start:.0f} s; load average (1 min) before {load_before[0]:.2f}, "
-          f"after {os.getloadavg()[0]:.2f} (other work on the machine skews every figure)")
-    print(f"command: {command}")
+    conditions.print(f"{args.hosts} hosts x {args.slots} slots, broker {args.broker}")
     return 0 if all(m.ok for m in results) else 1
 
 

