@@ -8,7 +8,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -21,13 +21,18 @@ from common.errors import WavefarmError
 from common.logs import setup_logging
 from common.redact import redact
 from common.settings import get_settings
-from orchestrator import batches, catalog, embedded_postgres, overview
-from orchestrator.db import connect
-from orchestrator.db import views
+from orchestrator import embedded_postgres, overview
+from orchestrator.db import connect, views
 from orchestrator.db.migrate import upgrade
 from orchestrator.db.store import Store
 from orchestrator.reconnect import Reconnecting
-from orchestrator.workflow import load_file, validate_text
+
+if TYPE_CHECKING:
+    from orchestrator.batches import Submission
+
+# Workflow files, CSV files and templates (pyyaml, Jinja2, jsonschema) are imported by the
+# commands that read them, not by `status` and `show`: each command starts in a fraction
+# of the time.
 
 app = typer.Typer(help="wavefarm orchestrator: workflows, batches, runs.", no_args_is_help=True)
 db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
@@ -119,6 +124,8 @@ def _model_overrides(options: list[str] | None) -> dict[str, str]:
 def workflow_validate(file: Path, scripts_dir: ScriptsDir = None, model: ModelOption = None) -> None:
     """Check a workflow file; list every problem with its place."""
     text = _read_text(file)
+    from orchestrator.workflow import validate_text
+
     problems = validate_text(text, str(file), _scripts_dir(scripts_dir), _model_overrides(model))
     if problems:
         err.print(styled((f"{file}: {len(problems)} problem(s)", "red")))
@@ -131,6 +138,9 @@ def workflow_validate(file: Path, scripts_dir: ScriptsDir = None, model: ModelOp
 @workflow_app.command("load")
 def workflow_load(file: Path, scripts_dir: ScriptsDir = None, model: ModelOption = None) -> None:
     """Validate, then store as a new version when it changed."""
+    from orchestrator import catalog
+    from orchestrator.workflow import load_file
+
     workflow = load_file(file, _scripts_dir(scripts_dir), _model_overrides(model))
     with database() as db:
         stored = catalog.store(db, workflow, _read_text(file))
@@ -181,6 +191,8 @@ def submit(
     model: ModelOption = None,
 ) -> None:
     """Submit a CSV file as a batch. Re-submitting the same file creates no duplicate runs."""
+    from orchestrator import batches, catalog
+
     with database() as db:
         name = _workflow_name(db, workflow, _scripts_dir(scripts_dir), _model_overrides(model))
         with Progress(TextColumn("reading {task.description}"), TextColumn("{task.completed} rows"),
@@ -212,6 +224,9 @@ def submit(
 
 
 def _workflow_name(db: Store, workflow: str, scripts_dir: Path | None, models: dict[str, str]) -> str:
+    from orchestrator import catalog
+    from orchestrator.workflow import load_file
+
     path = Path(workflow)
     if path.suffix in {".yaml", ".yml"} and path.is_file():
         stored = catalog.store(db, load_file(path, scripts_dir, models), _read_text(path))
@@ -221,7 +236,7 @@ def _workflow_name(db: Store, workflow: str, scripts_dir: Path | None, models: d
     return workflow
 
 
-def _print_submission(submission: batches.Submission) -> None:
+def _print_submission(submission: Submission) -> None:
     s = submission.summary
     verb = "new batch" if submission.new_batch else "existing batch"
     err.print(

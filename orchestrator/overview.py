@@ -6,16 +6,17 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.errors import NotFound
 from common.queues import queue_for
-from orchestrator import catalog
 from orchestrator.db import views
 from orchestrator.db.rows import Batch
 from orchestrator.db.store import Store
 from orchestrator.states import RunStatus, Status
-from orchestrator.workflow import Workflow
+
+if TYPE_CHECKING:
+    from orchestrator.workflow import Workflow
 
 STATUSES = [s.value for s in Status]
 
@@ -119,6 +120,8 @@ def batch_progress(store: Store, batch_id: int) -> views.Progress:
 
 def batch_steps(store: Store, batch_id: int) -> list[str]:
     """The step names of the workflow version a batch runs, in file order."""
+    from orchestrator import catalog  # the workflow model: only for the commands that need it
+
     batch = require_batch(store, batch_id)
     return [s.name for s in catalog.by_id(store, batch.workflow_id).steps]
 

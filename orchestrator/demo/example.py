@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from importlib.resources import files
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.demo.console import DemoError, say
 from orchestrator.demo.server import choose_models
-from orchestrator.workflow import Workflow, load_file
+
+if TYPE_CHECKING:
+    from orchestrator.workflow import Workflow
 
 
 def examples_root() -> Path:
@@ -70,6 +73,8 @@ def shown_path(path: Path) -> str:
 
 def load_workflow(example: Example, served: list[str]) -> Workflow:
     """The workflow with each of its model aliases pointed at a model the server has."""
+    from orchestrator.workflow import load_file  # templates and YAML: only when the demo runs
+
     wf = load_file(example.workflow, example.scripts_dir)
     aliases = wf.models
     if not aliases:
