@@ -90,38 +90,38 @@ FROM STDIN
 -- attempt that ended; the engine's events (in the order decided), then its children
 -- (their `created` events come from the trigger, which fires at the end of the
 -- statement, so after the decisions that made them); and for each run in %(runs)s how
--- much is still open (pending or dispatched) after it. Each row type is arrays, one
--- element per row (orchestrator/db/store.py builds them from rows.py's classes);
--- parent_ids as array text, since a SQL array cannot hold arrays of different lengths.
+-- much is still open (pending or dispatched) after it. Each kind of row travels as one
+-- JSON array of objects (orchestrator/db/store.py makes them from rows.py's classes):
+-- three parameters, however many rows and columns, where an array per column cost the
+-- client more to encode than the whole statement costs the server.
 -- The unique (run_id, step, visit) makes a second creation of the same child a no-op.
 WITH recorded AS (
     INSERT INTO attempts (interaction_id, batch_id, attempt, outcome, dispatched_at, started_at, ended_at, worker,
                           server, failure_class, failure_message, prompt_tokens, output_tokens, load_s,
                           prompt_eval_s, eval_s, call_s, metrics)
-    SELECT * FROM unnest(%(a_interaction_id)s::bigint[], %(a_batch_id)s::bigint[], %(a_attempt)s::integer[],
-                         %(a_outcome)s::text[], %(a_dispatched_at)s::timestamptz[], %(a_started_at)s::timestamptz[],
-                         %(a_ended_at)s::timestamptz[], %(a_worker)s::text[], %(a_server)s::text[],
-                         %(a_failure_class)s::text[], %(a_failure_message)s::text[], %(a_prompt_tokens)s::integer[],
-                         %(a_output_tokens)s::integer[], %(a_load_s)s::double precision[],
-                         %(a_prompt_eval_s)s::double precision[], %(a_eval_s)s::double precision[],
-                         %(a_call_s)s::double precision[], %(a_metrics)s::jsonb[])
+    SELECT * FROM jsonb_to_recordset(%(attempts)s::jsonb) AS a (
+        interaction_id bigint, batch_id bigint, attempt integer, outcome text, dispatched_at timestamptz,
+        started_at timestamptz, ended_at timestamptz, worker text, server text, failure_class text,
+        failure_message text, prompt_tokens integer, output_tokens integer, load_s double precision,
+        prompt_eval_s double precision, eval_s double precision, call_s double precision, metrics jsonb)
 ), decided AS (
     INSERT INTO events (batch_id, run_id, interaction_id, kind, attempt, detail)
     SELECT e.batch_id, e.run_id, e.interaction_id, e.kind, e.attempt, e.detail
-    FROM unnest(%(e_batch_id)s::bigint[], %(e_run_id)s::bigint[], %(e_interaction_id)s::bigint[],
-                %(e_kind)s::text[], %(e_attempt)s::integer[], %(e_detail)s::jsonb[])
+    FROM ROWS FROM (jsonb_to_recordset(%(events)s::jsonb)
+                    AS (batch_id bigint, run_id bigint, interaction_id bigint, kind text, attempt integer,
+                        detail jsonb))
          WITH ORDINALITY AS e (batch_id, run_id, interaction_id, kind, attempt, detail, n)
     ORDER BY e.n
 ), born AS (
     INSERT INTO interactions (run_id, batch_id, step, kind, actor, visit, status, max_attempts, timeout_s,
                               parent_ids, input, failure_class, failure_message, ended_at)
     SELECT v.run_id, v.batch_id, v.step, v.kind, v.actor, v.visit, v.status, v.max_attempts, v.timeout_s,
-           v.parent_ids::bigint[], v.input, v.failure_class, v.failure_message,
+           v.parent_ids, v.input, v.failure_class, v.failure_message,
            CASE WHEN v.status = 'failed' THEN now() END
-    FROM unnest(%(run_id)s::bigint[], %(batch_id)s::bigint[], %(step)s::text[], %(kind)s::text[],
-                %(actor)s::text[], %(visit)s::integer[], %(status)s::text[], %(max_attempts)s::integer[],
-                %(timeout_s)s::double precision[], %(parent_ids)s::text[], %(input)s::jsonb[],
-                %(failure_class)s::text[], %(failure_message)s::text[])
+    FROM ROWS FROM (jsonb_to_recordset(%(children)s::jsonb)
+                    AS (run_id bigint, batch_id bigint, step text, kind text, actor text, visit integer,
+                        status text, max_attempts integer, timeout_s double precision, parent_ids bigint[],
+                        input jsonb, failure_class text, failure_message text))
          WITH ORDINALITY AS v (run_id, batch_id, step, kind, actor, visit, status, max_attempts, timeout_s,
                                parent_ids, input, failure_class, failure_message, n)
     ORDER BY v.n
