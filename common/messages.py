@@ -150,7 +150,32 @@ class WorkerStatus(_Message):
     models: list[str] = Field(default_factory=list)  # what the server has
     circuit: Literal["closed", "open"] = "closed"
     stopping: bool = False
+    heard_holds: bool = False       # whether serve's word on held work reached it (common/holds.py)
     at: datetime = Field(default_factory=utcnow)
+
+
+class Holds(_Message):
+    """What no worker may start now, as serve last knew it: paused (or cancelled) batches,
+    cancelled runs, escalated steps (batch, step). serve sends it to every worker when it
+    changes and every few seconds; a worker checks a task against it right before the
+    call, and hands back what it holds instead of starting it."""
+
+    batches: list[int] = Field(default_factory=list)
+    runs: list[int] = Field(default_factory=list)
+    steps: list[tuple[int, str]] = Field(default_factory=list)
+    # The database's time of the reading: two messages can cross (serve's periodic word
+    # and a command's), and a worker keeps the newer reading.
+    at: datetime | None = None
+
+
+class HandBack(_Message):
+    """An attempt a worker received and did not start, because it is held: it goes back
+    to pending without using the attempt."""
+
+    interaction_id: int
+    attempt: int = Field(ge=1)
+    worker: str = ""
+    reason: str = ""
 
 
 class ResultReport(_Message):
@@ -165,6 +190,12 @@ class WorkerReport(_Message):
     status: WorkerStatus
 
 
+class HandBackReport(_Message):
+    type: Literal["handed_back"] = "handed_back"
+    v: int = MESSAGE_VERSION
+    hand_back: HandBack
+
+
 # Everything the orchestrator reads from its reports queue.
-Report = Annotated[ResultReport | WorkerReport, Field(discriminator="type")]
+Report = Annotated[ResultReport | WorkerReport | HandBackReport, Field(discriminator="type")]
 REPORT = TypeAdapter(Report)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from celery import Celery
 
 from common.celery_app import reports_queue
-from common.messages import ResultReport, TaskResult, WorkerReport, WorkerStatus
+from common.messages import HandBack, HandBackReport, ResultReport, TaskResult, WorkerReport, WorkerStatus
 from common.queues import REPORTS_QUEUE
 
 RETRY_POLICY = {"max_retries": None, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 5.0}
@@ -16,6 +16,10 @@ RETRY_POLICY = {"max_retries": None, "interval_start": 0.2, "interval_step": 0.5
 
 def publish_result(app: Celery, result: TaskResult) -> None:
     _publish(app, ResultReport(result=result).model_dump(mode="json"))
+
+
+def publish_hand_back(app: Celery, hand_back: HandBack) -> None:
+    _publish(app, HandBackReport(hand_back=hand_back).model_dump(mode="json"))
 
 
 def publish_status(app: Celery, status: WorkerStatus, *, retry: bool = True) -> None:

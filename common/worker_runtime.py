@@ -22,6 +22,7 @@ from celery import Celery, bootsteps
 from celery.signals import worker_shutting_down
 from prometheus_client import Gauge, start_http_server
 
+from common.holds import HoldBoard
 from common.leases import Lease, LeaseKeeper, NameTaken
 from common.messages import WorkerStatus
 from common.reporting import publish_status
@@ -49,18 +50,20 @@ class WorkerRuntime:
         self.describe = describe        # server, models, circuit: fields of WorkerStatus
         self.consuming: set[str] = set()
         self.stopping = False
+        self.holds = HoldBoard()        # what serve says no one may start now (common/holds.py)
         self._last_sent: tuple | None = None
         self._last_sent_at = 0.0
         self._lock = threading.Lock()
 
     def status(self) -> WorkerStatus:
         return WorkerStatus(name=self.name, kind=self.kind, queues=sorted(self.consuming),
-                            concurrency=self.concurrency, stopping=self.stopping, **self.describe())
+                            concurrency=self.concurrency, stopping=self.stopping, heard_holds=self.holds.heard,
+                            **self.describe())
 
     def heartbeat(self, app: Celery, *, force: bool = False) -> None:
         """Publish a status when it changed or every HEARTBEAT_S; never blocks on a broker that is away."""
         status = self.status()
-        key = (tuple(status.queues), status.circuit, tuple(status.models), status.stopping)
+        key = (tuple(status.queues), status.circuit, tuple(status.models), status.stopping, status.heard_holds)
         now = time.monotonic()
         with self._lock:
             if not force and key == self._last_sent and now - self._last_sent_at < HEARTBEAT_S:
@@ -123,6 +126,7 @@ def run_worker(app: Celery, runtime: WorkerRuntime, lease: Lease, *, pool: str =
     holds at once.
     """
     app.wavefarm_runtime = runtime
+    app.wavefarm_holds = runtime.holds  # where the remote-control command puts serve's word
     app.steps["consumer"].add(ReconcileQueues)
     if metrics_port:
         start_http_server(metrics_port)

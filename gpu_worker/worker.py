@@ -19,6 +19,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from common.messages import AiTask, FailureClass, TaskResult
 from common.queues import AI_TASK
+from common.holds import hand_back_if_held
 from common.intake import admit
 from common.reporting import publish_result
 from common.retries import handed_back
@@ -66,14 +67,22 @@ class GpuWorker:
             TASKS.labels(task.model, "handed_back").inc()
             raise Reject("model server unavailable", requeue=True)
         result = self.execute(task)
+        if result is None:
+            return
         if result.failure is not None and handed_back(result.failure.failure_class):
             # "This host cannot serve the call", not "this call failed": the message goes
             # back to the queue for another host, the interaction keeps its attempts.
             self._host_problem(task, result)
         publish_result(self.app, result)
 
-    def execute(self, task: AiTask) -> TaskResult:
+    def execute(self, task: AiTask) -> TaskResult | None:
+        """The call, in a slot; None when the task is held (handed back unstarted)."""
         with self._slots:
+            # Checked in the slot, right before the call: a task can wait at the gate
+            # while its batch is paused.
+            if hand_back_if_held(self.app, self.runtime.holds, task, worker=self.runtime.name):
+                TASKS.labels(task.model, "held").inc()
+                return None
             IN_PROGRESS.labels(task.model).inc()
             t0 = time.perf_counter()
             try:

@@ -30,6 +30,7 @@ class Submission:
     new_batch: bool
     runs_created: int = 0
     runs_existing: int = 0
+    runs_again: int = 0  # created for rows an earlier version of the workflow ran
     rejected: list[BadRow] = field(default_factory=list)
     summary: CsvSummary | None = None
 
@@ -51,9 +52,10 @@ def submit(
 ) -> Submission:
     """Create (or extend) the batch for this file and this workflow.
 
-    The same file submitted again is the same batch and creates no run twice: a
-    run's identity is (workflow, row key). Bad rows are recorded with their line
-    and reason and skipped; the rest of the file goes on.
+    The same file submitted again for the same workflow version is the same batch and
+    creates no run twice: a run's identity is (workflow, version, row key); after a new
+    version is loaded, the file makes a new batch on it and its rows run again. Bad rows
+    are recorded with their line and reason and skipped; the rest of the file goes on.
     """
     stored = catalog.latest(db, workflow_name)
     workflow = stored.workflow
@@ -71,7 +73,7 @@ def submit(
         batch_id = db.insert_batch(workflow_id=stored.id, workflow_name=workflow.name, source_name=path.name,
                                    digest=digest, key_column=key_column, priority=priority)
         new_batch = batch_id is not None
-        batch = db.find_batch(workflow.name, digest)
+        batch = db.find_batch(stored.id, digest)
         if not new_batch and priority is not None and priority != batch.priority:
             # Re-submitting with --priority re-prioritises: the dispatcher sees it at its next turn.
             db.set_batch_priority(batch.id, priority)
@@ -86,12 +88,13 @@ def submit(
         with db.transaction():
             for r in bad:
                 db.insert_reject(batch.id, r.line, r.reason, r.raw)
-            created = _insert_runs(db, batch, batch_workflow, good)
+            created, again = _insert_runs(db, batch, batch_workflow, good)
             if created:
                 # serve dispatches at once instead of at its next idle tick (delivered on commit).
                 db.notify_work(batch.id)
         submission.rejected.extend(bad)
         submission.runs_created += created
+        submission.runs_again += again
         submission.runs_existing += len(good) - created
         done += len(chunk)
         if on_rows:
@@ -102,12 +105,13 @@ def submit(
     return submission
 
 
-def _insert_runs(db: Store, batch: Batch, workflow: Workflow, good: list[GoodRow]) -> int:
+def _insert_runs(db: Store, batch: Batch, workflow: Workflow, good: list[GoodRow]) -> tuple[int, int]:
     """The runs of new rows, each with its first interaction rendered; a run whose first
-    step cannot even be rendered ends at once, failed, saying why."""
+    step cannot even be rendered ends at once, failed, saying why. Returns (runs created,
+    of them, rows an earlier version ran)."""
     if not good:
-        return 0
-    runs = db.insert_runs(batch, (IncomingRun(r.key, r.line, r.values) for r in good))
+        return 0, 0
+    runs, again = db.insert_runs(batch, (IncomingRun(r.key, r.line, r.values) for r in good))
     start = workflow.start_step
     first = [engine.build_interaction(workflow, start, run_id=run.id, batch_id=batch.id, run_input=run.input,
                                       visit=1, parents=[], outputs={})
@@ -119,4 +123,4 @@ def _insert_runs(db: Store, batch: Batch, workflow: Workflow, good: list[GoodRow
             engine.RunView(engine.RunContext(i.run_id, batch.id, {}, workflow),
                            visits={i.step: engine.StepVisits(visits=1)}),
             [FailedInteraction(i.run_id, i.step, 1, i.failure_class, i.failure_message)], []) for i in born_failed])
-    return len(runs)
+    return len(runs), again

@@ -22,7 +22,10 @@ class StoredWorkflow:
 
 
 def digest(workflow: Workflow) -> str:
-    canonical = json.dumps(workflow.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """What makes a new version: everything that decides how a row runs. The description
+    does not: a reworded description runs nothing again."""
+    canonical = json.dumps(workflow.model_dump(mode="json", exclude={"description"}), sort_keys=True,
+                           separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -245,6 +245,9 @@ def _print_submission(submission: Submission) -> None:
         f"{s.bad} row(s) rejected, {s.empty} empty row(s) skipped",
         highlight=False,
     )
+    if submission.runs_again:
+        err.print(f"  {submission.runs_again} of the new runs are rows an earlier version of {submission.workflow} "
+                  f"ran: they run again on v{submission.workflow_version}")
     for bad in submission.rejected[:20]:
         err.print(styled("  ", (f"line {bad.line}", "yellow"), f": {bad.reason}"))
     if len(submission.rejected) > 20:
@@ -427,6 +430,11 @@ def _print_batch_status(data: dict) -> None:
     runs = data["runs"]
     out.print(styled((f"batch {b['id']}", "bold"), f"  {b['workflow']} v{b['workflow_version']}  from {b['source']}  "
                                                    f"({b['rows_good']} rows, {b['rows_rejected']} rejected)"))
+    state_style = {"running": "green", "paused": "yellow", "escalated": "red", "done": "bold"}[data["state"]]
+    out.print(styled("state: ", (data["state"], state_style), f" ({data['reason']})" if data["reason"] else ""))
+    for e in data["escalations"]:
+        out.print(styled("  ", (f"escalated: step {e['step']}", "red"), f": {e['reason']} "
+                         f"(orchestrator resume --batch {b['id']} once it is fixed)"))
     out.print("runs: " + "  ".join(f"{k} {v}" for k, v in runs.items()))
     cols = overview.STATUSES
     table = _table("step", "actor", *cols, title="interactions by step")
@@ -455,14 +463,78 @@ def _print_batch_status(data: dict) -> None:
 
 
 @app.command()
-def cancel(batch: Annotated[int, typer.Option("--batch", help="The batch to stop.")]) -> None:
-    """Stop a batch: its waiting and in-flight work is cancelled, its running runs end."""
-    from orchestrator.controls import cancel_batch
+def cancel(
+    batch: Annotated[Optional[int], typer.Option("--batch", help="Stop a whole batch.")] = None,
+    run: Annotated[Optional[list[int]], typer.Option("--run", help="Stop one run (repeatable).")] = None,
+) -> None:
+    """Stop a batch, or some of its runs: their waiting and in-flight work is cancelled,
+    their running runs end cancelled; a result that arrives later is recorded as ignored."""
+    from orchestrator import controls
+
+    if (batch is None) == (not run):
+        raise typer.BadParameter("give --batch ID, or --run ID (one or more), not both")
+    with database() as db:
+        cancelled = controls.cancel_batch(db, batch) if batch is not None else controls.cancel_runs(db, run)
+        _tell_workers(db)
+    what = f"batch {batch}" if batch is not None else f"run(s) {', '.join(map(str, run))}"
+    out.print(f"{what}: {cancelled.runs} run(s) and {cancelled.interactions} interaction(s) cancelled")
+
+
+def _tell_workers(db: Store) -> None:
+    """Tell the workers what is held now and wait until they heard it: when a command
+    that holds returns, no held call starts. Where the broker cannot be reached, serve
+    tells them when it can (the database has the change already)."""
+    from common.celery_app import make_app
+    from orchestrator.holds import tell_now
+
+    try:
+        answered, live = tell_now(db, make_app(get_settings().require_broker_url()))
+    except Exception as exc:  # the broker is away: serve repeats the word every few seconds
+        err.print(f"note: the workers could not be told at once ({type(exc).__name__}); serve tells them when "
+                  "the broker is back", highlight=False)
+        return
+    if answered < live:
+        err.print(f"note: {answered} of {live} live worker(s) answered; serve tells the others within seconds",
+                  highlight=False)
+
+
+@app.command()
+def pause(batch: Annotated[int, typer.Option("--batch", help="The batch to pause.")]) -> None:
+    """No call of the batch starts until it is resumed: work the workers hold is handed
+    back unstarted; calls already running finish and are recorded, their children wait."""
+    from orchestrator import controls
 
     with database() as db:
-        overview.require_batch(db, batch)
-        cancelled = cancel_batch(db, batch)
-    out.print(f"batch {batch}: {cancelled.runs} run(s) and {cancelled.interactions} interaction(s) cancelled")
+        paused = controls.pause(db, batch)
+        _tell_workers(db)
+    out.print(f"batch {batch}: paused" if paused else f"batch {batch} was paused already")
+
+
+@app.command()
+def resume(batch: Annotated[int, typer.Option("--batch", help="The batch to go on with.")]) -> None:
+    """Go on with a paused batch, and release the steps an escalation held."""
+    from orchestrator import controls
+
+    with database() as db:
+        resumed, steps = controls.resume(db, batch)
+        _tell_workers(db)
+    said = [f"batch {batch}: " + ("resumed" if resumed else "was not paused")]
+    if steps:
+        said.append(f"escalated step(s) released: {', '.join(steps)}")
+    out.print("; ".join(said))
+
+
+@app.command()
+def priority(
+    batch: Annotated[int, typer.Option("--batch", help="The batch.")],
+    level: Annotated[int, typer.Argument(help="Higher goes first; equal priorities share the farm.")],
+) -> None:
+    """Give a batch another priority: the dispatcher follows it at its next turn."""
+    from orchestrator import controls
+
+    with database() as db:
+        controls.set_priority(db, batch, level)
+    out.print(f"batch {batch}: priority {level}")
 
 
 @app.command()

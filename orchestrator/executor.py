@@ -17,12 +17,14 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from common.messages import AiTask, Failure, FailureClass, Task, TaskResult, utcnow
+from common.holds import HoldBoard
+from common.messages import AiTask, Failure, FailureClass, HandBack, Holds, Task, TaskResult, utcnow
 from common.retries import RetryPolicy
 from gpu_worker.backends.base import ModelBackend
 from orchestrator.catalog import WorkflowCache
 from orchestrator.db.rows import Claimed
 from orchestrator.db.store import Store
+from orchestrator.holds import current, take_back
 from orchestrator.reconnect import Reconnecting
 from orchestrator.results import apply_results
 from orchestrator.states import claim_pending
@@ -55,9 +57,17 @@ class LocalExecutor:
         self.script_env = dict(script_env or {})
         self.idle_poll_s = idle_poll_s
         self.cache = WorkflowCache()
+        # What serve tells the workers, read here from the database: a task claimed and
+        # queued for a thread when its batch was paused is handed back unstarted.
+        self.holds = HoldBoard(first_word_s=0)
+        self.holds.update(Holds())
+        self._holds_read_at = float("-inf")
 
-    def execute(self, task: Task) -> TaskResult:
+    def execute(self, task: Task) -> TaskResult | HandBack:
         """What a worker does with one task; never raises."""
+        reason = self.holds.reason(task)
+        if reason is not None:
+            return HandBack(interaction_id=task.interaction_id, attempt=task.attempt, worker="local", reason=reason)
         try:
             if isinstance(task, AiTask):
                 if self.ai is None:
@@ -79,6 +89,7 @@ class LocalExecutor:
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="wavefarm-local") as pool:
             while True:
                 claimed = []
+                self._read_holds()
                 if len(in_flight) < window:
                     claimed = self.db.run(lambda db: self._claim(db, window - len(in_flight), batch_id))
                 for row in claimed:
@@ -89,18 +100,38 @@ class LocalExecutor:
                     outcomes.update(self.db.run(lambda db: sweep(db, self.cache, policy=self.policy)))
                     if self.db.run(lambda db: db.open_count(batch_id)) == 0:
                         break
-                    # Work dispatched elsewhere (or by an executor that died), or a retry
-                    # waiting for its backoff: wait for its result, its backoff or its
-                    # deadline, when the sweeper takes it back.
+                    # Work dispatched elsewhere (or by an executor that died), a retry
+                    # waiting for its backoff, or a paused batch: wait for its result, its
+                    # backoff, its deadline (the sweeper takes it back) or its resume.
+                    # What an escalation holds does not count: it waits for a person.
                     time.sleep(self.idle_poll_s)
                     continue
                 done, in_flight = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
                 if done:
-                    results = [f.result() for f in done]
+                    results = [r for f in done if isinstance(r := f.result(), TaskResult)]
+                    held = [r for f in done if isinstance(r := f.result(), HandBack)]
+                    if held:
+                        self.db.run(lambda db: self._take_back(db, held))
+                        outcomes["handed_back"] += len(held)
                     outcomes.update(self.db.run(lambda db: apply_results(db, results, self.cache, self.policy)))
                     if on_tick:
                         on_tick(outcomes)
         return outcomes
+
+    def _read_holds(self, every_s: float = 0.5) -> None:
+        if time.monotonic() - self._holds_read_at >= every_s:
+            self.holds.update(self.db.run(lambda db: self._current_holds(db)))
+            self._holds_read_at = time.monotonic()
+
+    @staticmethod
+    def _current_holds(db: Store) -> Holds:
+        with db.transaction():
+            return current(db)
+
+    @staticmethod
+    def _take_back(db: Store, held: list[HandBack]) -> None:
+        with db.transaction():
+            take_back(db, held)
 
     @staticmethod
     def _claim(db: Store, limit: int, batch_id: int | None) -> list[Claimed]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from common.errors import NotFound
 from common.queues import queue_for
 from orchestrator.db import views
-from orchestrator.db.rows import Batch
+from orchestrator.db.rows import Batch, Escalation
 from orchestrator.db.store import Store
 from orchestrator.states import RunStatus, Status
 
@@ -69,8 +69,30 @@ def require_batch(store: Store, batch_id: int) -> Batch:
     return batch
 
 
+@dataclass(frozen=True)
+class BatchState:
+    """running, paused, escalated or done, and why where paused or escalated. A batch both
+    paused and escalated is paused: a person (or its credit limit) stopped it."""
+
+    state: str
+    reason: str | None
+    escalations: list[Escalation]
+
+
+def batch_state(store: Store, batch: Batch) -> BatchState:
+    escalations = store.escalations(batch.id)
+    if store.running_runs(batch.id) == 0:
+        return BatchState("done", None, escalations)
+    if batch.paused_at is not None:
+        return BatchState("paused", batch.pause_reason, escalations)
+    if escalations:
+        return BatchState("escalated", "; ".join(f"step {e.step}: {e.reason}" for e in escalations), escalations)
+    return BatchState("running", None, escalations)
+
+
 def batch_status(store: Store, batch_id: int, *, rejects_limit: int = 20) -> dict[str, Any]:
     batch = require_batch(store, batch_id)
+    state = batch_state(store, batch)
     runs = {r.status: r.n for r in views.run_counts(store, batch_id)}
     steps: dict[tuple, dict] = {}
     models: dict[str, dict] = defaultdict(lambda: dict.fromkeys(STATUSES, 0))
@@ -92,7 +114,11 @@ def batch_status(store: Store, batch_id: int, *, rejects_limit: int = 20) -> dic
             "rows_good": batch.rows_good,
             "rows_rejected": batch.rows_rejected,
             "rows_empty": batch.rows_empty,
+            "priority": batch.priority,
         },
+        "state": state.state,
+        "reason": state.reason,
+        "escalations": [asdict(e) for e in state.escalations],
         "runs": {s.value: runs.get(s.value, 0) for s in RunStatus},
         "steps": sorted(steps.values(), key=lambda r: (r["step"], r["actor"])),
         "models": [{"model": m, **counts} for m, counts in sorted(models.items())],

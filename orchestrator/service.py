@@ -18,12 +18,13 @@ from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from common.messages import ResultReport, TaskResult, WorkerReport, WorkerStatus
+from common.messages import HandBack, HandBackReport, ResultReport, TaskResult, WorkerReport, WorkerStatus
 from common.retries import RetryPolicy
 from orchestrator import workers
 from orchestrator.catalog import WorkflowCache
-from orchestrator.db.store import Store
+from orchestrator.db.store import CONTROLS, Store
 from orchestrator.dispatch import Dispatcher, DispatchTurn
+from orchestrator.holds import Announcer, take_back
 from orchestrator.inbox import Delivery, Inbox
 from orchestrator.metrics import APPLY_SECONDS, RESULTS
 from orchestrator.results import Applied, apply_in, log_applied, outcome_counts, whole_or_isolated
@@ -41,6 +42,7 @@ class Service:
         self.app = app
         self.inbox = Inbox(app, prefetch=batch_size * 2)
         self.dispatcher = Dispatcher(app, window_factor=window_factor)
+        self.holds = Announcer(app)
         self.cache = WorkflowCache()
         self.policy = RetryPolicy.from_settings()
         self.batch_size = batch_size
@@ -69,16 +71,24 @@ class Service:
                 # database and the broker still hold everything.
                 log.exception("serve turn failed; retrying in %.1fs", backoff)
             self.inbox.close()  # what we held goes back to the broker
+            self.holds.close()
             self._release()  # a broken connection is discarded by the pool
             stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
         self.inbox.close()
+        self.holds.close()
         self._release()
 
     def turn(self) -> None:
         deliveries = self.inbox.collect(limit=self.batch_size, wait_s=self.idle_wait_s)
         now = time.monotonic()
-        if deliveries or self._work_submitted() or now - self._last_dispatch >= self.dispatch_every_s:
+        notes = self._notifications()
+        if CONTROLS in notes:
+            self.holds.changed()
+        # Before dispatching: after a resume, the workers must have heard it before the
+        # work it released reaches them, or they would hand it back.
+        self.holds.announce_if_due(self._connection())
+        if deliveries or notes or now - self._last_dispatch >= self.dispatch_every_s:
             self.apply_and_dispatch(deliveries)
             self._last_dispatch = now
         if now - self._last_sweep >= self.sweep_every_s:
@@ -100,9 +110,11 @@ class Service:
         """
         results = [d.report.result for d in deliveries if isinstance(d.report, ResultReport)]
         statuses = [d.report.status for d in deliveries if isinstance(d.report, WorkerReport)]
+        hand_backs = [d.report.hand_back for d in deliveries if isinstance(d.report, HandBackReport)]
+        self.holds.heard_from(statuses)
         t0 = time.perf_counter()
         applied, broker_error = whole_or_isolated(
-            lambda isolate: self._turn_transaction(statuses, results, isolate=isolate), len(results))
+            lambda isolate: self._turn_transaction(statuses, results, hand_backs, isolate=isolate), len(results))
         if deliveries:
             APPLY_SECONDS.observe(time.perf_counter() - t0)
         log_applied(applied)
@@ -112,13 +124,17 @@ class Service:
         if broker_error is not None:
             raise broker_error
 
-    def _turn_transaction(self, statuses: list[WorkerStatus], results: list[TaskResult], *,
-                          isolate: bool) -> tuple[list[Applied], BaseException | None]:
+    def _turn_transaction(self, statuses: list[WorkerStatus], results: list[TaskResult], hand_backs: list[HandBack],
+                          *, isolate: bool) -> tuple[list[Applied], BaseException | None]:
         store = self._connection()
         broker_error: BaseException | None = None
         with store.transaction():
             if statuses:
                 self._record_workers(store, statuses)
+            if hand_backs:
+                taken = take_back(store, hand_backs)
+                log.info("%d held attempt(s) handed back unstarted, %d of them pending again", len(hand_backs),
+                         len(taken))
             applied = apply_in(store, results, self.cache, isolate=isolate, policy=self.policy)
             try:
                 turn = self._dispatch(store)
@@ -160,7 +176,7 @@ class Service:
         """serve's own connection, held across turns: taking one from the pool each turn
         would cost a liveness check (a round trip) every time. One that broke (Postgres
         restarted) is handed back on the turn's error, and the next turn takes a new one.
-        It listens for submissions (`_work_submitted`)."""
+        It listens for submissions and controls (`_notifications`)."""
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._release()
             conn = self.pool.getconn()
@@ -169,11 +185,11 @@ class Service:
             self._conn = conn
         return self._store
 
-    def _work_submitted(self) -> bool:
-        """Whether a submission created pending work since the last look: a new batch
-        starts at once instead of at the next idle dispatch tick. Reading what the
-        server already sent costs no round trip."""
-        return self._connection().work_notified()
+    def _notifications(self) -> list[str]:
+        """What submissions and controls said since the last look: a new batch starts at
+        once instead of at the next idle dispatch tick, a pause reaches the workers at
+        once. Reading what the server already sent costs no round trip."""
+        return self._connection().notifications()
 
     def _release(self) -> None:
         if self._conn is not None:

@@ -11,6 +11,9 @@ Interactions: the allowed transitions, the statements production runs for each
                                passed with no result (the sweeper reports worker_lost)
     failed     -> pending      requeue: the retry rule (common/retries.py) said retry:
                                attempt + 1, not before its backoff
+    dispatched -> pending      hand_back: a worker received the attempt and did not start
+                               it, because it is held (common/holds.py): the same attempt
+                               goes out again once the hold lifts
     pending    -> cancelled    mark_cancelled: the user cancelled (orchestrator/controls.py)
     dispatched -> cancelled    mark_cancelled: the same, for work already sent
 
@@ -80,6 +83,7 @@ TRANSITIONS: dict[tuple[Status, Status], tuple[Change, ...]] = {
     (Status.DISPATCHED, Status.COMPLETED): (Change("mark_completed", Completion),),
     (Status.DISPATCHED, Status.FAILED): (Change("mark_failed", FailureRecord),),
     (Status.FAILED, Status.PENDING): (Change("requeue", Requeue),),
+    (Status.DISPATCHED, Status.PENDING): (Change("hand_back", Guard),),
     (Status.PENDING, Status.CANCELLED): (Change("mark_cancelled", Guard),),
     (Status.DISPATCHED, Status.CANCELLED): (Change("mark_cancelled", Guard),),
 }

@@ -16,6 +16,7 @@ from prometheus_client import Counter, Histogram
 
 from common.messages import ScriptTask
 from common.queues import SCRIPT_QUEUE, SCRIPT_TASK
+from common.holds import hand_back_if_held
 from common.intake import admit
 from common.reporting import publish_result
 from common.worker_runtime import WorkerRuntime
@@ -44,6 +45,9 @@ class ScriptWorker:
         task, skipped = admit(self.app, ScriptTask, payload, worker=self.name)
         if task is None:
             TASKS.labels(payload.get("script", "?") if isinstance(payload, dict) else "?", skipped).inc()
+            return
+        if hand_back_if_held(self.app, self.runtime.holds, task, worker=self.name):
+            TASKS.labels(task.script, "held").inc()
             return
         result = run_script(task, self.scripts_dir, env=self.env, worker=self.name)
         if result.failure is None:

@@ -45,15 +45,16 @@ FROM workflows ORDER BY name, version DESC
 
 -- name: find_batch
 SELECT b.id, b.workflow_id, b.workflow_name, w.version AS workflow_version, b.source_name, b.source_digest,
-       b.key_column, b.priority, b.rows_good, b.rows_rejected, b.rows_empty, b.created_at
+       b.key_column, b.priority, b.rows_good, b.rows_rejected, b.rows_empty, b.created_at,
+       b.paused_at, b.pause_reason, b.cancelled_at
 FROM batches b JOIN workflows w ON w.id = b.workflow_id
-WHERE b.workflow_name = %(workflow_name)s AND b.source_digest = %(digest)s
+WHERE b.workflow_id = %(workflow_id)s AND b.source_digest = %(digest)s
 
 -- name: insert_batch
--- The id of a new batch; none when this file was submitted for this workflow before.
+-- The id of a new batch; none when this file was submitted for this workflow version before.
 INSERT INTO batches (workflow_id, workflow_name, source_name, source_digest, key_column, priority)
 VALUES (%(workflow_id)s, %(workflow_name)s, %(source_name)s, %(digest)s, %(key_column)s, coalesce(%(priority)s, 0))
-ON CONFLICT (workflow_name, source_digest) DO NOTHING
+ON CONFLICT (workflow_id, source_digest) DO NOTHING
 RETURNING id
 
 -- name: update_batch_rows
@@ -72,12 +73,20 @@ CREATE TEMP TABLE incoming_runs (row_key text, line integer, input jsonb) ON COM
 -- name: copy_incoming_runs
 COPY incoming_runs (row_key, line, input) FROM STDIN
 
+-- name: rows_run_before
+-- Rows of the staging table that an earlier version of the workflow ran: they run again.
+SELECT count(*) FROM incoming_runs n
+WHERE EXISTS (SELECT 1 FROM runs r WHERE r.workflow_name = %(workflow_name)s AND r.row_key = n.row_key
+                                   AND r.workflow_id <> %(workflow_id)s)
+  AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.workflow_id = %(workflow_id)s AND r.row_key = n.row_key)
+
 -- name: insert_incoming_runs
--- Rows already run by this workflow (same key) are skipped: re-submission never duplicates.
+-- Rows already run by this workflow version (same key) are skipped: re-submission never
+-- duplicates; a new version runs them again.
 INSERT INTO runs (batch_id, workflow_id, workflow_name, row_key, line, input)
 SELECT %(batch_id)s, %(workflow_id)s, %(workflow_name)s, row_key, line, input
 FROM incoming_runs ORDER BY line
-ON CONFLICT (workflow_name, row_key) DO NOTHING
+ON CONFLICT (workflow_id, row_key) DO NOTHING
 RETURNING id, line, input
 
 -- name: copy_interactions
@@ -135,14 +144,17 @@ SELECT r.run_id,
 FROM unnest(%(runs)s::bigint[]) AS r (run_id)
 
 -- name: claim_pending
--- pending -> dispatched for the oldest pending work whose backoff is over (the local
--- executor); SKIP LOCKED keeps claimers apart.
+-- pending -> dispatched for the oldest pending work whose backoff is over and that no
+-- pause or escalation holds (the local executor); SKIP LOCKED keeps claimers apart.
 UPDATE interactions i
 SET status = 'dispatched', dispatched_at = now(), deadline = wavefarm_dispatch_deadline(i.timeout_s)
 FROM (
     SELECT id FROM interactions
     WHERE status = 'pending' AND (%(batch_id)s::bigint IS NULL OR batch_id = %(batch_id)s::bigint)
       AND (not_before IS NULL OR not_before <= now())
+      AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.id = batch_id AND b.paused_at IS NOT NULL)
+      AND NOT EXISTS (SELECT 1 FROM escalations e WHERE e.batch_id = interactions.batch_id
+                                                    AND e.step = interactions.step AND e.lifted_at IS NULL)
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -151,15 +163,17 @@ WHERE i.id = claimed.id
 RETURNING i.id, i.run_id, i.batch_id, i.step, i.kind, i.actor, i.attempt, i.timeout_s, i.deadline, i.input
 
 -- name: claim_for_dispatch
--- The same transition for one actor's queue and one batch (serve's dispatcher),
--- earliest runs first, so runs finish one after another instead of every run
--- advancing step by step.
+-- The same transition for one actor's queue and one batch (serve's dispatcher; a paused
+-- batch is not offered by dispatch_view), earliest runs first, so runs finish one after
+-- another instead of every run advancing step by step.
 UPDATE interactions i
 SET status = 'dispatched', dispatched_at = now(), deadline = wavefarm_dispatch_deadline(i.timeout_s)
 FROM (
     SELECT id FROM interactions
     WHERE status = 'pending' AND kind = %(kind)s AND actor = %(actor)s AND batch_id = %(batch_id)s
       AND (not_before IS NULL OR not_before <= now())
+      AND NOT EXISTS (SELECT 1 FROM escalations e WHERE e.batch_id = %(batch_id)s AND e.step = interactions.step
+                                                    AND e.lifted_at IS NULL)
     ORDER BY run_id, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -171,7 +185,7 @@ RETURNING i.id, i.run_id, i.batch_id, i.step, i.kind, i.actor, i.attempt, i.time
 -- What a dispatch turn needs in one round trip, as rows of two kinds:
 -- 'pending': every (kind, actor, batch) with pending work and the batch's priority,
 --   found by skipping through interactions_dispatch one triple at a time (a loose
---   index scan: cheap however much is pending);
+--   index scan: cheap however much is pending); a paused batch has none to give;
 -- 'in_flight': how many are dispatched per (kind, actor) (interactions_in_flight).
 WITH RECURSIVE w AS (
     (SELECT kind, actor, batch_id FROM interactions WHERE status = 'pending'
@@ -185,20 +199,22 @@ WITH RECURSIVE w AS (
 SELECT * FROM (
     SELECT 'pending' AS what, w.kind, w.actor, w.batch_id, b.priority, NULL::bigint AS n
     FROM w JOIN batches b ON b.id = w.batch_id
+    WHERE b.paused_at IS NULL
     UNION ALL
     SELECT 'in_flight', kind, actor, NULL, NULL, count(*) FROM interactions WHERE status = 'dispatched'
     GROUP BY kind, actor
 ) v ORDER BY what DESC, kind, actor, batch_id
 
 -- name: listen_for_work
--- serve's connection: told when a submission has created pending work.
+-- serve's connection: told when a submission has created pending work (the payload is
+-- the batch id), or a control changed what is held ('controls').
 LISTEN wavefarm_work
 
 -- name: unlisten
 UNLISTEN *
 
 -- name: notify_work
-SELECT pg_notify('wavefarm_work', %(batch_id)s::text)
+SELECT pg_notify('wavefarm_work', %(payload)s::text)
 
 -- name: try_advisory_xact_lock
 SELECT pg_try_advisory_xact_lock(%(key)s) AS locked
@@ -266,6 +282,15 @@ RETURNING i.id, i.run_id, i.batch_id, i.step, i.visit, i.status, i.attempt, i.ma
 
 -- name: mark_cancelled
 UPDATE interactions i SET status = 'cancelled', ended_at = now()
+FROM unnest(%(id)s::bigint[], %(attempt)s::integer[]) AS v (id, attempt)
+WHERE i.id = v.id AND i.status = %(from_status)s AND i.attempt = v.attempt
+RETURNING i.id, i.run_id, i.batch_id, i.step, i.visit, i.status, i.attempt, i.max_attempts, i.busy_retries,
+          i.dispatched_at, i.output
+
+-- name: hand_back
+-- dispatched -> pending for attempts a worker received and did not start because they
+-- are held: the same attempt goes out again once the hold lifts (it used none).
+UPDATE interactions i SET status = 'pending', dispatched_at = NULL, deadline = NULL
 FROM unnest(%(id)s::bigint[], %(attempt)s::integer[]) AS v (id, attempt)
 WHERE i.id = v.id AND i.status = %(from_status)s AND i.attempt = v.attempt
 RETURNING i.id, i.run_id, i.batch_id, i.step, i.visit, i.status, i.attempt, i.max_attempts, i.busy_retries,
@@ -349,7 +374,8 @@ GROUP BY b.id, w.version ORDER BY b.id
 
 -- name: batch_by_id
 SELECT b.id, b.workflow_id, b.workflow_name, w.version AS workflow_version, b.source_name, b.source_digest,
-       b.key_column, b.priority, b.rows_good, b.rows_rejected, b.rows_empty, b.created_at
+       b.key_column, b.priority, b.rows_good, b.rows_rejected, b.rows_empty, b.created_at,
+       b.paused_at, b.pause_reason, b.cancelled_at
 FROM batches b JOIN workflows w ON w.id = b.workflow_id
 WHERE b.id = %(id)s
 
@@ -422,8 +448,12 @@ SELECT count(*) AS runs,
 FROM runs WHERE batch_id = %(batch_id)s
 
 -- name: open_interactions
-SELECT count(*) AS open FROM interactions
+-- Open work that can still move without a person: pending work an escalation holds
+-- waits for `resume` and does not count (a paused batch's does: its resume is expected).
+SELECT count(*) AS open FROM interactions i
 WHERE status IN ('pending', 'dispatched') AND (%(batch_id)s::bigint IS NULL OR batch_id = %(batch_id)s::bigint)
+  AND NOT (status = 'pending' AND EXISTS (SELECT 1 FROM escalations e WHERE e.batch_id = i.batch_id
+                                              AND e.step = i.step AND e.lifted_at IS NULL))
 
 -- name: open_interaction_counts
 -- For Prometheus: what waits and what is in flight, by step and actor (partial indexes only).
@@ -437,3 +467,67 @@ FROM interactions WHERE status IN ('pending', 'dispatched') GROUP BY kind, actor
 
 -- name: set_batch_priority
 UPDATE batches SET priority = %(priority)s WHERE id = %(id)s
+
+-- name: insert_events
+-- Decisions outside a batch of results (pause, resume, escalation, retry): in order.
+INSERT INTO events (batch_id, run_id, interaction_id, kind, attempt, detail)
+SELECT e.batch_id, e.run_id, e.interaction_id, e.kind, e.attempt, e.detail
+FROM ROWS FROM (jsonb_to_recordset(%(events)s::jsonb)
+                AS (batch_id bigint, run_id bigint, interaction_id bigint, kind text, attempt integer, detail jsonb))
+     WITH ORDINALITY AS e (batch_id, run_id, interaction_id, kind, attempt, detail, n)
+ORDER BY e.n
+
+-- name: pause_batch
+-- A batch that is not paused yet is paused, with why; its id, or none.
+UPDATE batches SET paused_at = now(), pause_reason = %(reason)s
+WHERE id = %(id)s AND paused_at IS NULL
+RETURNING id
+
+-- name: resume_batch
+-- The pause lifted (whatever its reason); its id, or none when it was not paused.
+UPDATE batches SET paused_at = NULL, pause_reason = NULL
+WHERE id = %(id)s AND paused_at IS NOT NULL
+RETURNING id
+
+-- name: lift_escalations
+UPDATE escalations SET lifted_at = now()
+WHERE batch_id = %(batch_id)s AND lifted_at IS NULL
+RETURNING step
+
+-- name: open_escalations
+SELECT id, batch_id, step, failure_class, reason, examples, created_at
+FROM escalations WHERE lifted_at IS NULL AND (%(batch_id)s::bigint IS NULL OR batch_id = %(batch_id)s::bigint)
+ORDER BY created_at, id
+
+-- name: insert_escalation
+-- One open escalation per step of a batch: a second is a no-op.
+INSERT INTO escalations (batch_id, step, failure_class, reason, examples)
+VALUES (%(batch_id)s, %(step)s, %(failure_class)s, %(reason)s, %(examples)s)
+ON CONFLICT (batch_id, step) WHERE lifted_at IS NULL DO NOTHING
+RETURNING id
+
+-- name: set_batch_cancelled
+UPDATE batches SET cancelled_at = now() WHERE id = %(id)s
+
+-- name: batch_running_runs
+SELECT count(*) FROM runs WHERE batch_id = %(batch_id)s AND status = 'running'
+
+-- name: lock_runs
+-- Runs named by id, locked in id order (the first half of every writer's lock order).
+SELECT id, batch_id, workflow_id, status FROM runs WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE
+
+-- name: held_now
+-- What no worker may start (orchestrator/holds.py): paused batches, batches cancelled in
+-- the last day (their messages may still sit in queues and prefetch buffers), open
+-- escalations, and the most recent runs cancelled one by one; and a 'clock' row with
+-- the transaction's time, which orders two readings (a worker keeps the newer).
+SELECT 'clock' AS what, 0::bigint AS batch_id, NULL::bigint AS run_id, NULL::text AS step, now() AS at
+UNION ALL
+SELECT 'batch', id, NULL, NULL, NULL FROM batches
+WHERE paused_at IS NOT NULL OR cancelled_at > now() - interval '1 day'
+UNION ALL
+SELECT 'step', batch_id, NULL, step, NULL FROM escalations WHERE lifted_at IS NULL
+UNION ALL
+(SELECT 'run', r.batch_id, r.id, NULL, NULL FROM runs r
+ WHERE r.status = 'cancelled' AND r.ended_at > now() - interval '1 day'
+ ORDER BY r.ended_at DESC LIMIT %(max_runs)s)

@@ -59,6 +59,9 @@ class Batch:
     rows_rejected: int
     rows_empty: int
     created_at: datetime
+    paused_at: datetime | None
+    pause_reason: str | None
+    cancelled_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,38 @@ class NewRun:
     id: int
     line: int
     input: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Escalation:
+    """A step of a batch held because it keeps failing the same way (until resumed)."""
+
+    id: int
+    batch_id: int
+    step: str
+    failure_class: str
+    reason: str
+    examples: list[dict[str, Any]]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """One thing no worker may start: a batch, a run, or a step of a batch."""
+
+    what: str  # batch | run | step, or clock (the reading's time, in `at`)
+    batch_id: int
+    run_id: int | None
+    step: str | None
+    at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class LockedRun:
+    id: int
+    batch_id: int
+    workflow_id: int
+    status: str
 
 
 @dataclass(frozen=True, slots=True)

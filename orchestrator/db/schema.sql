@@ -14,7 +14,9 @@ CREATE TABLE workflows (
     UNIQUE (name, version)
 );
 
--- One submission of one CSV file. The same file for the same workflow is the same batch.
+-- One submission of one CSV file. The same file for the same workflow version is the
+-- same batch. A batch is paused (by a person, or for a credit limit) until resumed; a
+-- cancelled batch keeps when, so that workers still holding its messages skip them.
 CREATE TABLE batches (
     id             bigserial PRIMARY KEY,
     workflow_id    bigint NOT NULL REFERENCES workflows (id),
@@ -27,7 +29,10 @@ CREATE TABLE batches (
     rows_rejected  integer NOT NULL DEFAULT 0,
     rows_empty     integer NOT NULL DEFAULT 0,
     created_at     timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (workflow_name, source_digest)
+    paused_at      timestamptz,
+    pause_reason   text,
+    cancelled_at   timestamptz,
+    CONSTRAINT batches_workflow_id_source_digest_key UNIQUE (workflow_id, source_digest)
 );
 
 -- Rows the CSV reader refused, kept with their text: nothing submitted is lost.
@@ -39,8 +44,9 @@ CREATE TABLE batch_rejects (
     PRIMARY KEY (batch_id, line)
 );
 
--- One record through one workflow. (workflow_name, row_key) is unique so that
--- re-submitting a file never runs the same record twice.
+-- One record through one workflow version. (workflow_id, row_key) is unique so that
+-- re-submitting a file never runs the same record twice on one version; a new version
+-- runs it again. A completed run may carry a named outcome (`to: $end`).
 CREATE TABLE runs (
     id             bigserial PRIMARY KEY,
     batch_id       bigint NOT NULL REFERENCES batches (id),
@@ -54,9 +60,13 @@ CREATE TABLE runs (
     end_reason     text,
     created_at     timestamptz NOT NULL DEFAULT now(),
     ended_at       timestamptz,
-    UNIQUE (workflow_name, row_key)
+    outcome        text,
+    CONSTRAINT runs_workflow_id_row_key_key UNIQUE (workflow_id, row_key)
 );
 CREATE INDEX runs_batch_status ON runs (batch_id, status);
+CREATE INDEX runs_workflow_name_row_key ON runs (workflow_name, row_key);
+-- Runs cancelled one by one, newest first: what the holds name (queries.sql held_now).
+CREATE INDEX runs_cancelled ON runs (ended_at) WHERE status = 'cancelled';
 
 -- One execution of one step inside one run. Retries reuse the row with attempt+1 (each
 -- attempt's own record is in `attempts`); a loop's second pass is a new row with
@@ -139,6 +149,19 @@ CREATE FUNCTION wavefarm_dispatch_deadline(timeout_s double precision) RETURNS t
 LANGUAGE sql STABLE AS $$ SELECT now() + make_interval(secs => least(timeout_s, 86400) * 2 + 10) $$;
 
 
+-- A step of a batch that keeps failing the same way is held until the batch is resumed.
+CREATE TABLE escalations (
+    id             bigserial PRIMARY KEY,
+    batch_id       bigint NOT NULL REFERENCES batches (id) ON DELETE CASCADE,
+    step           text NOT NULL,
+    failure_class  text NOT NULL,
+    reason         text NOT NULL,
+    examples       jsonb NOT NULL DEFAULT '[]',
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    lifted_at      timestamptz
+);
+CREATE UNIQUE INDEX escalations_open ON escalations (batch_id, step) WHERE lifted_at IS NULL;
+
 -- Append-only history (enforced below): every status change (written by the trigger
 -- below, so the history cannot disagree with the state) and every engine decision.
 CREATE TABLE events (
@@ -194,6 +217,7 @@ BEGIN
         VALUES (NEW.batch_id, NEW.run_id, NEW.id,
                 CASE
                     WHEN NEW.status = 'pending' AND OLD.status = 'failed' THEN 'retried'
+                    WHEN NEW.status = 'pending' AND OLD.status = 'dispatched' THEN 'handed_back'
                     ELSE NEW.status
                 END,
                 NEW.attempt,
@@ -215,8 +239,9 @@ LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.status IS DISTINCT FROM OLD.status THEN
         INSERT INTO events (batch_id, run_id, kind, detail)
-        VALUES (NEW.batch_id, NEW.id, 'run_' || NEW.status,
-                jsonb_strip_nulls(jsonb_build_object('reason', NEW.end_reason)));
+        VALUES (NEW.batch_id, NEW.id,
+                CASE WHEN NEW.status = 'running' THEN 'run_reopened' ELSE 'run_' || NEW.status END,
+                jsonb_strip_nulls(jsonb_build_object('reason', NEW.end_reason, 'outcome', NEW.outcome)));
     END IF;
     RETURN NULL;
 END;

@@ -26,6 +26,7 @@ from orchestrator.db import rows
 from orchestrator.db.queries import Q
 
 R = TypeVar("R")
+CONTROLS = "controls"  # the payload that says: what is held changed
 
 
 @cache
@@ -136,11 +137,16 @@ class Store:
         self.run("unlisten")
 
     def notify_work(self, batch_id: int) -> None:
-        self.run("notify_work", {"batch_id": batch_id})
+        """Tell serve a submission created work (delivered on commit)."""
+        self.run("notify_work", {"payload": str(batch_id)})
 
-    def work_notified(self) -> bool:
-        """Whether a submission announced work since the last look (no round trip)."""
-        return any(True for _ in self.conn.notifies(timeout=0))
+    def notify_controls(self) -> None:
+        """Tell serve that what is held changed: a pause, a resume, a cancel, an escalation."""
+        self.run("notify_work", {"payload": CONTROLS})
+
+    def notifications(self) -> list[str]:
+        """The payloads sent to serve since the last look (no round trip)."""
+        return [n.payload for n in self.conn.notifies(timeout=0)]
 
     # -- workflows ---------------------------------------------------------------------------
     def latest_workflow(self, name: str) -> rows.WorkflowVersion | None:
@@ -172,11 +178,44 @@ class Store:
                                             "source_name": source_name, "digest": digest,
                                             "key_column": key_column, "priority": priority})
 
-    def find_batch(self, workflow_name: str, digest: str) -> rows.Batch | None:
-        return self.one("find_batch", {"workflow_name": workflow_name, "digest": digest}, rows.Batch)
+    def find_batch(self, workflow_id: int, digest: str) -> rows.Batch | None:
+        return self.one("find_batch", {"workflow_id": workflow_id, "digest": digest}, rows.Batch)
 
     def batch(self, batch_id: int) -> rows.Batch | None:
         return self.one("batch_by_id", {"id": batch_id}, rows.Batch)
+
+    def pause_batch(self, batch_id: int, reason: str) -> bool:
+        """Pause a batch that is not paused; whether it was paused now."""
+        return self.scalar("pause_batch", {"id": batch_id, "reason": reason}) is not None
+
+    def resume_batch(self, batch_id: int) -> bool:
+        return self.scalar("resume_batch", {"id": batch_id}) is not None
+
+    def set_batch_cancelled(self, batch_id: int) -> None:
+        self.run("set_batch_cancelled", {"id": batch_id})
+
+    def running_runs(self, batch_id: int) -> int:
+        return self.scalar("batch_running_runs", {"batch_id": batch_id})
+
+    def escalations(self, batch_id: int | None = None) -> list[rows.Escalation]:
+        """Open escalations, of one batch or of all."""
+        return self.all("open_escalations", {"batch_id": batch_id}, rows.Escalation)
+
+    def escalate(self, batch_id: int, step: str, failure_class: str, reason: str, examples: list[dict]) -> bool:
+        """Open an escalation of a step; False when one is open already."""
+        return self.scalar("insert_escalation", {"batch_id": batch_id, "step": step, "failure_class": failure_class,
+                                                 "reason": reason, "examples": Jsonb(examples)}) is not None
+
+    def lift_escalations(self, batch_id: int) -> list[str]:
+        """Lift a batch's open escalations; the steps they held."""
+        return self.column("lift_escalations", {"batch_id": batch_id})
+
+    def held_now(self, max_runs: int) -> list[rows.Held]:
+        return self.all("held_now", {"max_runs": max_runs}, rows.Held)
+
+    def insert_events(self, events: Sequence[rows.Event]) -> None:
+        if events:
+            self.run("insert_events", {"events": records(events, rows.Event)})
 
     def set_batch_priority(self, batch_id: int, priority: int) -> None:
         self.run("set_batch_priority", {"id": batch_id, "priority": priority})
@@ -187,15 +226,17 @@ class Store:
     def insert_reject(self, batch_id: int, line: int, reason: str, raw: str) -> None:
         self.run("insert_reject", {"batch_id": batch_id, "line": line, "reason": reason, "raw": raw})
 
-    def insert_runs(self, batch: rows.Batch, incoming: Iterable[rows.IncomingRun]) -> list[rows.NewRun]:
-        """Runs for rows this workflow has not run yet (by row key), in line order."""
+    def insert_runs(self, batch: rows.Batch, incoming: Iterable[rows.IncomingRun]) -> tuple[list[rows.NewRun], int]:
+        """Runs for rows this workflow version has not run yet (by row key), in line
+        order; and how many of them an earlier version ran (they run again)."""
         with self.conn.cursor() as cur:
             cur.execute(Q["create_incoming_runs"])
             with cur.copy(Q["copy_incoming_runs"]) as copy:
                 for r in incoming:
                     copy.write_row((r.key, r.line, Jsonb(r.values)))
-        return self.all("insert_incoming_runs", {"batch_id": batch.id, "workflow_id": batch.workflow_id,
-                                                 "workflow_name": batch.workflow_name}, rows.NewRun)
+        ids = {"batch_id": batch.id, "workflow_id": batch.workflow_id, "workflow_name": batch.workflow_name}
+        again = self.scalar("rows_run_before", ids)
+        return self.all("insert_incoming_runs", ids, rows.NewRun), again
 
     def copy_interactions(self, new: Iterable[rows.NewInteraction]) -> None:
         """Many interactions at once (COPY): every run's first step at submit."""
@@ -203,6 +244,9 @@ class Store:
         with self.conn.cursor() as cur, cur.copy(Q["copy_interactions"]) as copy:
             for item in new:
                 copy.write_row(tuple(Jsonb(getattr(item, n)) if j else getattr(item, n) for n, j in columns))
+
+    def lock_runs(self, run_ids: Sequence[int]) -> list[rows.LockedRun]:
+        return self.all("lock_runs", {"ids": list(run_ids)}, rows.LockedRun)
 
     def lock_running_runs(self, batch_id: int) -> list[int]:
         return self.column("lock_running_runs", {"batch_id": batch_id})
@@ -238,6 +282,7 @@ class Store:
         return self.all("expired_interactions", {"limit": limit}, rows.Expired)
 
     def open_count(self, batch_id: int | None) -> int:
+        """Pending and dispatched work that can still move (an escalation holds the rest)."""
         return self.scalar("open_interactions", {"batch_id": batch_id})
 
     # -- applying results -------------------------------------------------------------------

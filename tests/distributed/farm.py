@@ -220,6 +220,14 @@ class Farm:
 
         self.wait_for(f"batch {batch_id} to end", ended, timeout=timeout, every=0.5)
 
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """An `orchestrator` command, as a user types it beside the running farm."""
+        done = subprocess.run([str(BIN / "orchestrator"), *args], env=self.env(WAVEFARM_DATABASE_URL=self.db_url),
+                              capture_output=True, text=True, timeout=120)
+        if check:
+            assert done.returncode == 0, f"orchestrator {' '.join(args)}: exit {done.returncode}\n{done.stderr}"
+        return done
+
     # -- work -----------------------------------------------------------------------
     def submit(self, csv_path: Path, workflow: Path = WORKFLOW, scripts_dir: Path = SCRIPTS,
                key: str | None = None) -> int:

@@ -109,27 +109,36 @@ def test_runs_pin_the_workflow_version_they_started_with(conn, tmp_path, workflo
     ]
 
 
-def test_serve_is_told_of_a_submission_and_of_nothing_else(db_url, tmp_path):
+def test_serve_is_told_of_a_submission_and_of_a_control_and_of_nothing_else(db_url, tmp_path):
     """A submitted batch wakes serve (Postgres NOTIFY) instead of waiting for its next
-    idle tick; with nothing submitted there is nothing to wake it."""
+    idle tick, and a pause tells it to tell the workers; with nothing done there is
+    nothing to wake it."""
     import time
 
     from common.celery_app import make_app
+    from orchestrator import controls
     from orchestrator.db import connect, open_pool
     from orchestrator.service import Service
+
+    def told(service) -> list[str]:
+        until = time.monotonic() + 5
+        while not (notes := service._notifications()):
+            assert time.monotonic() < until, "serve was never told"
+            time.sleep(0.01)
+        return notes
 
     pool = open_pool(db_url, size=2)
     try:
         service = Service(pool, make_app("amqp://guest:guest@127.0.0.1:1//", batched_publish=True))
-        assert not service._work_submitted()
+        assert service._notifications() == []
         with connect(db_url) as conn:
             catalog.store(Store(conn), load_text(MINIMAL), MINIMAL)
-            batches.submit(Store(conn), write_csv(tmp_path / "in.csv", ["x"], [["1"], ["2"]]), "minimal")
-        until = time.monotonic() + 5
-        while not service._work_submitted():
-            assert time.monotonic() < until, "serve was never told of the submission"
-            time.sleep(0.01)
-        assert not service._work_submitted()  # told once
+            submitted = batches.submit(Store(conn), write_csv(tmp_path / "in.csv", ["x"], [["1"], ["2"]]), "minimal")
+        assert told(service) == [str(submitted.batch_id)]
+        assert service._notifications() == []  # told once
+        with connect(db_url) as conn:
+            controls.pause(Store(conn), submitted.batch_id)
+        assert told(service) == ["controls"]
         service._release()
     finally:
         pool.close()
@@ -142,3 +151,20 @@ def test_a_file_with_no_rows_is_said_and_makes_no_batch(conn, tmp_path, workflow
     with pytest.raises(CsvFileError, match="empty.csv has no rows after its header"):
         batches.submit(Store(conn), path, "posts")
     assert conn.execute("SELECT count(*) AS n FROM batches").fetchone()["n"] == 0
+
+
+def test_after_a_new_version_the_same_file_makes_a_new_batch_that_runs_its_rows_again(conn, tmp_path, workflow):
+    path = write_csv(tmp_path / "a.csv", ["title", "body"], [["a", "b"], ["c", "d"]])
+    first = batches.submit(Store(conn), path, "posts")
+    assert batches.submit(Store(conn), path, "posts").runs_created == 0  # same version: nothing new
+    # A reworded description is no new version: the file still adds nothing.
+    described = load_text(WF.replace("name: posts", "name: posts\ndescription: summaries of postings"))
+    assert not catalog.store(Store(conn), described, WF).created
+    v2 = catalog.store(Store(conn), load_text(WF.replace("Summarise", "Sum up")), WF)
+    assert v2.created and v2.version == 2
+    again = batches.submit(Store(conn), path, "posts")
+    assert again.new_batch and again.batch_id != first.batch_id and again.workflow_version == 2
+    assert (again.runs_created, again.runs_again, again.runs_existing) == (2, 2, 0)
+    prompts = conn.execute("SELECT input->>'prompt' AS p FROM interactions WHERE batch_id = %s ORDER BY id",
+                           (again.batch_id,)).fetchall()
+    assert [r["p"] for r in prompts] == ["Sum up a: b", "Sum up c: d"]

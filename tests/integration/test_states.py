@@ -35,6 +35,7 @@ WRITES = {
     "mark_failed": lambda iid: FailureRecord(id=iid, attempt=1, failure_class="timeout", failure_message="slow"),
     "requeue": lambda iid: Requeue(id=iid, attempt=1, delay_s=0.0),
     "mark_cancelled": lambda iid: Guard(id=iid, attempt=1),
+    "hand_back": lambda iid: Guard(id=iid, attempt=1),
 }
 GUARDED = sorted(pair for pair, changes in TRANSITIONS.items() if any(c.writes for c in changes))
 
@@ -54,10 +55,13 @@ def test_allowed_transition_applies_once(conn, pair):
         assert moved is not None and moved.status == to
         # The same change again finds the row no longer in `from_`: nothing happens.
         assert transition(db, WRITES[change.query](iid), from_=from_, to=to) is None
-    assert status_of(conn, iid)["attempt"] == (2 if to == Status.PENDING else 1)
+    # A retry uses an attempt; an attempt handed back unstarted does not.
+    retried = (from_, to) == (Status.FAILED, Status.PENDING)
+    assert status_of(conn, iid)["attempt"] == (2 if retried else 1)
     kinds = [r["kind"] for r in conn.execute("SELECT kind FROM events WHERE interaction_id = %s ORDER BY id", (iid,))]
     assert kinds[0] == "created"
-    assert kinds[-1] == ("retried" if to == Status.PENDING else to.value)
+    assert kinds[-1] == {(Status.FAILED, Status.PENDING): "retried",
+                         (Status.DISPATCHED, Status.PENDING): "handed_back"}.get((from_, to), to.value)
 
 
 @pytest.mark.parametrize("claim", ["claim_for_dispatch", "claim_pending"])

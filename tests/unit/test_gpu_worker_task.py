@@ -11,7 +11,7 @@ from celery.exceptions import Reject
 from kombu import Consumer
 
 from common.celery_app import make_app, reports_queue
-from common.messages import REPORT, utcnow
+from common.messages import REPORT, Holds, utcnow
 from gpu_worker.backends.ollama import OllamaBackend
 from gpu_worker.worker import GpuWorker
 from tests.model_server import ModelServer
@@ -37,8 +37,10 @@ def app():
     return make_app(f"memory://localhost/{free_port()}")
 
 
-def worker(app, url: str) -> GpuWorker:
-    return GpuWorker(app, OllamaBackend(url), server="test", wanted=None, concurrency=2, name="gpu-t")
+def worker(app, url: str, holds: Holds | None = None) -> GpuWorker:
+    w = GpuWorker(app, OllamaBackend(url), server="test", wanted=None, concurrency=2, name="gpu-t")
+    w.runtime.holds.update(holds or Holds())  # what serve says when the worker starts
+    return w
 
 
 def test_a_task_runs_and_its_result_goes_to_the_reports_queue(app):
@@ -79,3 +81,23 @@ def test_a_task_message_it_cannot_read_is_reported_failed_at_once_not_dropped(ap
     assert "could not read the task message (timeout_s" in report.result.failure.message
     worker(app, "http://127.0.0.1:1")._task({"what": "is this"})  # not even whose: logged, dropped
     assert reports(app) == []
+
+
+@pytest.mark.parametrize("holds", [Holds(batches=[3]), Holds(runs=[5]), Holds(steps=[(3, "summarise")])],
+                         ids=["batch paused", "run cancelled", "step escalated"])
+def test_a_held_task_is_handed_back_unstarted(app, holds):
+    with ModelServer(models=["gemma3:1b"]) as server:
+        worker(app, server.url, holds)._task(task(batch_id=3, run_id=5, step="summarise").model_dump(mode="json"))
+        assert sum(server.requests.values()) == 0  # the model was never called
+    (report,) = reports(app)
+    assert (report.hand_back.interaction_id, report.hand_back.attempt) == (7, 2)
+    assert report.hand_back.worker == "gpu-t" and report.hand_back.reason
+
+
+def test_a_hold_on_another_batch_does_not_stop_the_call(app):
+    with ModelServer(models=["gemma3:1b"]) as server:
+        worker(app, server.url, Holds(batches=[4], steps=[(3, "other")]))._task(
+            task(batch_id=3, step="summarise").model_dump(mode="json"))
+        assert sum(server.requests.values()) == 1
+    (report,) = reports(app)
+    assert report.result.ok
