@@ -121,6 +121,6 @@ def _insert_runs(db: Store, batch: Batch, workflow: Workflow, good: list[GoodRow
     if born_failed:
         end_runs(db, [engine.run_ending(
             engine.RunView(engine.RunContext(i.run_id, batch.id, {}, workflow),
-                           visits={i.step: engine.StepVisits(visits=1)}),
+                           visits={i.step: engine.StepVisits(visits=1, last_visit=1)}),
             [FailedInteraction(i.run_id, i.step, 1, i.failure_class, i.failure_message)], []) for i in born_failed])
     return len(runs), again

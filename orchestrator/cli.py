@@ -436,6 +436,8 @@ def _print_batch_status(data: dict) -> None:
         out.print(styled("  ", (f"escalated: step {e['step']}", "red"), f": {e['reason']} "
                          f"(orchestrator resume --batch {b['id']} once it is fixed)"))
     out.print("runs: " + "  ".join(f"{k} {v}" for k, v in runs.items()))
+    if set(data["outcomes"]) - {"completed"}:
+        out.print("outcomes: " + "  ".join(f"{k} {v}" for k, v in data["outcomes"].items()), highlight=False)
     cols = overview.STATUSES
     table = _table("step", "actor", *cols, title="interactions by step")
     for s in data["steps"]:
@@ -548,7 +550,7 @@ def show(run_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) 
     run = story["run"]
     out.print(styled((f"run {run['id']}", "bold"), f"  batch {run['batch_id']}  {run['workflow_name']} "
                      f"v{run['workflow_version']}  line {run['line']} of {run['source_name']}  ",
-                     (run["status"], "bold")))
+                     (run["status"], "bold"), f" ({run['outcome']})" if run["outcome"] else ""))
     if run["end_reason"]:
         out.print(f"end: {run['end_reason']}", highlight=False)
     table = _table("#", "id", "step", "actor", "status", "attempt", "parents", "in", "out", "duration", "worker")

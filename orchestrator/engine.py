@@ -33,6 +33,10 @@ from orchestrator.workflow.model import output_text
 
 # Engine decisions recorded in the event log that make a run end as failed.
 PROBLEM_EVENTS = ("no_branch_matched", "loop_bound_reached")
+# A branch `to: $end` taken: the run ends on purpose, with the branch's outcome.
+END_REACHED = "end_reached"
+# What run_ending reads from the event log of a run that has nothing open any more.
+ENDING_EVENTS = (*PROBLEM_EVENTS, END_REACHED)
 
 # Children get their real ids when results.py inserts them, after every decision of
 # the batch. Until then a child is known by a provisional id above any real one: all
@@ -53,7 +57,8 @@ class RunContext:
 
 @dataclass
 class StepVisits:
-    visits: int = 0
+    visits: int = 0       # that count: a rerun's superseded visits count neither for max_visits nor fan-in
+    last_visit: int = 0   # the highest visit number ever given, superseded or not: the next is one more
     last_id: int = 0
     last_completed_id: int | None = None
     output_visit: int | None = None  # the visit whose output is the step's latest
@@ -72,7 +77,8 @@ class RunView:
         """From the `run_steps` rows of this run."""
         view = cls(ctx)
         for r in rows:
-            view.visits[r.step] = StepVisits(r.visits, r.last_id, r.last_completed_id, r.output_visit)
+            view.visits[r.step] = StepVisits(r.visits, r.last_visit, r.last_id or 0, r.last_completed_id,
+                                             r.output_visit)
             if r.output_visit is not None:
                 view.outputs[r.step] = r.output
         return view
@@ -207,6 +213,10 @@ def on_completed(view: RunView, interaction: Moved, decisions: Decisions) -> Non
     targets: list[str] = []
     matched = [b for b in step.next if b.matches(output)]
     for branch in matched:
+        if branch.ends:
+            decisions.event(ctx, END_REACHED, {"step": step.name, "when": branch.describe(), "outcome": branch.outcome,
+                                               "output_head": output_text(output)[:200]}, interaction.id)
+            continue
         decisions.event(ctx, "branch_taken", {"step": step.name, "when": branch.describe(), "to": branch.to},
                         interaction.id)
         if branch.to not in targets:
@@ -236,8 +246,7 @@ def on_completed(view: RunView, interaction: Moved, decisions: Decisions) -> Non
         else:
             parents = [interaction.id]
         seen = visits.setdefault(name, StepVisits())
-        visit = seen.visits + 1
-        if target.max_visits is not None and visit > target.max_visits:
+        if target.max_visits is not None and seen.visits + 1 > target.max_visits:
             exit_to = target.on_max_visits
             decisions.event(
                 ctx,
@@ -254,21 +263,23 @@ def on_completed(view: RunView, interaction: Moved, decisions: Decisions) -> Non
             run_id=ctx.run_id,
             batch_id=ctx.batch_id,
             run_input=ctx.input,
-            visit=visit,
+            visit=seen.last_visit + 1,
             parents=parents,
             outputs=outputs,
         )
-        seen.visits, seen.last_id = visit, decisions.child(row)
+        seen.visits, seen.last_visit, seen.last_id = seen.visits + 1, seen.last_visit + 1, decisions.child(row)
 
 
-def run_ending(view: RunView, failed: list[FailedInteraction], problems: list[ProblemEvent]) -> RunEnding:
+def run_ending(view: RunView, failed: list[FailedInteraction], events: list[ProblemEvent]) -> RunEnding:
     """How a run that has nothing pending or in flight ends, and why.
 
-    A run is completed only when every path ended at a terminal step. A failed
-    interaction (`failed`), an output that matched no branch or a loop bound reached
-    (`problems`: those events), or a fan-in whose needs never all completed make it
-    failed, and the reason says which, where.
+    A run is completed only when every path ended at a terminal step or at a branch
+    `to: $end` (then with that branch's outcome). A failed interaction (`failed`), an
+    output that matched no branch or a loop bound reached (those `events`), or a fan-in
+    whose needs never all completed make it failed, and the reason says which, where.
     """
+    ends = [e.detail for e in events if e.kind == END_REACHED]
+    problems = [e for e in events if e.kind != END_REACHED]
     reasons: list[str] = []
     for f in failed:
         reasons.append(
@@ -291,6 +302,11 @@ def run_ending(view: RunView, failed: list[FailedInteraction], problems: list[Pr
     run_id = view.ctx.run_id
     if reasons:
         return RunEnding(run_id, RunStatus.FAILED.value, "; ".join(reasons))
+    if ends:
+        outcomes = sorted({d["outcome"] for d in ends if d.get("outcome")})
+        said = "; ".join(f"step {d['step']} ended the run ({d['when']})" + (f": {d['output_head']}" if d.get(
+            "output_head") else "") for d in ends)
+        return RunEnding(run_id, RunStatus.COMPLETED.value, said, ",".join(outcomes) or None)
     ended_at = [s.name for s in workflow.steps if s.name in visits and not s.next]
     return RunEnding(run_id, RunStatus.COMPLETED.value,
                      f"every path reached a terminal step ({', '.join(ended_at) or 'the last step'})")

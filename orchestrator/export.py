@@ -30,7 +30,7 @@ from typing import IO, Any, Literal
 from common.errors import WavefarmError
 
 Format = Literal["jsonl", "csv"]
-RUN_FIELDS = ("run_id", "line", "status", "end_reason")
+RUN_FIELDS = ("run_id", "line", "status", "outcome", "end_reason")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 

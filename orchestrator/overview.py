@@ -120,6 +120,7 @@ def batch_status(store: Store, batch_id: int, *, rejects_limit: int = 20) -> dic
         "reason": state.reason,
         "escalations": [asdict(e) for e in state.escalations],
         "runs": {s.value: runs.get(s.value, 0) for s in RunStatus},
+        "outcomes": {o.outcome: o.n for o in views.outcome_counts(store, batch_id)},
         "steps": sorted(steps.values(), key=lambda r: (r["step"], r["actor"])),
         "models": [{"model": m, **counts} for m, counts in sorted(models.items())],
         "failures": [asdict(f) for f in views.failure_counts(store, batch_id)],
@@ -158,4 +159,4 @@ def export_batch(store: Store, batch_id: int) -> Iterator[dict[str, Any]]:
     with views.export_rows(store, batch_id) as rows:
         for row in rows:
             yield {"run_id": row.run_id, "line": row.line, "row": row.row, "status": row.status,
-                   "end_reason": row.end_reason, "outputs": row.outputs}
+                   "outcome": row.outcome, "end_reason": row.end_reason, "outputs": row.outputs}

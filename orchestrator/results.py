@@ -319,6 +319,6 @@ def end_finished_runs(store: Store, ending: list[engine.RunView]) -> None:
     problems = defaultdict(list)
     for row in store.failed_interactions(run_ids):
         failed[row.run_id].append(row)
-    for row in store.problem_events(run_ids, engine.PROBLEM_EVENTS):
+    for row in store.problem_events(run_ids, engine.ENDING_EVENTS):
         problems[row.run_id].append(row)
     end_runs(store, [engine.run_ending(v, failed[v.ctx.run_id], problems[v.ctx.run_id]) for v in ending])

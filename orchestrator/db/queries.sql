@@ -327,25 +327,35 @@ SELECT pg_advisory_xact_lock_shared(%(key)s)
 -- name: run_steps
 -- Per run and step: how often it ran, its last interaction, and its latest output (the
 -- engine's whole view of a batch of runs, in one round trip). Work a rerun superseded
--- is history only.
-SELECT run_id, step, max(visit) AS visits, max(id) AS last_id,
-       max(id) FILTER (WHERE status = 'completed') AS last_completed_id,
-       max(visit) FILTER (WHERE status = 'completed') AS output_visit,
-       (array_agg(output ORDER BY visit DESC) FILTER (WHERE status = 'completed'))[1] AS output
-FROM interactions WHERE run_id = ANY(%(run_ids)s) AND NOT superseded GROUP BY run_id, step
+-- is history only: it counts neither for loop bounds nor for fan-in, and gives no
+-- output; only the next visit's number goes past it (visits are unique per step).
+SELECT run_id, step,
+       count(*) FILTER (WHERE NOT superseded) AS visits,
+       max(visit) AS last_visit,
+       max(id) FILTER (WHERE NOT superseded) AS last_id,
+       max(id) FILTER (WHERE status = 'completed' AND NOT superseded) AS last_completed_id,
+       max(visit) FILTER (WHERE status = 'completed' AND NOT superseded) AS output_visit,
+       (array_agg(output ORDER BY visit DESC) FILTER (WHERE status = 'completed' AND NOT superseded))[1] AS output
+FROM interactions WHERE run_id = ANY(%(run_ids)s) GROUP BY run_id, step
 
 -- name: failed_interactions
 SELECT run_id, step, attempt, failure_class, failure_message FROM interactions
 WHERE run_id = ANY(%(run_ids)s) AND status = 'failed' AND NOT superseded ORDER BY run_id, id
 
 -- name: problem_events
-SELECT run_id, kind, detail FROM events WHERE run_id = ANY(%(run_ids)s) AND kind = ANY(%(kinds)s) ORDER BY run_id, id
+-- The engine's decisions that say how a run ends (a problem, an end on purpose); those
+-- about work a rerun superseded are history only.
+SELECT e.run_id, e.kind, e.detail FROM events e
+WHERE e.run_id = ANY(%(run_ids)s) AND e.kind = ANY(%(kinds)s)
+  AND NOT EXISTS (SELECT 1 FROM interactions i WHERE i.id = e.interaction_id AND i.superseded)
+ORDER BY e.run_id, e.id
 
 -- name: finish_runs
 -- running -> completed | failed | cancelled, with the reason: the one statement that
 -- ends runs (orchestrator/states.py end_runs).
-UPDATE runs r SET status = v.status, end_reason = v.reason, ended_at = now()
-FROM unnest(%(id)s::bigint[], %(status)s::text[], %(reason)s::text[]) AS v (id, status, reason)
+UPDATE runs r SET status = v.status, end_reason = v.reason, outcome = v.outcome, ended_at = now()
+FROM unnest(%(id)s::bigint[], %(status)s::text[], %(reason)s::text[], %(outcome)s::text[])
+     AS v (id, status, reason, outcome)
 WHERE r.id = v.id AND r.status = %(from_status)s
 RETURNING r.id
 
@@ -382,6 +392,11 @@ WHERE b.id = %(id)s
 -- name: batch_run_counts
 SELECT status, count(*) AS n FROM runs WHERE batch_id = %(batch_id)s GROUP BY status
 
+-- name: batch_outcome_counts
+-- Completed runs by how they ended: a named outcome (`to: $end`) or the workflow's end.
+SELECT coalesce(outcome, 'completed') AS outcome, count(*) AS n FROM runs
+WHERE batch_id = %(batch_id)s AND status = 'completed' GROUP BY 1 ORDER BY 1
+
 -- name: batch_interaction_counts
 SELECT step, kind, actor, status, count(*) AS n FROM interactions
 WHERE batch_id = %(batch_id)s GROUP BY step, kind, actor, status
@@ -402,7 +417,7 @@ GROUP BY end_reason ORDER BY n DESC, end_reason LIMIT %(limit)s
 
 -- name: run_by_id
 SELECT r.id, r.batch_id, r.workflow_id, r.workflow_name, w.version AS workflow_version, r.row_key, r.line,
-       r.input, r.status, r.end_reason, r.created_at, r.ended_at, b.source_name
+       r.input, r.status, r.outcome, r.end_reason, r.created_at, r.ended_at, b.source_name
 FROM runs r JOIN workflows w ON w.id = r.workflow_id JOIN batches b ON b.id = r.batch_id
 WHERE r.id = %(id)s
 
@@ -432,11 +447,11 @@ SELECT id, at, interaction_id, kind, attempt, detail FROM events WHERE run_id = 
 
 -- name: export_batch
 -- One record per run with the latest output of every step that completed.
-SELECT r.id AS run_id, r.line, r.input AS row, r.status, r.end_reason,
+SELECT r.id AS run_id, r.line, r.input AS row, r.status, r.outcome, r.end_reason,
        coalesce((SELECT jsonb_object_agg(o.step, o.output)
                  FROM (SELECT DISTINCT ON (i.step) i.step, i.output
                        FROM interactions i
-                       WHERE i.run_id = r.id AND i.status = 'completed'
+                       WHERE i.run_id = r.id AND i.status = 'completed' AND NOT i.superseded
                        ORDER BY i.step, i.visit DESC) o), '{}'::jsonb) AS outputs
 FROM runs r WHERE r.batch_id = %(batch_id)s ORDER BY r.id
 

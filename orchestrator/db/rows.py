@@ -119,6 +119,7 @@ class RunEnding:
     id: int
     status: str
     reason: str
+    outcome: str | None = None  # a completed run that ended on purpose (`to: $end`)
 
 
 # -- interactions -------------------------------------------------------------------------
@@ -287,8 +288,9 @@ class StepState:
 
     run_id: int
     step: str
-    visits: int
-    last_id: int
+    visits: int              # visits that count (not superseded by a rerun)
+    last_visit: int          # the highest visit number, superseded or not
+    last_id: int | None      # None when every visit was superseded
     last_completed_id: int | None
     output_visit: int | None
     output: Any

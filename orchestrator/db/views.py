@@ -35,6 +35,12 @@ class StatusCount:
 
 
 @dataclass(frozen=True, slots=True)
+class OutcomeCount:
+    outcome: str
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
 class StepCount:
     step: str
     kind: str
@@ -82,6 +88,7 @@ class RunRow:
     line: int
     input: dict[str, str]
     status: str
+    outcome: str | None
     end_reason: str | None
     created_at: datetime
     ended_at: datetime | None
@@ -152,6 +159,7 @@ class ExportRow:
     line: int
     row: dict[str, str]
     status: str
+    outcome: str | None
     end_reason: str | None
     outputs: dict[str, Any]
 
@@ -179,6 +187,10 @@ def list_batches(store: Store) -> list[BatchListing]:
 
 def run_counts(store: Store, batch_id: int) -> list[StatusCount]:
     return store.all("batch_run_counts", {"batch_id": batch_id}, StatusCount)
+
+
+def outcome_counts(store: Store, batch_id: int) -> list[OutcomeCount]:
+    return store.all("batch_outcome_counts", {"batch_id": batch_id}, OutcomeCount)
 
 
 def step_counts(store: Store, batch_id: int) -> list[StepCount]:

@@ -42,8 +42,10 @@ def print_results(db: Store, batch_id: int, key: str | None, outcome: dict) -> N
         table.add_column(column, overflow="fold")
     for r in sample:
         last = next((r["outputs"][s] for s in reversed(steps) if s in r["outputs"]), None)
-        shown = _short(r["end_reason"] if r["status"] != "completed" and r["end_reason"] else last, 160)
-        table.add_row(str(r["run_id"]), str(r["row"].get(key) if key else r["line"]), r["status"], shown)
+        ended_so = (r["status"] != "completed" or r["outcome"]) and r["end_reason"]
+        shown = _short(r["end_reason"] if ended_so else last, 160)
+        status = r["status"] + (f" ({r['outcome']})" if r["outcome"] else "")
+        table.add_row(str(r["run_id"]), str(r["row"].get(key) if key else r["line"]), status, shown)
     out.print(table)
     outcome["show_run"] = (failed or sample[0])["run_id"] if sample else None
     outcome["show_why"] = ("a failed run: its interactions and why it ended" if failed

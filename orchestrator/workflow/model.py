@@ -225,6 +225,19 @@ def _when_kind(value: Any) -> str:
     return "field" if isinstance(value, (dict, FieldCondition)) else "marker"
 
 
+# `to: $end` ends the run on purpose, not as a failure, with the branch's `outcome`
+# (a name such as `rejected`, counted by `status`); it is not a step.
+END = "$end"
+OUTCOME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+
+
+def _outcome(value: str) -> str:
+    if not OUTCOME.fullmatch(value):
+        raise ValueError(f"invalid outcome {value!r}: use lower-case letters, digits, '_' and '-', starting with a "
+                         "letter, at most 40 characters (e.g. rejected)")
+    return value
+
+
 class Branch(_Model):
     when: Annotated[
         Annotated[Annotated[str, AfterValidator(_not_blank)], Tag("marker")]
@@ -233,6 +246,12 @@ class Branch(_Model):
         BeforeValidator(_when),
     ]
     to: str
+    outcome: Annotated[str, AfterValidator(_outcome)] | None = None
+
+    @property
+    def ends(self) -> bool:
+        """Whether this branch ends the run (`to: $end`) instead of leading to a step."""
+        return self.to == END
 
     def matches(self, output: Any) -> bool:
         if isinstance(self.when, FieldCondition):

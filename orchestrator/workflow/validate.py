@@ -22,6 +22,7 @@ from common.scripts import locate_script
 from common.structured import schema_problem
 from orchestrator.workflow.model import (
     AI_ONLY_KEYS,
+    END,
     SCRIPT_ONLY_KEYS,
     Branch,
     Defaults,
@@ -449,9 +450,15 @@ def _rule_problems(data: dict, scripts_dir: Path | None, findings: _Findings) ->
                 findings.add(("steps", i, "on_max_visits"), f"{label}: on_max_visits cannot name the step itself")
         for j, branch in enumerate(s.get("next") if isinstance(s.get("next"), list) else []):
             target = branch.get("to") if isinstance(branch, dict) else None
-            if isinstance(target, str) and target not in graph.index:
+            if isinstance(target, str) and target != END and target not in graph.index:
                 findings.add(("steps", i, "next", j, "to"),
-                           f"{label}: branch leads to unknown step {target!r}{_suggest(target, graph.index)}")
+                           f"{label}: branch leads to unknown step {target!r}{_suggest(target, graph.index)}"
+                           + (f" (to end the run on purpose: to: {END}, with an outcome)" if target.startswith("$")
+                              else ""))
+            if isinstance(branch, dict) and branch.get("outcome") is not None and target != END:
+                findings.add(("steps", i, "next", j, "outcome"),
+                           f"{label}: a branch's outcome names how the run ends: it goes with to: {END}, "
+                           f"not to: {target!r}")
             if isinstance(branch, dict) and isinstance(branch.get("when"), dict):
                 _field_condition(i, j, s, branch["when"], label, findings)
         for j, need in enumerate(s.get("needs") if isinstance(s.get("needs"), list) else []):

@@ -43,12 +43,14 @@ def test_the_posting_pipeline_saves_every_field_of_every_valid_posting(farm):
         assert 1 <= p["ihl_score"] <= 10 and p["ihl_verdict"] in {"GENUINE", "BORDERLINE", "LIKELY_INTERNAL"}, source_id
 
     runs = {r["key"]: r for r in db.execute(
-        "SELECT id, input->>'source_id' AS key, status, end_reason FROM runs WHERE batch_id = %s", (batch,)).fetchall()}
-    assert {k for k, r in runs.items() if r["status"] == "completed"} == valid
+        "SELECT id, input->>'source_id' AS key, status, outcome, end_reason FROM runs WHERE batch_id = %s", (batch,)).fetchall()}
+    assert {k for k, r in runs.items() if r["status"] == "completed" and r["outcome"] is None} == valid
     staged = {r["source_id"]: r for r in db.execute("SELECT source_id, status, reject_reason FROM postings_staging")}
     for source_id, reason in BROKEN.items():
         assert staged[source_id]["status"] == "rejected" and reason in staged[source_id]["reject_reason"]
-        assert runs[source_id]["status"] == "failed" and reason in runs[source_id]["end_reason"]
+        # Rejected on purpose: the run completed with the outcome `rejected`, and says why.
+        assert (runs[source_id]["status"], runs[source_id]["outcome"]) == ("completed", "rejected")
+        assert reason in runs[source_id]["end_reason"]
 
     # Postings that came with a summary skipped the AI summary chain and kept theirs.
     presummarised = {r["source_id"]: r["summary"] for r in rows if r["summary"] and r["source_id"] in valid}

@@ -545,3 +545,39 @@ def test_the_local_executor_fails_an_interaction_no_task_can_be_made_of_and_goes
     first, second = runs(conn, batch)
     assert first["status"] == "failed" and "undeliverable" in first["end_reason"]
     assert second["status"] == "completed"
+
+
+GATE = """
+name: gate
+steps:
+  - name: check
+    model: "m:1"
+    format: json
+    prompt: "check {{ input.x }}"
+    next:
+      - {when: {field: valid, equals: false}, to: $end, outcome: rejected}
+      - {when: {field: valid, equals: true}, to: write}
+  - name: write
+    model: "m:1"
+    prompt: "write {{ input.x }}"
+"""
+
+
+def test_a_branch_to_end_completes_the_run_with_its_outcome_and_status_counts_it(conn, tmp_path, scripts_dir):
+    from orchestrator import overview
+
+    batch = start(conn, tmp_path, GATE, [["good"], ["bad"], ["good too"]])
+    model = execute(conn, scripts_dir,
+                    lambda t: json.dumps({"valid": "bad" not in t.prompt}) if t.step == "check" else "text", batch)
+    got = conn.execute("SELECT input->>'x' AS x, status, outcome, end_reason FROM runs WHERE batch_id = %s ORDER BY id",
+                       (batch,)).fetchall()
+    assert [(r["x"], r["status"], r["outcome"]) for r in got] == [
+        ("good", "completed", None), ("bad", "completed", "rejected"), ("good too", "completed", None)]
+    assert got[1]["end_reason"].startswith("step check ended the run (valid == False)")
+    # The rejected row called only the check; nothing ran after the end.
+    assert sorted(t.step for t in model.calls) == ["check", "check", "check", "write", "write"]
+    status = overview.batch_status(Store(conn), batch)
+    assert status["runs"]["completed"] == 3 and status["runs"]["failed"] == 0
+    assert status["outcomes"] == {"completed": 2, "rejected": 1}
+    (exported,) = [r for r in overview.export_batch(Store(conn), batch) if r["row"]["x"] == "bad"]
+    assert exported["outcome"] == "rejected" and set(exported["outputs"]) == {"check"}

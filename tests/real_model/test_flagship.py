@@ -44,7 +44,7 @@ def test_the_flagship_workflow_ends_every_run_on_a_real_model(conn, db_url, back
                   script_env={"WAVEFARM_DATABASE_URL": db_url}).run(batch)
 
     runs = {r["source_id"]: r for r in conn.execute(
-        "SELECT id, input->>'source_id' AS source_id, status, end_reason FROM runs WHERE batch_id = %s",
+        "SELECT id, input->>'source_id' AS source_id, status, outcome, end_reason FROM runs WHERE batch_id = %s",
         (batch,)).fetchall()}
     assert all(r["status"] in ("completed", "failed") for r in runs.values())  # every run ended
 
@@ -71,5 +71,6 @@ def test_the_flagship_workflow_ends_every_run_on_a_real_model(conn, db_url, back
             assert 1 <= posting["ihl_score"] <= 10
         else:
             assert run["end_reason"], run  # an explained failure
-    assert runs["DB-10287"]["status"] == "failed" and "company is empty" in runs["DB-10287"]["end_reason"]
+    assert (runs["DB-10287"]["status"], runs["DB-10287"]["outcome"]) == ("completed", "rejected")
+    assert "company is empty" in runs["DB-10287"]["end_reason"]
     assert "DB-10287" not in saved

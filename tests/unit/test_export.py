@@ -11,7 +11,7 @@ from common.errors import WavefarmError
 from orchestrator import export
 
 FAILED_RUN = {
-    "run_id": 7, "line": 3, "status": "failed", "end_reason": "step grade failed after 3 attempt(s)",
+    "run_id": 7, "line": 3, "status": "failed", "outcome": None, "end_reason": "step grade failed after 3 attempt(s)",
     # A hostile row: columns named like the run's own fields, and formulas in its cells.
     "row": {"run_id": "999", "status": "completed", "end_reason": "", "title": "=HYPERLINK(\"http://x\",\"ok\")",
             "note": "@SUM(A1:A9)", "minus": "-2+3", "plain": "hello"},

@@ -130,6 +130,19 @@ def test_a_dumped_workflow_loads_back_the_same():
             """,
             id="a fan-in step is reached through its needs",
         ),
+        pytest.param(
+            """
+            name: w
+            steps:
+              - name: check
+                script: s.py
+                next:
+                  - {when: {field: valid, equals: false}, to: $end, outcome: rejected}
+                  - {when: {field: valid, equals: true}, to: go}
+              - {name: go, model: m, prompt: p}
+            """,
+            id="a branch may end the run on purpose with an outcome",
+        ),
     ],
 )
 def test_valid_shapes(yaml_text):
@@ -624,6 +637,31 @@ CASES = [
             script: s.py
             input: {id: 99999999999999999999}     # <-
         """, "steps[0].input", ["beyond what JSON readers agree on"], 1),
+    ("an outcome on a branch that leads to a step", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            next: [{when: "*", to: b, outcome: done}]     # <-
+          - {name: b, model: m, prompt: p}
+        """, "steps[0].next[0].outcome", ["goes with to: $end", "not to: 'b'"], 1),
+    ("an outcome that is not a name", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            next: [{when: "*", to: $end, outcome: "<b>Rejected</b>"}]     # <-
+        """, "steps[0].next[0].outcome", ["invalid outcome", "lower-case"], 1),
+    ("a misspelt end", """
+        name: w
+        steps:
+          - name: a
+            model: m
+            prompt: p
+            next: [{when: "*", to: $stop}]     # <-
+        """, "steps[0].next[0].to", ["unknown step '$stop'", "to: $end"], 1),
 ]
 
 
