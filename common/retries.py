@@ -79,17 +79,47 @@ class GiveUp:
 
 
 @dataclass(frozen=True)
+class Escalation:
+    """When a step's failures stop being retried one by one and the step is held for a
+    person: `streak` step faults of one class in a row, or more than half of the last
+    `window` attempts (0 turns either test off)."""
+
+    streak: int = 10
+    window: int = 20
+
+    def judge(self, recent: list[str | None]) -> tuple[str, str] | None:
+        """(failure class, reason) when the step must be held; `recent` holds the failure
+        class of each of its latest finished attempts, newest first (None: completed)."""
+        faults = [c if c in STEP_FAULTS else None for c in recent]
+        if self.streak and len(faults) >= self.streak and faults[0] is not None \
+                and all(c == faults[0] for c in faults[:self.streak]):
+            return faults[0], f"{self.streak} attempts in a row failed with {faults[0]}"
+        if self.window and len(faults) >= self.window:
+            last = faults[:self.window]
+            worst = max({c for c in last if c is not None}, key=last.count, default=None)
+            if worst is not None and last.count(worst) * 2 > self.window:
+                return worst, f"{last.count(worst)} of the last {self.window} attempts failed with {worst}"
+        return None
+
+    @property
+    def looks_back(self) -> int:
+        return max(self.streak, self.window)
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     backoff: Backoff = Backoff()
     busy_retries: int = 10       # a server busy this many times in a row for one interaction fails it
     max_retry_after_s: float = 600.0  # a Retry-After beyond this is taken as this
+    escalation: Escalation = Escalation()
 
     @classmethod
     def from_settings(cls) -> RetryPolicy:
         from common.settings import get_settings
 
         s = get_settings()
-        return cls(Backoff(s.retry_backoff_s, s.retry_backoff_max_s), busy_retries=s.busy_retries)
+        return cls(Backoff(s.retry_backoff_s, s.retry_backoff_max_s), busy_retries=s.busy_retries,
+                   escalation=Escalation(s.escalation_streak, s.escalation_window))
 
     def decide(self, failure_class: FailureClass, *, attempt: int, max_attempts: int, busy_retries: int,
                retry_after_s: float | None = None, rng: random.Random | None = None) -> Retry | GiveUp:

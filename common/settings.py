@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     retry_backoff_max_s: float = Field(60.0, gt=0, le=24 * 3600)
     # A server busy (HTTP 429/503) this many times in a row for one interaction fails it.
     busy_retries: int = Field(10, ge=0, le=1000)
+    # Escalation (orchestrator/escalation.py): a step whose attempts keep failing with the
+    # same step fault (script error, invalid output, bad request, render error) in a batch
+    # is held until `resume`: this many in a row, or more than half of the last
+    # `escalation_window`. 0 turns that test off.
+    escalation_streak: int = Field(10, ge=0, le=100_000)
+    escalation_window: int = Field(20, ge=0, le=100_000)
     # What one rendered prompt (with its system prompt) or script input may hold; past it
     # the interaction fails as render_error instead of sending megabytes.
     max_rendered_chars: int = Field(1_000_000, ge=1_000, le=100_000_000)

@@ -113,7 +113,10 @@ class LocalExecutor:
                     if held:
                         self.db.run(lambda db: self._take_back(db, held))
                         outcomes["handed_back"] += len(held)
-                    outcomes.update(self.db.run(lambda db: apply_results(db, results, self.cache, self.policy)))
+                    applied = self.db.run(lambda db: apply_results(db, results, self.cache, self.policy))
+                    outcomes.update(applied)
+                    if applied["failed"] or applied["retried"]:
+                        self._read_holds(every_s=0)  # a failure may have escalated its step: hold the rest now
                     if on_tick:
                         on_tick(outcomes)
         return outcomes

@@ -33,8 +33,9 @@ import psycopg
 
 from common import storable
 from common.messages import Failure, FailureClass, TaskResult, Usage
-from common.retries import Retry, RetryPolicy
+from common.retries import STEP_FAULTS, Retry, RetryPolicy
 from orchestrator import engine, locks
+from orchestrator.escalation import escalate_failing
 from orchestrator.catalog import WorkflowCache
 from orchestrator.db.rows import AttemptRecord, Completion, FailureRecord, Moved, Requeue, StepState, Target
 from orchestrator.db.store import Store
@@ -217,6 +218,10 @@ def _apply_set(store: Store, results: Sequence[TaskResult], cache: WorkflowCache
     applied += _ignore(store, ignored, targets, views, decisions)
     open_now = store.store_decisions(attempts=decisions.attempts, events=decisions.events,
                                      children=decisions.children, runs=sorted(may_end))
+    faulty = [(m.batch_id, m.step) for key, m in failed.items() if unique[key].failure.failure_class in STEP_FAULTS]
+    faulty += [(c.batch_id, c.step) for c in decisions.children if c.failure_class == FailureClass.RENDER_ERROR]
+    if faulty:
+        escalate_failing(store, faulty, policy.escalation)
     end_finished_runs(store, [views[run_id] for run_id in sorted(may_end) if open_now[run_id] == 0])
     return applied
 

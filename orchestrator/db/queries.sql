@@ -546,3 +546,21 @@ UNION ALL
 (SELECT 'run', r.batch_id, r.id, NULL, NULL FROM runs r
  WHERE r.status = 'cancelled' AND r.ended_at > now() - interval '1 day'
  ORDER BY r.ended_at DESC LIMIT %(max_runs)s)
+
+-- == escalation (orchestrator/escalation.py) ==============================================
+
+-- name: step_recent_failures
+-- The latest finished attempts of a step in a batch, newest first (failure_class NULL:
+-- it completed), and the interactions born failed (a template that did not render), with
+-- a run, attempt and message for the examples an escalation quotes.
+(SELECT a.failure_class, i.run_id, a.interaction_id, a.attempt, a.failure_message, a.recorded_at AS at, a.id AS n
+ FROM attempts a JOIN interactions i ON i.id = a.interaction_id
+ WHERE a.batch_id = %(batch_id)s AND i.step = %(step)s AND a.outcome IN ('completed', 'failed')
+ ORDER BY a.id DESC LIMIT %(limit)s)
+UNION ALL
+(SELECT i.failure_class, i.run_id, i.id, i.attempt, i.failure_message, i.ended_at, i.id
+ FROM interactions i
+ WHERE i.batch_id = %(batch_id)s AND i.step = %(step)s AND i.status = 'failed' AND i.dispatched_at IS NULL
+   AND i.failure_class = 'render_error'
+ ORDER BY i.id DESC LIMIT %(limit)s)
+ORDER BY at DESC, n DESC LIMIT %(limit)s

@@ -81,6 +81,19 @@ class NewRun:
 
 
 @dataclass(frozen=True, slots=True)
+class RecentAttempt:
+    """One of a step's latest finished attempts in a batch (escalation's evidence)."""
+
+    failure_class: str | None
+    run_id: int
+    interaction_id: int
+    attempt: int
+    failure_message: str | None
+    at: datetime
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
 class Escalation:
     """A step of a batch held because it keeps failing the same way (until resumed)."""
 

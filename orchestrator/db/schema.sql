@@ -161,6 +161,8 @@ CREATE TABLE escalations (
     lifted_at      timestamptz
 );
 CREATE UNIQUE INDEX escalations_open ON escalations (batch_id, step) WHERE lifted_at IS NULL;
+-- The latest attempts of a batch, newest first: what escalation judges a step by.
+CREATE INDEX attempts_batch ON attempts (batch_id, id);
 
 -- Append-only history (enforced below): every status change (written by the trigger
 -- below, so the history cannot disagree with the state) and every engine decision.

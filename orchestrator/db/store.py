@@ -206,6 +206,10 @@ class Store:
         return self.scalar("insert_escalation", {"batch_id": batch_id, "step": step, "failure_class": failure_class,
                                                  "reason": reason, "examples": Jsonb(examples)}) is not None
 
+    def step_recent_failures(self, batch_id: int, step: str, limit: int) -> list[rows.RecentAttempt]:
+        return self.all("step_recent_failures", {"batch_id": batch_id, "step": step, "limit": limit},
+                        rows.RecentAttempt)
+
     def lift_escalations(self, batch_id: int) -> list[str]:
         """Lift a batch's open escalations; the steps they held."""
         return self.column("lift_escalations", {"batch_id": batch_id})

@@ -29,6 +29,8 @@ CREATE TABLE escalations (
     lifted_at      timestamptz
 );
 CREATE UNIQUE INDEX escalations_open ON escalations (batch_id, step) WHERE lifted_at IS NULL;
+-- The latest attempts of a batch, newest first: what escalation judges a step by.
+CREATE INDEX attempts_batch ON attempts (batch_id, id);
 
 -- Events name the two new transitions: an attempt a worker handed back without starting
 -- it (dispatched -> pending), and a run a retry opened again (-> running).
