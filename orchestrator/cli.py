@@ -540,6 +540,67 @@ def priority(
 
 
 @app.command()
+def retry(
+    batch: Annotated[int, typer.Option("--batch", help="The batch.")],
+    failed: Annotated[bool, typer.Option("--failed", help="Only runs that ended failed or cancelled.")] = False,
+    from_step: Annotated[Optional[str], typer.Option(
+        "--from-step", help="Run this step again, and every step after it; reuse the others' outputs.")] = None,
+    run: Annotated[Optional[list[int]], typer.Option("--run", help="Only this run (repeatable).")] = None,
+    workflow_version: Annotated[Optional[str], typer.Option(
+        "--workflow-version", help="Move the runs to this version of their workflow first: N or latest.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what it would do; change nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Runs that ended failed or cancelled go on from where they stopped (a failed
+    interaction gets a new attempt, a run that ended otherwise a new visit of the step
+    where it ended); with --from-step, the selected runs run that step and every step
+    after it again. Prompts are rendered again, so a fixed workflow takes effect. One
+    transaction: all of it or nothing."""
+    from orchestrator import rerun
+
+    version: rerun.Version | None = None
+    if workflow_version is not None:
+        if workflow_version != "latest" and not (workflow_version.isdigit() and int(workflow_version) > 0):
+            raise typer.BadParameter("a version number (1, 2, ...) or latest", param_hint="--workflow-version")
+        version = "latest" if workflow_version == "latest" else int(workflow_version)
+    request = rerun.RetryRequest(batch, failed=failed, from_step=from_step, run_ids=tuple(run) if run else None,
+                                 version=version)
+    with database() as db:
+        plan = rerun.retry(db, request, dry_run=dry_run)
+        if plan.done:
+            _tell_workers(db)
+    if as_json:
+        print(json.dumps(plan.as_dict()))
+        return
+    _print_retry(plan)
+
+
+def _print_retry(plan) -> None:
+    head = "would retry" if not plan.done else "retried"
+    touched = sum(plan.runs.values())
+    out.print(styled((f"batch {plan.batch_id}: {head} {touched} run(s)", "bold"), f" ({plan.mode}"
+                     + (f", moved to version {plan.moved_to}" if plan.moved_to else "") + ")"), markup=False, highlight=False)
+    if plan.runs:
+        out.print("  runs, by how they were: " + ", ".join(f"{n} {s}" for s, n in sorted(plan.runs.items())),
+                  markup=False, highlight=False)
+    out.print(f"  interactions: {plan.new_attempts} new attempt(s), {plan.new_visits} new visit(s); "
+              f"{plan.superseded} superseded (kept in the history)"
+              + (f", {plan.cancelled} of them cancelled while waiting or running" if plan.cancelled else ""),
+              markup=False, highlight=False)
+    for why, n in sorted(plan.skipped.items()):
+        out.print(f"  skipped: {n} run(s) {why}", markup=False, highlight=False)
+    if plan.ended_again:
+        out.print(f"  {plan.ended_again} run(s) ended again at once: their new work could not start "
+                  "(orchestrator failures --batch to see why)", markup=False, highlight=False)
+    if plan.escalations_lifted:
+        out.print(f"  escalation lifted: step(s) {', '.join(plan.escalations_lifted)}", markup=False, highlight=False)
+    for notice in plan.notices[:10]:
+        err.print(f"note: {notice}", markup=False, highlight=False)
+    if len(plan.notices) > 10:
+        err.print(f"note: ... and {len(plan.notices) - 10} more", markup=False, highlight=False)
+
+
+@app.command()
 def show(run_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The chain of interactions of one run, in order, and the decisions taken."""
     with database() as db:

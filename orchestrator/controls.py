@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from common.errors import NotFound, WavefarmError
 from orchestrator import engine
-from orchestrator.db.rows import AttemptRecord, Event, Guard
+from orchestrator.db.rows import AttemptRecord, Event, Guard, Moved, OpenInteraction, RunInteractionState
 from orchestrator.db.store import Store
 from orchestrator.states import Status, end_runs, transition_many
 
@@ -88,7 +88,14 @@ def cancel_runs(store: Store, run_ids: Sequence[int]) -> Cancelled:
 def _cancel(store: Store, run_ids: list[int]) -> Cancelled:
     if not run_ids:
         return Cancelled(0, 0)
-    open_ = store.lock_open_interactions(run_ids)
+    moved = cancel_open(store, store.lock_open_interactions(run_ids))
+    ended = end_runs(store, [engine.cancelled(run_id) for run_id in run_ids])
+    return Cancelled(len(ended), len(moved))
+
+
+def cancel_open(store: Store, open_: Sequence[OpenInteraction | RunInteractionState]) -> list[Moved]:
+    """Pending and dispatched interactions (locked by the caller) -> cancelled; a result
+    still on its way is then recorded as ignored. The others of `open_` are left alone."""
     moved = []
     for status in (Status.PENDING, Status.DISPATCHED):
         moved += transition_many(store, [Guard(id=i.id, attempt=i.attempt) for i in open_ if i.status == status],
@@ -99,8 +106,7 @@ def _cancel(store: Store, run_ids: list[int]) -> Cancelled:
         attempts=[AttemptRecord(m.id, m.batch_id, m.attempt, "cancelled", dispatched_at=sent[m.id].dispatched_at)
                   for m in moved if m.id in sent],
         events=[], children=[], runs=[])
-    ended = end_runs(store, [engine.cancelled(run_id) for run_id in run_ids])
-    return Cancelled(len(ended), len(moved))
+    return moved
 
 
 def _require(store: Store, batch_id: int) -> None:

@@ -146,11 +146,15 @@ def batch_progress(store: Store, batch_id: int) -> views.Progress:
 
 
 def batch_steps(store: Store, batch_id: int) -> list[str]:
-    """The step names of the workflow version a batch runs, in file order."""
+    """The step names of the workflow versions a batch's runs run, in file order (the
+    batch's own version first: a retry can move runs to another)."""
     from orchestrator import catalog  # the workflow model: only for the commands that need it
 
     batch = require_batch(store, batch_id)
-    return [s.name for s in catalog.by_id(store, batch.workflow_id).steps]
+    names: dict[str, None] = {}
+    for workflow_id in [batch.workflow_id, *store.column("batch_workflow_ids", {"batch_id": batch_id})]:
+        names.update(dict.fromkeys(s.name for s in catalog.by_id(store, workflow_id).steps))
+    return list(names)
 
 
 def export_batch(store: Store, batch_id: int) -> Iterator[dict[str, Any]]:

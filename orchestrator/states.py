@@ -11,6 +11,9 @@ Interactions: the allowed transitions, the statements production runs for each
                                passed with no result (the sweeper reports worker_lost)
     failed     -> pending      requeue: the retry rule (common/retries.py) said retry:
                                attempt + 1, not before its backoff
+                               rerun: a person said retry (orchestrator/rerun.py):
+                               attempt + 1 now, with fresh retries and its input rendered
+                               again from the run's workflow version
     dispatched -> pending      hand_back: a worker received the attempt and did not start
                                it, because it is held (common/holds.py): the same attempt
                                goes out again once the hold lifts
@@ -18,7 +21,8 @@ Interactions: the allowed transitions, the statements production runs for each
     dispatched -> cancelled    mark_cancelled: the same, for work already sent
 
 Creation is not a transition: an interaction is born `pending`, or `failed` when its
-template cannot be rendered for this run.
+template cannot be rendered for this run. Nor is superseding: `retry --from-step` flags
+ended work as history (interactions.superseded) and creates new visits beside it.
 
 Every change but a claim is one UPDATE guarded by the expected status AND attempt, so a
 stale or duplicate result (an old attempt, a message the broker delivered twice)
@@ -31,6 +35,8 @@ Runs:
     running -> completed | failed | cancelled    finish_runs, with the reason: the run
                                has nothing open any more (results.py, with the engine's
                                run_ending), or the user cancelled it
+    completed | failed | cancelled -> running    reopen_runs: `retry` gave the run new
+                               work (orchestrator/rerun.py)
 
 Every transaction that changes runs and their interactions locks the runs first, in id
 order, then their interactions in (run, id) order, so two of them wait for each other
@@ -44,7 +50,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from common.errors import TransitionRefused
-from orchestrator.db.rows import Claimed, Completion, FailureRecord, Guard, Moved, Requeue, RunEnding
+from orchestrator.db.rows import Claimed, Completion, FailureRecord, Guard, Moved, Requeue, Rerun, RunEnding
 from orchestrator.db.store import Store
 
 
@@ -82,7 +88,7 @@ TRANSITIONS: dict[tuple[Status, Status], tuple[Change, ...]] = {
     (Status.PENDING, Status.DISPATCHED): (CLAIM_FOR_DISPATCH, CLAIM_PENDING),
     (Status.DISPATCHED, Status.COMPLETED): (Change("mark_completed", Completion),),
     (Status.DISPATCHED, Status.FAILED): (Change("mark_failed", FailureRecord),),
-    (Status.FAILED, Status.PENDING): (Change("requeue", Requeue),),
+    (Status.FAILED, Status.PENDING): (Change("requeue", Requeue), Change("rerun_failed", Rerun)),
     (Status.DISPATCHED, Status.PENDING): (Change("hand_back", Guard),),
     (Status.PENDING, Status.CANCELLED): (Change("mark_cancelled", Guard),),
     (Status.DISPATCHED, Status.CANCELLED): (Change("mark_cancelled", Guard),),
@@ -92,14 +98,18 @@ RUN_TRANSITIONS: dict[tuple[RunStatus, RunStatus], Change] = {
     (RunStatus.RUNNING, RunStatus.COMPLETED): Change("finish_runs", RunEnding),
     (RunStatus.RUNNING, RunStatus.FAILED): Change("finish_runs", RunEnding),
     (RunStatus.RUNNING, RunStatus.CANCELLED): Change("finish_runs", RunEnding),
+    (RunStatus.COMPLETED, RunStatus.RUNNING): Change("reopen_runs"),
+    (RunStatus.FAILED, RunStatus.RUNNING): Change("reopen_runs"),
+    (RunStatus.CANCELLED, RunStatus.RUNNING): Change("reopen_runs"),
 }
 
 
-def _guarded(from_: Status, to: Status) -> Change:
+def _guarded(from_: Status, to: Status, writes: type | None) -> Change:
+    """The change of from_ -> to that writes rows of class `writes` (the first, for none)."""
     changes = [c for c in TRANSITIONS.get((Status(from_), Status(to)), ()) if c.writes is not None]
     if not changes:
         raise TransitionRefused(f"{from_} -> {to} is not an allowed transition for a given interaction")
-    return changes[0]
+    return next((c for c in changes if c.writes is writes), changes[0])
 
 
 def transition_many(store: Store, items: Sequence[Guard], *, from_: Status, to: Status) -> list[Moved]:
@@ -109,7 +119,7 @@ def transition_many(store: Store, items: Sequence[Guard], *, from_: Status, to: 
     change was made already, or the row moved on) is absent: callers treat it as
     "stale, ignore". Raises TransitionRefused for a pair the table does not allow.
     """
-    change = _guarded(from_, to)
+    change = _guarded(from_, to, type(items[0]) if items else None)
     for item in items:
         if type(item) is not change.writes:
             raise TypeError(f"{from_} -> {to} writes a {change.writes.__name__}, not a {type(item).__name__}")
@@ -139,3 +149,10 @@ def end_runs(store: Store, endings: Sequence[RunEnding]) -> list[int]:
         if (RunStatus.RUNNING, RunStatus(ending.status)) not in RUN_TRANSITIONS:
             raise TransitionRefused(f"run {ending.id}: running -> {ending.status} is not an allowed transition")
     return store.finish_runs(endings, RunStatus.RUNNING.value)
+
+
+def reopen_runs(store: Store, run_ids: Sequence[int], from_: RunStatus) -> list[int]:
+    """An ended run -> running: `retry` gave it new work. Returns the runs reopened."""
+    if (RunStatus(from_), RunStatus.RUNNING) not in RUN_TRANSITIONS:
+        raise TransitionRefused(f"{from_} -> running is not an allowed transition for a run")
+    return store.reopen_runs(run_ids, RunStatus(from_).value)

@@ -564,3 +564,77 @@ UNION ALL
    AND i.failure_class = 'render_error'
  ORDER BY i.id DESC LIMIT %(limit)s)
 ORDER BY at DESC, n DESC LIMIT %(limit)s
+
+-- == retry (orchestrator/rerun.py) ========================================================
+
+-- name: workflow_version
+SELECT id, name, version, digest, definition FROM workflows WHERE name = %(name)s AND version = %(version)s
+
+-- name: lock_runs_to_retry
+-- The runs of a batch a retry may touch (some of them, or all), locked in id order: the
+-- first half of every writer's lock order.
+SELECT id, workflow_id, status, row_key, input FROM runs
+WHERE batch_id = %(batch_id)s AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+  AND status = ANY(%(statuses)s)
+ORDER BY id FOR UPDATE
+
+-- name: lock_run_interactions
+-- The second half: every interaction of those runs that is not history yet, in (run, id) order.
+SELECT id, run_id, step, visit, status, attempt, max_attempts, parent_ids, dispatched_at FROM interactions
+WHERE run_id = ANY(%(run_ids)s) AND NOT superseded
+ORDER BY run_id, id FOR UPDATE
+
+-- name: ending_events
+-- The engine's decisions that ended runs with nothing failed (an output that matched no
+-- branch, a loop bound), each naming the interaction it was about.
+SELECT e.run_id, e.interaction_id FROM events e
+WHERE e.run_id = ANY(%(run_ids)s) AND e.kind = ANY(%(kinds)s)
+  AND NOT EXISTS (SELECT 1 FROM interactions i WHERE i.id = e.interaction_id AND i.superseded)
+ORDER BY e.run_id, e.id
+
+-- name: rerun_failed
+-- failed -> pending by `retry`: the next attempt (attempt + 1, never reset: guards and
+-- task ids rely on it), now; allowed attempts raised for a fresh set of retries; its
+-- input rendered again and its actor taken from the run's (maybe new) workflow version.
+UPDATE interactions i
+SET status = 'pending', attempt = i.attempt + 1, dispatched_at = NULL, deadline = NULL, ended_at = NULL,
+    not_before = now(), max_attempts = v.max_attempts, kind = v.kind, actor = v.actor, timeout_s = v.timeout_s,
+    input = v.input
+FROM unnest(%(id)s::bigint[], %(attempt)s::integer[], %(max_attempts)s::integer[], %(kind)s::text[],
+            %(actor)s::text[], %(timeout_s)s::double precision[], %(input)s::jsonb[])
+     AS v (id, attempt, max_attempts, kind, actor, timeout_s, input)
+WHERE i.id = v.id AND i.status = %(from_status)s AND i.attempt = v.attempt
+RETURNING i.id, i.run_id, i.batch_id, i.step, i.visit, i.status, i.attempt, i.max_attempts, i.busy_retries,
+          i.dispatched_at, i.output
+
+-- name: supersede_interactions
+-- Work a rerun replaces becomes history: a flag, not a status (it was real work and
+-- keeps its attempts and cost); only ended work can be superseded.
+UPDATE interactions SET superseded = true
+WHERE id = ANY(%(ids)s) AND status IN ('completed', 'failed', 'cancelled') AND NOT superseded
+RETURNING id
+
+-- name: reopen_runs
+-- completed | failed | cancelled -> running by `retry`: the end forgotten (the event log keeps it).
+UPDATE runs SET status = 'running', end_reason = NULL, outcome = NULL, ended_at = NULL
+WHERE id = ANY(%(ids)s) AND status = %(from_status)s
+RETURNING id
+
+-- name: move_runs
+UPDATE runs SET workflow_id = %(workflow_id)s WHERE id = ANY(%(ids)s)
+
+-- name: runs_on_version
+-- Row keys a workflow version runs already (a moved run would take its identity).
+SELECT id, row_key FROM runs WHERE workflow_id = %(workflow_id)s AND row_key = ANY(%(keys)s)
+
+-- name: lift_step_escalations
+UPDATE escalations SET lifted_at = now()
+WHERE batch_id = %(batch_id)s AND step = ANY(%(steps)s) AND lifted_at IS NULL
+RETURNING step
+
+-- name: clear_batch_cancelled
+UPDATE batches SET cancelled_at = NULL WHERE id = %(id)s
+
+-- name: batch_workflow_ids
+-- The workflow versions a batch's runs run (a retry can move runs to another).
+SELECT DISTINCT workflow_id FROM runs WHERE batch_id = %(batch_id)s ORDER BY workflow_id

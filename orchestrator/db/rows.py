@@ -250,6 +250,18 @@ class Requeue(Guard):
     busy: bool = False
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rerun(Guard):
+    """failed -> pending by `retry`: the next attempt now, allowed `max_attempts`, with its
+    input rendered again from the run's workflow version (which names kind and actor)."""
+
+    max_attempts: int
+    kind: str
+    actor: str
+    timeout_s: float
+    input: dict[str, Any] = jsonb()
+
+
 # -- the record of one attempt (table attempts) ------------------------------------------
 @dataclass(frozen=True, slots=True)
 class AttemptRecord:
@@ -316,6 +328,42 @@ class FailedInteraction:
     attempt: int
     failure_class: str
     failure_message: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunToRetry:
+    id: int
+    workflow_id: int
+    status: str
+    row_key: str
+    input: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class RunInteractionState:
+    """An interaction of a run a retry holds, not superseded, locked."""
+
+    id: int
+    run_id: int
+    step: str
+    visit: int
+    status: str
+    attempt: int
+    max_attempts: int
+    parent_ids: list[int]
+    dispatched_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class EndingEvent:
+    run_id: int
+    interaction_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedRun:
+    id: int
+    row_key: str
 
 
 @dataclass(frozen=True, slots=True)

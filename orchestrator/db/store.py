@@ -210,6 +210,39 @@ class Store:
         return self.all("step_recent_failures", {"batch_id": batch_id, "step": step, "limit": limit},
                         rows.RecentAttempt)
 
+    # -- retry ---------------------------------------------------------------------------------
+    def workflow_version(self, name: str, version: int) -> rows.WorkflowVersion | None:
+        return self.one("workflow_version", {"name": name, "version": version}, rows.WorkflowVersion)
+
+    def lock_runs_to_retry(self, batch_id: int, run_ids: Sequence[int] | None,
+                           statuses: Sequence[str]) -> list[rows.RunToRetry]:
+        return self.all("lock_runs_to_retry", {"batch_id": batch_id, "ids": None if run_ids is None else list(run_ids),
+                                               "statuses": list(statuses)}, rows.RunToRetry)
+
+    def lock_run_interactions(self, run_ids: Sequence[int]) -> list[rows.RunInteractionState]:
+        return self.all("lock_run_interactions", {"run_ids": list(run_ids)}, rows.RunInteractionState)
+
+    def ending_events(self, run_ids: Sequence[int], kinds: Sequence[str]) -> list[rows.EndingEvent]:
+        return self.all("ending_events", {"run_ids": list(run_ids), "kinds": list(kinds)}, rows.EndingEvent)
+
+    def supersede(self, ids: Sequence[int]) -> list[int]:
+        return self.column("supersede_interactions", {"ids": list(ids)}) if ids else []
+
+    def reopen_runs(self, ids: Sequence[int], from_status: str) -> list[int]:
+        return self.column("reopen_runs", {"ids": list(ids), "from_status": from_status}) if ids else []
+
+    def move_runs(self, ids: Sequence[int], workflow_id: int) -> None:
+        self.run("move_runs", {"ids": list(ids), "workflow_id": workflow_id})
+
+    def runs_on_version(self, workflow_id: int, keys: Sequence[str]) -> list[rows.KeyedRun]:
+        return self.all("runs_on_version", {"workflow_id": workflow_id, "keys": list(keys)}, rows.KeyedRun)
+
+    def lift_step_escalations(self, batch_id: int, steps: Sequence[str]) -> list[str]:
+        return self.column("lift_step_escalations", {"batch_id": batch_id, "steps": list(steps)})
+
+    def clear_batch_cancelled(self, batch_id: int) -> None:
+        self.run("clear_batch_cancelled", {"id": batch_id})
+
     def lift_escalations(self, batch_id: int) -> list[str]:
         """Lift a batch's open escalations; the steps they held."""
         return self.column("lift_escalations", {"batch_id": batch_id})

@@ -407,6 +407,22 @@ class Workflow(_Model):
         """The steps that wait for `name` (those whose needs include it)."""
         return [s for s in self.steps if name in s.needs]
 
+    def reachable_from(self, name: str) -> set[str]:
+        """Every step that can run after `name` (by a branch, a loop's exit or a fan-in);
+        `name` itself only when a loop leads back to it."""
+        seen: set[str] = set()
+        todo = [name]
+        while todo:
+            step = self.step(todo.pop())
+            after = [b.to for b in step.next if not b.ends]
+            after += [step.on_max_visits] if step.on_max_visits else []
+            after += [s.name for s in self.fan_in_dependents(step.name)]
+            for nxt in after:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
     def input_columns(self) -> set[str]:
         """Every column that a template reads as input.X or input['X']."""
         from orchestrator.workflow.render import analyze  # render imports this module

@@ -15,7 +15,7 @@ from common.errors import TransitionRefused
 from orchestrator.controls import cancel_batch
 from orchestrator.db import connect
 from orchestrator.db.queries import Q
-from orchestrator.db.rows import Completion, FailureRecord, Guard, Requeue, RunEnding
+from orchestrator.db.rows import Completion, FailureRecord, Guard, Requeue, Rerun, RunEnding
 from orchestrator.db.store import Store
 from orchestrator.states import (
     RUN_TRANSITIONS,
@@ -34,27 +34,28 @@ WRITES = {
     "mark_completed": lambda iid: Completion(id=iid, attempt=1, output="done", output_chars=4),
     "mark_failed": lambda iid: FailureRecord(id=iid, attempt=1, failure_class="timeout", failure_message="slow"),
     "requeue": lambda iid: Requeue(id=iid, attempt=1, delay_s=0.0),
+    "rerun_failed": lambda iid: Rerun(id=iid, attempt=1, max_attempts=4, kind="ai", actor="m:1", timeout_s=30,
+                                      input={"prompt": "hello again"}),
     "mark_cancelled": lambda iid: Guard(id=iid, attempt=1),
     "hand_back": lambda iid: Guard(id=iid, attempt=1),
 }
-GUARDED = sorted(pair for pair, changes in TRANSITIONS.items() if any(c.writes for c in changes))
+GUARDED = sorted((pair, c.query) for pair, changes in TRANSITIONS.items() for c in changes if c.writes)
 
 
 def status_of(conn, iid: int) -> dict:
     return conn.execute("SELECT status, attempt FROM interactions WHERE id = %s", (iid,)).fetchone()
 
 
-@pytest.mark.parametrize("pair", GUARDED, ids=lambda p: f"{p[0]}->{p[1]}")
-def test_allowed_transition_applies_once(conn, pair):
+@pytest.mark.parametrize(("pair", "query"), GUARDED, ids=lambda p: f"{p[0]}->{p[1]}" if isinstance(p, tuple) else p)
+def test_allowed_transition_applies_once(conn, pair, query):
     from_, to = pair
-    (change,) = TRANSITIONS[pair]
     iid = make_interaction(conn, status=from_)
     db = Store(conn)
     with db.transaction():
-        moved = transition(db, WRITES[change.query](iid), from_=from_, to=to)
+        moved = transition(db, WRITES[query](iid), from_=from_, to=to)
         assert moved is not None and moved.status == to
         # The same change again finds the row no longer in `from_`: nothing happens.
-        assert transition(db, WRITES[change.query](iid), from_=from_, to=to) is None
+        assert transition(db, WRITES[query](iid), from_=from_, to=to) is None
     # A retry uses an attempt; an attempt handed back unstarted does not.
     retried = (from_, to) == (Status.FAILED, Status.PENDING)
     assert status_of(conn, iid)["attempt"] == (2 if retried else 1)
@@ -108,7 +109,7 @@ def test_a_busy_retry_uses_none_of_the_steps_retries(conn):
     assert (moved.attempt, moved.max_attempts, moved.busy_retries) == (2, 4, 1)
 
 
-REFUSED = [p for p in itertools.product(Status, Status) if p not in GUARDED]
+REFUSED = [p for p in itertools.product(Status, Status) if p not in {pair for pair, _ in GUARDED}]
 
 
 @pytest.mark.parametrize("pair", REFUSED, ids=lambda p: f"{p[0]}->{p[1]}")
