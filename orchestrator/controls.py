@@ -69,6 +69,8 @@ def cancel_batch(store: Store, batch_id: int) -> Cancelled:
         _require(store, batch_id)
         cancelled = _cancel(store, store.lock_running_runs(batch_id))
         store.set_batch_cancelled(batch_id)
+        store.insert_events([Event(batch_id, None, None, "cancelled", None,
+                                   {"runs": cancelled.runs, "interactions": cancelled.interactions})])
         store.notify_controls()
     return cancelled
 
@@ -80,7 +82,10 @@ def cancel_runs(store: Store, run_ids: Sequence[int]) -> Cancelled:
         missing = sorted(set(run_ids) - {r.id for r in known})
         if missing:
             raise NotFound(f"no run {', '.join(map(str, missing))}")
-        cancelled = _cancel(store, [r.id for r in known if r.status == "running"])
+        running = [r for r in known if r.status == "running"]
+        cancelled = _cancel(store, [r.id for r in running])
+        store.insert_events([Event(batch_id, None, None, "cancelled", None, {"run_ids": sorted(
+            r.id for r in running if r.batch_id == batch_id)}) for batch_id in sorted({r.batch_id for r in running})])
         store.notify_controls()
     return cancelled
 
