@@ -127,6 +127,9 @@ def _retry(store: Store, req: RetryRequest) -> RetryPlan:
     if target is not None:
         _check_move(store, cache, target, work, plan)
     _apply(store, batch.id, work, target, req, plan)
+    if work and batch.paused_at is not None:
+        plan.notices.append(f"batch {batch.id} is paused: the retried work starts at `orchestrator resume --batch "
+                            f"{batch.id}`")
     return plan
 
 
