@@ -45,7 +45,7 @@ def render(snap: Snapshot) -> RenderableType:
                          (snap.state, STATE_STYLE.get(snap.state, "")), f" ({snap.reason})" if snap.reason else "")
     bar = Table.grid(padding=(0, 1))
     bar.add_row(ProgressBar(total=max(p.total, 1), completed=p.ended, width=40),
-                Text(f"{p.ended}/{p.total} runs ended"), _ended_parts(snap))
+                Text(f"{p.ended}/{p.total} runs ended:"), _ended_parts(snap))
     parts: list[RenderableType] = [head, bar, Text(_pace(snap), style="dim" if snap.done else "")]
     if snap.steps:
         parts.append(_counts_table("step", [(f"{s.step} ({s.actor})", s) for s in snap.steps]))

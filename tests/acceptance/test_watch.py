@@ -1,6 +1,7 @@
 """`orchestrator status --batch ID --watch` as a user drives it: JSON lines to the end of
 a batch run by `submit --local`, the exit code, a plain line off a terminal, an
-escalated batch that waits for a person, and a paused batch that is watched on."""
+escalated batch that waits for a person, and a paused batch watched on through a lost
+connection."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 import os
 import subprocess
 from pathlib import Path
+
+import psycopg
 
 from orchestrator.db import connect
 from orchestrator.db.store import Store
@@ -95,7 +98,7 @@ def test_watching_an_escalated_batch_that_waits_for_a_person_exits_one_and_says_
     assert f"batch {batch_id} is escalated" in proc.stderr and f"orchestrator resume --batch {batch_id}" in proc.stderr
 
 
-def test_a_paused_batch_is_watched_on_until_it_ends(db_url, tmp_path):
+def test_a_paused_batch_is_watched_on_through_a_lost_connection_until_it_ends(db_url, tmp_path):
     batch_id, _ = submit(db_url, tmp_path, workflow(tmp_path, "paused"), 2)
     cli(db_url, "pause", "--batch", str(batch_id))
     env = {k: v for k, v in os.environ.items() if not k.startswith("WAVEFARM_")} | {"WAVEFARM_DATABASE_URL": db_url}
@@ -105,6 +108,10 @@ def test_a_paused_batch_is_watched_on_until_it_ends(db_url, tmp_path):
         first = json.loads(watcher.stdout.readline())       # flushed at once
         assert first["state"] == "paused" and first["reason"]
         assert watcher.poll() is None                       # paused: still watching
+        with psycopg.connect(db_url, autocommit=True) as admin:   # as a database restart would
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        json.loads(watcher.stdout.readline())               # watching on, on a new connection
         cli(db_url, "cancel", "--batch", str(batch_id))
         rest, err = watcher.communicate(timeout=60)
     finally:
@@ -113,3 +120,4 @@ def test_a_paused_batch_is_watched_on_until_it_ends(db_url, tmp_path):
     last = json.loads(rest.strip().splitlines()[-1])
     assert last["state"] == "done" and last["progress"]["cancelled"] == 2
     assert watcher.returncode == 1                          # not every run completed
+    assert "lost the database" in err and "the database is back" in err
