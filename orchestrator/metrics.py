@@ -25,7 +25,7 @@ from common.queues import queue_for
 from orchestrator.db import views
 from orchestrator.db.store import Store
 from orchestrator.overview import BATCH_STATES, state_of
-from orchestrator.pace import pace_of
+from orchestrator.pace import held_eta, pace_of
 from orchestrator.states import RunStatus
 from orchestrator.workers import STALE_S
 
@@ -102,7 +102,7 @@ class _BatchFamilies:
                                              labels=labels)
         self.eta = GaugeMetricFamily("wavefarm_batch_eta_seconds",
                                      "Seconds until every run of the batch has ended at the last minute's rate "
-                                     "(absent when nothing ended in the last minute)", labels=labels)
+                                     "(absent when nothing ended in the last minute, or the batch is paused)", labels=labels)
 
     def add(self, b: views.BatchGauge) -> None:
         ids = [str(b.batch_id), b.workflow_name]
@@ -114,7 +114,7 @@ class _BatchFamilies:
         for name in BATCH_STATES:
             self.state.add_metric([*ids, name], 1 if name == state else 0)
         self.escalations.add_metric(ids, b.escalations)
-        eta = pace_of(b).eta_s
+        eta = held_eta(pace_of(b).eta_s, state=state)
         if eta is not None:
             self.eta.add_metric(ids, eta)
 

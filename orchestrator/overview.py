@@ -13,7 +13,7 @@ from common.queues import queue_for
 from orchestrator.db import views
 from orchestrator.db.rows import Batch, Escalation
 from orchestrator.db.store import Store
-from orchestrator.pace import batch_pace
+from orchestrator.pace import batch_pace, held_eta
 from orchestrator.states import RunStatus, Status
 
 if TYPE_CHECKING:
@@ -103,6 +103,12 @@ def batch_state(store: Store, batch: Batch) -> BatchState:
     return BatchState(state, None, escalations)
 
 
+def waits_for_a_person(store: Store, batch_id: int, state: BatchState) -> bool:
+    """Escalated, and nothing left that can move: pending work of the escalated steps waits
+    for `resume`, the rest has ended. Watching longer would be waiting forever."""
+    return state.state == "escalated" and store.open_count(batch_id) == 0
+
+
 def batch_status(store: Store, batch_id: int, *, rejects_limit: int = 20) -> dict[str, Any]:
     batch = require_batch(store, batch_id)
     state = batch_state(store, batch)
@@ -136,7 +142,7 @@ def batch_status(store: Store, batch_id: int, *, rejects_limit: int = 20) -> dic
         "runs": {s.value: runs.get(s.value, 0) for s in RunStatus},
         "progress": {"ended": pace.ended, "total": pace.runs},
         "rate_per_min": pace.rate_per_min,
-        "eta_s": pace.eta_s,
+        "eta_s": held_eta(pace.eta_s, state=state.state, stuck=waits_for_a_person(store, batch_id, state)),
         "outcomes": {o.outcome: o.n for o in views.outcome_counts(store, batch_id)},
         "steps": sorted(steps.values(), key=lambda r: (r["step"], r["actor"])),
         "models": [{"model": m, **counts} for m, counts in sorted(models.items())],

@@ -43,6 +43,12 @@ def eta_s(remaining: int, rate: float) -> float | None:
     return round(remaining * 60.0 / rate)
 
 
+def held_eta(eta: float | None, *, state: str, stuck: bool = False) -> float | None:
+    """No ETA for a batch that waits for a resume (paused, or escalated with nothing else
+    left to do): the last minute's rate says nothing about when a person comes back."""
+    return None if state == "paused" or stuck else eta
+
+
 def batch_pace(store: Store, batch_id: int) -> Pace:
     row = views.batch_pace(store, batch_id)
     if row is None:  # the caller checked the batch exists; a purge in between reads as empty

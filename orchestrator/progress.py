@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from orchestrator import overview
 from orchestrator.db import views
 from orchestrator.db.store import Store
-from orchestrator.pace import batch_pace
+from orchestrator.pace import batch_pace, held_eta
 
 
 class Counts(BaseModel):
@@ -87,16 +87,14 @@ def snapshot(store: Store, batch_id: int) -> Snapshot:
     failures: Counter[str] = Counter()
     for f in views.failure_counts(store, batch_id):
         failures[f.failure_class] += f.n
-    # Escalated with nothing left that can move: pending work of the escalated step waits
-    # for `resume`, the rest has ended. Watching longer would be waiting forever.
-    stuck = state.state == "escalated" and store.open_count(batch_id) == 0
+    stuck = overview.waits_for_a_person(store, batch_id, state)
     return Snapshot(
         batch_id=batch.id, workflow=batch.workflow_name, workflow_version=batch.workflow_version,
         at=datetime.now(timezone.utc), state=state.state, reason=state.reason, stuck=stuck,
         progress=RunsProgress(ended=pace.ended, total=pace.runs, completed=pace.completed, failed=pace.failed,
                               cancelled=pace.cancelled,
                               outcomes={o.outcome: o.n for o in views.outcome_counts(store, batch_id)}),
-        rate_per_min=pace.rate_per_min, eta_s=pace.eta_s,
+        rate_per_min=pace.rate_per_min, eta_s=held_eta(pace.eta_s, state=state.state, stuck=stuck),
         steps=sorted(steps.values(), key=lambda s: (s.step, s.actor)),
         models=sorted(models.values(), key=lambda m: m.model),
         failures=dict(failures.most_common()),

@@ -85,6 +85,19 @@ def test_a_batch_with_failed_runs_ends_the_watch_with_exit_one_and_the_failures(
     assert lines[-1]["failures"] == {"script_error": 3}
 
 
+def test_a_step_that_always_fails_is_escalated_and_submit_local_says_so_and_exits_one(db_url, tmp_path):
+    # The escalation rule (10 attempts in a row with one step fault) holds `second`: what
+    # is left waits for a person, and the command says so instead of waiting forever.
+    batch_id, ran = submit(db_url, tmp_path, workflow(tmp_path, "always", second="crash.py"), 30, "--local")
+    assert ran.returncode == 1
+    assert f"batch {batch_id} is escalated and nothing of it can move until a person acts" in ran.stderr
+    lines, proc = watch_json(db_url, batch_id)
+    assert proc.returncode == 1 and f"orchestrator resume --batch {batch_id}" in proc.stderr
+    last = lines[-1]
+    assert last["state"] == "escalated" and last["stuck"] and last["eta_s"] is None
+    assert 0 < last["progress"]["ended"] < 30 and last["failures"]["script_error"] >= 10
+
+
 def test_watching_an_escalated_batch_that_waits_for_a_person_exits_one_and_says_so(db_url, tmp_path):
     batch_id, _ = submit(db_url, tmp_path, workflow(tmp_path, "held"), 2)   # no worker: all waits
     conn = connect(db_url)

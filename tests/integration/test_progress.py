@@ -60,6 +60,10 @@ def test_status_gives_the_rate_over_the_last_minute_and_an_eta(conn, batch_id):
     assert status["rate_per_min"] == 3.0
     assert status["eta_s"] == 120            # 6 left at 3 a minute
 
+    Store(conn).pause_batch(batch_id, "user")      # waits for a resume: no ETA
+    paused = overview.batch_status(Store(conn), batch_id)
+    assert paused["state"] == "paused" and paused["rate_per_min"] == 3.0 and paused["eta_s"] is None
+
     end_runs(conn, batch_id, 6, ago="1 second")
     done = overview.batch_status(Store(conn), batch_id)
     assert done["state"] == "done" and done["eta_s"] == 0
@@ -88,6 +92,7 @@ def test_an_escalated_batch_with_only_held_work_left_is_stuck(conn, batch_id):
     snap = snapshot(store, batch_id)
     assert snap.state == "escalated" and "step first: 10 attempts" in snap.reason
     assert snap.stuck                         # pending work of the held step waits for a person
+    assert snap.eta_s is None
     conn.execute("UPDATE interactions SET status = 'dispatched' WHERE id IN"
                  " (SELECT id FROM interactions WHERE batch_id = %s ORDER BY id LIMIT 1)", (batch_id,))
     assert not snapshot(store, batch_id).stuck  # a call in flight may still end something
