@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.pace import duration
-from orchestrator.progress import Snapshot, snapshot
+from orchestrator.progress import Counts, Snapshot, snapshot
 from orchestrator.reconnect import Reconnecting
 
 REFRESH_S = 1.0
@@ -93,7 +93,7 @@ def _failures(snap: Snapshot) -> str:
     return ", ".join(f"{cls} {n}" for cls, n in snap.failures.items())
 
 
-def _counts_table(what: str, rows: list[tuple[str, object]]) -> Table:
+def _counts_table(what: str, rows: list[tuple[str, Counts]]) -> Table:
     table = Table(box=None, padding=(0, 2), show_edge=False)
     table.add_column(what)
     for name in ("done", "in flight", "waiting"):
