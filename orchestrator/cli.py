@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -22,13 +22,14 @@ from common.logs import setup_logging
 from common.redact import redact
 from common.settings import get_settings
 from orchestrator import embedded_postgres, overview
-from orchestrator.db import connect, views
+from orchestrator.db import connect
 from orchestrator.db.migrate import upgrade
 from orchestrator.db.store import Store
 from orchestrator.reconnect import Reconnecting
 
 if TYPE_CHECKING:
     from orchestrator.batches import Submission
+    from orchestrator.progress import Snapshot
 
 # Workflow files, CSV files and templates (pyyaml, Jinja2, jsonschema) are imported by the
 # commands that read them, not by `status` and `show`: each command starts in a fraction
@@ -254,35 +255,35 @@ def _print_submission(submission: Submission) -> None:
         err.print(f"  ... and {len(submission.rejected) - 20} more (orchestrator status --batch {submission.batch_id})")
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]batch {task.fields[batch]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("runs ended  [green]{task.fields[ok]} completed[/green]  [red]{task.fields[failed]} failed"),
-        TimeElapsedColumn(),
-        console=err,
-    )
-
-
-def _show_progress(progress: Progress, task, db: Reconnecting, batch_id: int) -> views.Progress:
-    p = db.run(lambda store: overview.batch_progress(store, batch_id))
-    progress.update(task, total=p.runs, completed=p.ended, ok=p.completed, failed=p.failed)
-    return p
-
-
-def _all_completed(p: views.Progress) -> bool:
-    return p.failed == 0 and p.completed == p.runs
-
-
 def _wait(db: Reconnecting, batch_id: int) -> bool:
-    with _progress() as progress:
-        task = progress.add_task("", total=None, batch=batch_id, ok=0, failed=0)
-        while True:
-            p = _show_progress(progress, task, db, batch_id)
-            if p.ended >= p.runs:
-                return _all_completed(p)
-            time.sleep(1.0)
+    """submit --wait: the batch's progress on stderr (stdout is for its id) until it ends."""
+    from orchestrator import watch
+
+    return _follow(db, batch_id, watch.view_for(err, as_json=False))
+
+
+def _follow(db: Reconnecting, batch_id: int, view) -> bool:
+    """Show the batch until it ends or waits for a person; whether every run completed.
+    Ctrl-C stops the watching, not the batch."""
+    from orchestrator import watch
+
+    try:
+        last = watch.follow(db, batch_id, view)
+    except KeyboardInterrupt:
+        view.close()
+        err.print(f"stopped watching; batch {batch_id} goes on (orchestrator status --batch {batch_id} --watch)")
+        raise typer.Exit(130) from None
+    view.close()
+    return _verdict(last)
+
+
+def _verdict(last: Snapshot) -> bool:
+    from orchestrator import watch
+
+    ok, message = watch.verdict(last)
+    if message:
+        err.print(styled(("error:", "red"), " ", message), soft_wrap=True)
+    return ok
 
 
 def _local_executor(db: Reconnecting, ollama_url: str | None, scripts_dir: Path | None,
@@ -304,20 +305,19 @@ def _local_executor(db: Reconnecting, ollama_url: str | None, scripts_dir: Path 
 
 def _run_local(db: Reconnecting, batch_id: int, ollama_url: str | None,
                scripts_dir: Path | None, concurrency: int) -> bool:
+    from orchestrator import watch
+
     executor = _local_executor(db, ollama_url, scripts_dir, concurrency, "local")
-    last = [0.0]
-    with _progress() as progress:
-        task = progress.add_task("", total=None, batch=batch_id, ok=0, failed=0)
-
-        def tick(_outcomes) -> None:
-            if time.monotonic() - last[0] < 0.5:
-                return
-            last[0] = time.monotonic()
-            _show_progress(progress, task, db, batch_id)
-
-        executor.run(batch_id, on_tick=tick)
-        p = _show_progress(progress, task, db, batch_id)
-    return _all_completed(p)
+    view = watch.view_for(err, as_json=False)
+    try:
+        # The executor ends when nothing of the batch can move: every run ended, or what is
+        # left waits for a person (an escalation).
+        executor.run(batch_id, on_tick=watch.Throttled(db, batch_id, view))
+        last = watch.read(db, batch_id)
+        view.show(last)
+    finally:
+        view.close()
+    return _verdict(last)
 
 
 @app.command()
@@ -383,10 +383,17 @@ def _serve_local(ollama_url: str | None, scripts_dir: Path | None, concurrency: 
 def status(
     batch: Annotated[Optional[int], typer.Option("--batch", help="One batch in detail.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    watching: Annotated[bool, typer.Option("--watch", help="With --batch: follow it live until it ends (exit 0 if "
+                                                          "every run completed, 1 otherwise).")] = False,
 ) -> None:
     """Runs and interactions by status, per batch, per step and per model."""
     from orchestrator.workers import STALE_S
 
+    if watching:
+        if batch is None:
+            raise typer.BadParameter("--watch follows one batch: give --batch ID", param_hint="--watch")
+        _watch_batch(batch, as_json)
+        return
     with database() as db:
         if batch is not None:
             data = overview.batch_status(db, batch)
@@ -399,6 +406,24 @@ def status(
         _print_farm_status(data)
         return
     _print_batch_status(data)
+
+
+def _watch_batch(batch_id: int, as_json: bool) -> None:
+    """status --watch: the live display on stdout (or JSON lines) until the batch ends."""
+    from orchestrator import watch
+
+    with database() as db:
+        overview.require_batch(db, batch_id)  # no such batch: said at once, exit 2
+        watching = _reconnecting(db)
+        view = watch.view_for(out, as_json=as_json)
+        if isinstance(view, watch.LiveView):
+            watching.say = lambda text: out.print(text, soft_wrap=True)  # above the display, not through it
+        try:
+            ok = _follow(watching, batch_id, view)
+        finally:
+            watching.close()
+    if not ok:
+        raise typer.Exit(1)
 
 
 def _print_farm_status(data: dict) -> None:
@@ -436,6 +461,11 @@ def _print_batch_status(data: dict) -> None:
         out.print(styled("  ", (f"escalated: step {e['step']}", "red"), f": {e['reason']} "
                          f"(orchestrator resume --batch {b['id']} once it is fixed)"))
     out.print("runs: " + "  ".join(f"{k} {v}" for k, v in runs.items()))
+    if data["state"] != "done":
+        from orchestrator.pace import duration
+
+        out.print(f"progress: {data['progress']['ended']}/{data['progress']['total']} runs ended, "
+                  f"{data['rate_per_min']:g}/min over the last minute, ETA {duration(data['eta_s'])}")
     if set(data["outcomes"]) - {"completed"}:
         out.print("outcomes: " + "  ".join(f"{k} {v}" for k, v in data["outcomes"].items()), highlight=False)
     cols = overview.STATUSES

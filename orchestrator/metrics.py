@@ -3,12 +3,18 @@
 Counters for what this process did (results applied by outcome, apply latency,
 messages dispatched per queue, in dispatch.py); gauges read from Postgres at scrape
 time for what the farm holds (open interactions by state, step and model; queue
-windows from worker heartbeats), so several serve processes report the same truth.
+windows from worker heartbeats; each batch's runs, state, escalations and ETA; each
+live worker's circuit), so several serve processes report the same truth.
+
+Batch series are kept few: a batch has them while it has running runs, and for an hour
+after it was made, cancelled or seen ending (so its `done` is scraped before the series
+go); a purged batch has none. deploy/prometheus/alerts.yml alerts on these.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -18,6 +24,9 @@ from psycopg_pool import ConnectionPool
 from common.queues import queue_for
 from orchestrator.db import views
 from orchestrator.db.store import Store
+from orchestrator.overview import BATCH_STATES, state_of
+from orchestrator.pace import held_eta, pace_of
+from orchestrator.states import RunStatus
 from orchestrator.workers import STALE_S
 
 log = logging.getLogger(__name__)
@@ -25,12 +34,14 @@ log = logging.getLogger(__name__)
 RESULTS = Counter("wavefarm_results_total", "Reports applied, by outcome", ["outcome"])
 APPLY_SECONDS = Histogram("wavefarm_apply_seconds", "Time to apply one batch of results (one transaction)",
                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+SHOW_ENDED_S = 3600.0  # how long a batch keeps its series after a scrape last saw it running
 
 
 class FarmCollector(Collector):
     def __init__(self, pool: ConnectionPool, stale_s: float = STALE_S) -> None:
         self.pool = pool
         self.stale_s = stale_s
+        self._running_seen: dict[int, float] = {}  # batch id -> when a scrape last saw it running
 
     def collect(self):
         interactions = GaugeMetricFamily("wavefarm_interactions", "Open interactions by state, step and actor",
@@ -38,6 +49,10 @@ class FarmCollector(Collector):
         queue_open = GaugeMetricFamily("wavefarm_queue_interactions", "Open interactions per queue",
                                        labels=["queue", "status"])
         slots = GaugeMetricFamily("wavefarm_queue_slots", "Slots of live workers consuming the queue", labels=["queue"])
+        families = _BatchFamilies()
+        circuit = GaugeMetricFamily("wavefarm_worker_circuit_open",
+                                    "1 when a live worker's circuit to its model server is open (calls refused)",
+                                    labels=["worker", "server"])
         try:
             with self.pool.connection(timeout=2) as conn:
                 store = Store(conn)
@@ -50,8 +65,58 @@ class FarmCollector(Collector):
                     queue_open.add_metric([queue, status], n)
                 for r in store.live_capacity(self.stale_s):
                     slots.add_metric([r.queue], r.slots)
+                for b in views.batch_gauges(store, self._shown()):
+                    families.add(b)
+                    if b.runs > b.ended:
+                        self._running_seen[b.batch_id] = time.monotonic()
+                for w in store.workers(self.stale_s):
+                    if w.live:
+                        circuit.add_metric([w.name, w.server or ""], 1 if w.circuit == "open" else 0)
         except Exception as exc:  # a scrape during a database outage shows the process metrics only
             log.warning("metrics: cannot read the database: %s", type(exc).__name__)
         yield interactions
         yield queue_open
         yield slots
+        yield from families.all()
+        yield circuit
+
+    def _shown(self) -> list[int]:
+        """Batches seen running within the hour: shown until then, done or not."""
+        now = time.monotonic()
+        self._running_seen = {b: t for b, t in self._running_seen.items() if now - t < SHOW_ENDED_S}
+        return sorted(self._running_seen)
+
+
+class _BatchFamilies:
+    """The per-batch gauges of one scrape."""
+
+    def __init__(self) -> None:
+        labels = ["batch", "workflow"]
+        self.runs = GaugeMetricFamily("wavefarm_batch_runs", "Runs of a batch by status",
+                                      labels=[*labels, "status"])
+        self.state = GaugeMetricFamily("wavefarm_batch_state",
+                                       "1 for the batch's current state (running, paused, escalated, done)",
+                                       labels=[*labels, "state"])
+        self.escalations = GaugeMetricFamily("wavefarm_batch_escalations",
+                                             "Open escalations of a batch: steps held until a person resumes it",
+                                             labels=labels)
+        self.eta = GaugeMetricFamily("wavefarm_batch_eta_seconds",
+                                     "Seconds until every run of the batch has ended at the last minute's rate "
+                                     "(absent when nothing ended in the last minute, or the batch is paused)", labels=labels)
+
+    def add(self, b: views.BatchGauge) -> None:
+        ids = [str(b.batch_id), b.workflow_name]
+        counts = {RunStatus.RUNNING.value: b.runs - b.ended, "completed": b.completed, "failed": b.failed,
+                  "cancelled": b.cancelled}
+        for status in RunStatus:
+            self.runs.add_metric([*ids, status.value], counts[status.value])
+        state = state_of(running=b.runs - b.ended, paused=b.paused, escalated=b.escalations > 0)
+        for name in BATCH_STATES:
+            self.state.add_metric([*ids, name], 1 if name == state else 0)
+        self.escalations.add_metric(ids, b.escalations)
+        eta = held_eta(pace_of(b).eta_s, state=state)
+        if eta is not None:
+            self.eta.add_metric(ids, eta)
+
+    def all(self) -> list[GaugeMetricFamily]:
+        return [self.runs, self.state, self.escalations, self.eta]

@@ -13,6 +13,7 @@ from common.queues import queue_for
 from orchestrator.db import views
 from orchestrator.db.rows import Batch, Escalation
 from orchestrator.db.store import Store
+from orchestrator.pace import batch_pace, held_eta
 from orchestrator.states import RunStatus, Status
 
 if TYPE_CHECKING:
@@ -79,20 +80,39 @@ class BatchState:
     escalations: list[Escalation]
 
 
+BATCH_STATES = ("running", "paused", "escalated", "done")
+
+
+def state_of(*, running: int, paused: bool, escalated: bool) -> str:
+    """The one rule of a batch's state (status, --watch and Prometheus all use it)."""
+    if running == 0:
+        return "done"
+    if paused:
+        return "paused"
+    return "escalated" if escalated else "running"
+
+
 def batch_state(store: Store, batch: Batch) -> BatchState:
     escalations = store.escalations(batch.id)
-    if store.running_runs(batch.id) == 0:
-        return BatchState("done", None, escalations)
-    if batch.paused_at is not None:
-        return BatchState("paused", batch.pause_reason, escalations)
-    if escalations:
-        return BatchState("escalated", "; ".join(f"step {e.step}: {e.reason}" for e in escalations), escalations)
-    return BatchState("running", None, escalations)
+    state = state_of(running=store.running_runs(batch.id), paused=batch.paused_at is not None,
+                     escalated=bool(escalations))
+    if state == "paused":
+        return BatchState(state, batch.pause_reason, escalations)
+    if state == "escalated":
+        return BatchState(state, "; ".join(f"step {e.step}: {e.reason}" for e in escalations), escalations)
+    return BatchState(state, None, escalations)
+
+
+def waits_for_a_person(store: Store, batch_id: int, state: BatchState) -> bool:
+    """Escalated, and nothing left that can move: pending work of the escalated steps waits
+    for `resume`, the rest has ended. Watching longer would be waiting forever."""
+    return state.state == "escalated" and store.open_count(batch_id) == 0
 
 
 def batch_status(store: Store, batch_id: int, *, rejects_limit: int = 20) -> dict[str, Any]:
     batch = require_batch(store, batch_id)
     state = batch_state(store, batch)
+    pace = batch_pace(store, batch_id)
     runs = {r.status: r.n for r in views.run_counts(store, batch_id)}
     steps: dict[tuple, dict] = {}
     models: dict[str, dict] = defaultdict(lambda: dict.fromkeys(STATUSES, 0))
@@ -120,6 +140,9 @@ def batch_status(store: Store, batch_id: int, *, rejects_limit: int = 20) -> dic
         "reason": state.reason,
         "escalations": [asdict(e) for e in state.escalations],
         "runs": {s.value: runs.get(s.value, 0) for s in RunStatus},
+        "progress": {"ended": pace.ended, "total": pace.runs},
+        "rate_per_min": pace.rate_per_min,
+        "eta_s": held_eta(pace.eta_s, state=state.state, stuck=waits_for_a_person(store, batch_id, state)),
         "outcomes": {o.outcome: o.n for o in views.outcome_counts(store, batch_id)},
         "steps": sorted(steps.values(), key=lambda r: (r["step"], r["actor"])),
         "models": [{"model": m, **counts} for m, counts in sorted(models.items())],

@@ -638,3 +638,45 @@ UPDATE batches SET cancelled_at = NULL WHERE id = %(id)s
 -- name: batch_workflow_ids
 -- The workflow versions a batch's runs run (a retry can move runs to another).
 SELECT DISTINCT workflow_id FROM runs WHERE batch_id = %(batch_id)s ORDER BY workflow_id
+
+-- == Progress that a person can read (orchestrator/pace.py, progress.py, metrics.py) =======
+
+-- name: batch_pace
+-- Runs ended / total, and how many ended in the last minute (or since the batch was made,
+-- when that is shorter): the rate comes from runs.ended_at and the database's clock, so
+-- every watcher of a batch sees the same rate and ETA.
+SELECT count(r.id)::int AS runs,
+       count(r.id) FILTER (WHERE r.status <> 'running')::int AS ended,
+       count(r.id) FILTER (WHERE r.status = 'completed')::int AS completed,
+       count(r.id) FILTER (WHERE r.status = 'failed')::int AS failed,
+       count(r.id) FILTER (WHERE r.status = 'cancelled')::int AS cancelled,
+       count(r.id) FILTER (WHERE r.status <> 'running' AND r.ended_at > now() - interval '60 seconds')::int
+           AS ended_recently,
+       greatest(1.0, least(60.0, extract(epoch FROM now() - b.created_at)))::float8 AS window_s
+FROM batches b LEFT JOIN runs r ON r.batch_id = b.id
+WHERE b.id = %(batch_id)s GROUP BY b.id
+
+-- name: metrics_batches
+-- For Prometheus: the pace and state of the batches worth a series: those with a running
+-- run, those made or cancelled in the last hour, and those the caller still shows (ended
+-- within the hour as it saw them). Finished batches are not scanned again and again, so
+-- a scrape costs the same however long the farm's history is.
+SELECT b.id AS batch_id, b.workflow_name, b.paused_at IS NOT NULL AS paused,
+       (SELECT count(*) FROM escalations e WHERE e.batch_id = b.id AND e.lifted_at IS NULL)::int AS escalations,
+       c.runs, c.ended, c.completed, c.failed, c.cancelled, c.ended_recently,
+       greatest(1.0, least(60.0, extract(epoch FROM now() - b.created_at)))::float8 AS window_s
+FROM batches b
+CROSS JOIN LATERAL (
+    SELECT count(*)::int AS runs,
+           count(*) FILTER (WHERE r.status <> 'running')::int AS ended,
+           count(*) FILTER (WHERE r.status = 'completed')::int AS completed,
+           count(*) FILTER (WHERE r.status = 'failed')::int AS failed,
+           count(*) FILTER (WHERE r.status = 'cancelled')::int AS cancelled,
+           count(*) FILTER (WHERE r.status <> 'running' AND r.ended_at > now() - interval '60 seconds')::int
+               AS ended_recently
+    FROM runs r WHERE r.batch_id = b.id) c
+WHERE b.id = ANY(%(shown)s::bigint[])
+   OR b.created_at > now() - interval '1 hour'
+   OR b.cancelled_at > now() - interval '1 hour'
+   OR EXISTS (SELECT 1 FROM runs r WHERE r.batch_id = b.id AND r.status = 'running')
+ORDER BY b.id

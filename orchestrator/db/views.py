@@ -242,3 +242,40 @@ def open_by_actor(store: Store) -> list[OpenByActor]:
 
 def open_by_step(store: Store) -> list[OpenByStep]:
     return store.all("open_interaction_counts", None, OpenByStep)
+
+
+# -- progress: rate and ETA (orchestrator/pace.py) -------------------------------------------
+@dataclass(frozen=True, slots=True)
+class BatchPace:
+    runs: int
+    ended: int
+    completed: int
+    failed: int
+    cancelled: int
+    ended_recently: int   # runs that ended within the window
+    window_s: float       # the last minute, or the batch's age when younger
+
+
+@dataclass(frozen=True, slots=True)
+class BatchGauge:
+    """A batch as Prometheus sees it: its pace and what its state is made of."""
+
+    batch_id: int
+    workflow_name: str
+    paused: bool
+    escalations: int
+    runs: int
+    ended: int
+    completed: int
+    failed: int
+    cancelled: int
+    ended_recently: int
+    window_s: float
+
+
+def batch_pace(store: Store, batch_id: int) -> BatchPace | None:
+    return store.one("batch_pace", {"batch_id": batch_id}, BatchPace)
+
+
+def batch_gauges(store: Store, shown: list[int]) -> list[BatchGauge]:
+    return store.all("metrics_batches", {"shown": shown}, BatchGauge)

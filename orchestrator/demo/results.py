@@ -27,7 +27,8 @@ def print_results(db: Store, batch_id: int, key: str | None, outcome: dict) -> N
     runs = data["runs"]
     ended = sum(runs.values()) - runs.get("running", 0)
     took = f" in {outcome['elapsed_s']:.1f}s" if "elapsed_s" in outcome else ""
-    err.print(f"\nall {ended} runs ended{took}", highlight=False)
+    said = f"all {ended} runs ended" if not runs.get("running") else f"{ended} of {sum(runs.values())} runs ended"
+    err.print(f"\n{said}{took}", highlight=False)
     _print_batch_status(data)
     steps = overview.batch_steps(db, batch_id)
     records = overview.export_batch(db, batch_id)
