@@ -66,10 +66,10 @@ class Snapshot(BaseModel):
         return self.state == "done"
 
     @property
-    def all_completed(self) -> bool:
-        """What `submit --wait` and `status --watch` exit 0 for: every run completed."""
-        p = self.progress
-        return p.completed == p.total
+    def none_failed(self) -> bool:
+        """What `submit --wait` and `status --watch` exit 0 for: no run failed (a run that
+        ended on purpose with an outcome completed; one a person cancelled did not fail)."""
+        return self.progress.failed == 0
 
 
 def snapshot(store: Store, batch_id: int) -> Snapshot:

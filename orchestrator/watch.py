@@ -196,4 +196,4 @@ def verdict(snap: Snapshot) -> tuple[bool, str | None]:
         return False, (f"batch {snap.batch_id} is escalated and nothing of it can move until a person acts: "
                        f"{snap.reason}. Fix the cause, then `orchestrator resume --batch {snap.batch_id}` "
                        f"(`orchestrator status --batch {snap.batch_id}` shows the failures)")
-    return snap.all_completed, None
+    return snap.none_failed, None
