@@ -59,7 +59,8 @@ def test_a_pause_stops_calls_the_workers_already_hold_and_outlives_a_restart_of_
 
 
 def test_a_cancelled_run_ends_cancelled_and_the_others_go_on(farm, tmp_path):
-    with ModelServer(models=[GEMMA], latency=0.3, slots=2) as server:
+    # Calls slow enough that the first run is still under way when the cancel arrives.
+    with ModelServer(models=[GEMMA], latency=2.0, slots=2) as server:
         farm.serve()
         farm.gpu("gpu", server.url, concurrency=2)
         farm.scripts()
