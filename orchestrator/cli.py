@@ -646,7 +646,8 @@ def show(run_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) 
         out.print(f"end: {run['end_reason']}", highlight=False)
     table = _table("#", "id", "step", "actor", "status", "attempt", "parents", "in", "out", "duration", "worker")
     for n, i in enumerate(story["interactions"], 1):
-        status_text = i["status"] + (f" ({i['failure_class']})" if i["failure_class"] else "")
+        status_text = i["status"] + (f" ({i['failure_class']})" if i["failure_class"] else "") + (
+            ", superseded" if i["superseded"] else "")
         duration = f"{i['duration_s']:.2f}s" if i["duration_s"] is not None else ""
         table.add_row(str(n), str(i["id"]), i["step"] + (f" #{i['visit']}" if i["visit"] > 1 else ""), i["actor"],
                       status_text, f"{i['attempt']}/{i['max_attempts']}", ",".join(map(str, i["parent_ids"])),

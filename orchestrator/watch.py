@@ -85,7 +85,14 @@ def _ended_parts(snap: Snapshot) -> Text:
 def _pace(snap: Snapshot) -> str:
     if snap.done:
         return "every run has ended"
-    eta = "unknown (no run ended in the last minute)" if snap.eta_s is None else duration(snap.eta_s)
+    if snap.eta_s is not None:
+        eta = duration(snap.eta_s)
+    elif snap.state == "paused":
+        eta = "unknown (paused)"
+    elif snap.stuck:
+        eta = "unknown (waits for a person)"
+    else:
+        eta = "unknown (no run ended in the last minute)"
     return f"{snap.rate_per_min:g} runs/min over the last minute, ETA {eta}"
 
 
