@@ -617,6 +617,9 @@ def _print_retry(plan) -> None:
               f"{plan.superseded} superseded (kept in the history)"
               + (f", {plan.cancelled} of them cancelled while waiting or running" if plan.cancelled else ""),
               markup=False, highlight=False)
+    if plan.moved_on:
+        out.print(f"  moved: {plan.moved_on} running run(s) that had not reached the step yet go on on version "
+                  f"{plan.moved_to}", markup=False, highlight=False)
     for why, n in sorted(plan.skipped.items()):
         out.print(f"  skipped: {n} run(s) {why}", markup=False, highlight=False)
     if plan.ended_again:

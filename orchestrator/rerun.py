@@ -67,6 +67,7 @@ class RetryPlan:
     superseded: int = 0
     ended_again: int = 0     # runs whose new work could not start (a template that does not render)
     moved_to: int | None = None
+    moved_on: int = 0        # running runs that had not reached the step: moved, and go on there
     escalations_lifted: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     done: bool = False
@@ -75,6 +76,7 @@ class RetryPlan:
         return {"batch_id": self.batch_id, "mode": self.mode, "runs": dict(self.runs), "skipped": dict(self.skipped),
                 "new_attempts": self.new_attempts, "new_visits": self.new_visits, "cancelled": self.cancelled,
                 "superseded": self.superseded, "ended_again": self.ended_again, "moved_to_version": self.moved_to,
+                "moved_on": self.moved_on,
                 "escalations_lifted": self.escalations_lifted, "notices": self.notices, "done": self.done}
 
 
@@ -89,6 +91,13 @@ class _RunWork:
     reruns: list[RunInteractionState] = field(default_factory=list)
     starts: list[tuple[str, list[int]]] = field(default_factory=list)  # (step, parents) of new visits
     replaced: list[RunInteractionState] = field(default_factory=list)
+    kept: set[str] = field(default_factory=set)          # steps with work under way that is kept
+
+    @property
+    def move_only(self) -> bool:
+        """A running run that has not reached the step yet: it only moves to the new
+        version, and reaches the step there."""
+        return not (self.reruns or self.starts or self.replaced)
 
 
 def retry(store: Store, request: RetryRequest, *, dry_run: bool = False) -> RetryPlan:
@@ -154,11 +163,16 @@ def _plan_runs(store: Store, cache: WorkflowCache, runs: list[RunToRetry], targe
         if from_step is not None:
             first = next((i for i in its if i.step == from_step), None)
             if first is None:
-                plan.skipped[f"never reached step {from_step}"] += 1
+                if run.status == RunStatus.RUNNING and target is not None and run.workflow_id != target.id:
+                    work.append(_RunWork(run, workflow, view, set(), kept={i.step for i in its if i.status in OPEN}))
+                    plan.moved_on += 1
+                else:
+                    plan.skipped[f"never reached step {from_step}"] += 1
                 continue
             redo = {from_step} | workflow.reachable_from(from_step)
             w = _RunWork(run, workflow, view, redo, starts=[(from_step, first.parent_ids)],
-                         replaced=[i for i in its if i.step in redo])
+                         replaced=[i for i in its if i.step in redo],
+                         kept={i.step for i in its if i.status in OPEN and i.step not in redo})
         else:
             failed = [i for i in its if i.status == Status.FAILED]
             again = [i for i in its if i.status == Status.CANCELLED or i.id in stopped_at[run.id]]
@@ -192,10 +206,16 @@ def _apply(store: Store, batch_id: int, work: list[_RunWork], target: StoredWork
     for status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED):
         reopen_runs(store, [w.run.id for w in work if w.run.status == status], status)
     for w in work:
-        plan.runs[w.run.status] += 1
+        if not w.move_only:
+            plan.runs[w.run.status] += 1
 
     reruns, children, events = [], [], []
     for w in work:
+        if w.run in moving:
+            events.append(Event(batch_id, w.run.id, None, "moved_to_version", None,
+                                {"from_workflow_id": w.run.workflow_id, "to_version": target.version}))
+        if w.move_only:
+            continue
         reused = {k: v for k, v in w.view.outputs.items() if k not in w.redo}
         for i in w.reruns:
             step = w.workflow.step(i.step)
@@ -215,15 +235,12 @@ def _apply(store: Store, batch_id: int, work: list[_RunWork], target: StoredWork
             {i.step for i in w.reruns} | {s for s, _ in w.starts}), "was": w.run.status,
             "superseded": len(w.replaced)}
         events.append(Event(batch_id, w.run.id, None, "rerun", None, detail))
-        if w.run in moving:
-            events.append(Event(batch_id, w.run.id, None, "moved_to_version", None,
-                                {"from_workflow_id": w.run.workflow_id, "to_version": target.version}))
     plan.new_attempts = len(transition_many(store, reruns, from_=Status.FAILED, to=Status.PENDING))
     plan.new_visits = len(children)
     open_now = store.store_decisions(attempts=[], events=events, children=children, runs=[w.run.id for w in work])
     # New work that could not start (born failed) leaves a run with nothing open: it ends
     # again now, saying why, instead of waiting for ever.
-    stuck = [w for w in work if open_now[w.run.id] == 0]
+    stuck = [w for w in work if open_now[w.run.id] == 0 and not w.move_only]
     if stuck:
         fresh = _fresh_views(store, stuck, batch_id)
         end_finished_runs(store, fresh)
@@ -289,7 +306,7 @@ def _check_move(store: Store, cache: WorkflowCache, target: StoredWorkflow, work
         if w.run.workflow_id == target.id:
             continue
         old = cache.get(store, w.run.workflow_id)
-        for name in w.view.outputs:
+        for name in {*w.view.outputs, *w.kept}:
             if name not in w.redo and _signature(old, name) != _signature(target.workflow, name):
                 differ[name].add(w.run.workflow_id)
     if differ:

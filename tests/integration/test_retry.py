@@ -196,3 +196,14 @@ def test_a_run_that_matched_no_branch_gets_a_new_visit_and_superseded_visits_do_
                         " GROUP BY step ORDER BY step", (second["id"],)).fetchall()
     assert [(r["step"], r["n"]) for r in live] == [("grade", 3), ("improve", 2)]
     assert "loop bound reached" in _runs(conn, batch)[1]["end_reason"]
+
+
+def test_running_runs_that_have_not_reached_the_step_move_to_the_new_version_and_reach_it_there(
+        conn, tmp_path, pipe_scripts):
+    batch = start(conn, tmp_path, PIPE, [["a"], ["b"]])  # nothing executed yet: every run waits at prep
+    v2 = _load(conn, PIPE.replace('prompt: "summarise {{', 'prompt: "briefly summarise {{'))
+    plan = retry(Store(conn), RetryRequest(batch, from_step="summarise", version="latest"))
+    assert (sum(plan.runs.values()), plan.moved_on, plan.moved_to) == (0, 2, 2)
+    model = execute(conn, pipe_scripts, answer, batch)
+    assert all(t.prompt.startswith("briefly summarise") for t in model.calls if t.step == "summarise")
+    assert [(r["status"], r["workflow_id"]) for r in _runs(conn, batch)] == [("completed", v2.id)] * 2
