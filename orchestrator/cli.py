@@ -707,9 +707,9 @@ def _submit_dry_run(path: Path, workflow: str, key: str | None, scripts_dir: Pat
         print(json.dumps(asdict(plan), default=str, ensure_ascii=False))
         return
     version = f"v{plan.workflow_version}" + ("" if plan.workflow_stored else " (not stored yet: submit would store it)")
-    batch = f"existing batch {plan.batch_id}" if plan.batch_id is not None else "a new batch"
+    batch = f"would add to existing batch {plan.batch_id}" if plan.batch_id is not None else "would be a new batch"
     out.print(styled(("dry run", "bold"), f": nothing stored. {path.name} for workflow {plan.workflow} {version} "
-                     f"would make {batch}:"))
+                     f"{batch}:"))
     out.print(f"  {plan.runs_new} new run(s) ({plan.runs_again} of them rows an earlier version ran), "
               f"{plan.runs_existing} already submitted, {len(plan.rejected)} row(s) rejected, "
               f"{plan.rows_empty} empty row(s) skipped")

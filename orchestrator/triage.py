@@ -271,6 +271,10 @@ def _time(iso: str | None) -> str:
     return iso.replace("T", " ")[:19] if iso else ""
 
 
+def _span(first: str | None, last: str | None) -> str:
+    return f"at {_time(first)}" if _time(first) == _time(last) else f"first {_time(first)}, last {_time(last)}"
+
+
 def _example_line(x: Example) -> Text:
     where = " ".join(part for part in (f"run {x.run_id}" if x.run_id is not None else "",
                                        f"attempt {x.attempt}" if x.attempt is not None else "") if part)
@@ -302,21 +306,20 @@ def lines(report: Report, *, rejects_shown: int = 20) -> Iterator[Text]:
     for g in report.failures:
         yield Text.assemble(("  " + g.step, "bold"), " ", (g.failure_class, "red"),
                             f": {g.count} attempt(s) in {g.runs} run(s), {g.given_up} given up; "
-                            f"first {_time(g.first_at)}, last {_time(g.last_at)}")
+                            f"{_span(g.first_at, g.last_at)}")
         yield from (_example_line(x) for x in g.examples)
 
     if report.engine:
         yield Text("")
         yield Text.assemble(("runs the engine ended as failed", "bold"), " (no failed step: a decision)")
     for g in report.engine:
-        yield Text.assemble(("  " + g.step, "bold"), f": {g.reason}: {g.runs} run(s); "
-                                                     f"first {_time(g.first_at)}, last {_time(g.last_at)}")
+        yield Text.assemble(("  " + g.step, "bold"), f": {g.reason}: {g.runs} run(s); {_span(g.first_at, g.last_at)}")
         yield from (_example_line(x) for x in g.examples)
 
     yield Text("")
     yield Text.assemble(("rejected rows", "bold"), f": {report.rejects_total}" if report.rejects_total else ": none")
     for r in report.rejects[:rejects_shown]:
-        yield Text.assemble("  ", (f"line {r.line}", "yellow"), f": {r.reason}", ("  " + r.raw, "dim"))
+        yield Text.assemble("  ", (f"line {r.line}", "yellow"), f": {r.reason}", ("; the row: ", "dim"), r.raw)
     if report.rejects_total > min(len(report.rejects), rejects_shown):
         yield Text(f"  ... and {report.rejects_total - min(len(report.rejects), rejects_shown)} more "
                    f"(orchestrator failures --batch {b['id']} --format csv lists them all)")
