@@ -60,13 +60,7 @@ def submit(
     stored = catalog.latest(db, workflow_name)
     workflow = stored.workflow
     summary = CsvSummary(header=[])
-    rows = read_rows(path, required_columns=sorted(workflow.input_columns()), key_column=key_column, summary=summary)
-    # Whole-file problems (no header, missing columns) raise here, before a batch exists.
-    first = next(rows, None)
-    if first is None:
-        raise CsvFileError(f"{path.name} has no rows after its header"
-                           + (f" ({summary.empty} empty)" if summary.empty else "") + ": nothing to submit")
-    rows = chain([first], rows)
+    rows = file_rows(path, workflow, key_column, summary)
 
     digest = file_digest(path)
     with db.transaction():
@@ -103,6 +97,18 @@ def submit(
     with db.transaction():
         db.set_batch_rows(batch.id, good=summary.good, rejected=summary.bad, empty=summary.empty)
     return submission
+
+
+def file_rows(path: Path, workflow: Workflow, key_column: str | None, summary: CsvSummary,
+              ) -> Iterator[GoodRow | BadRow]:
+    """The file's rows for this workflow. Whole-file problems (no header, missing
+    columns, no rows at all) raise here, before a batch exists."""
+    rows = read_rows(path, required_columns=sorted(workflow.input_columns()), key_column=key_column, summary=summary)
+    first = next(rows, None)
+    if first is None:
+        raise CsvFileError(f"{path.name} has no rows after its header"
+                           + (f" ({summary.empty} empty)" if summary.empty else "") + ": nothing to submit")
+    return chain([first], rows)
 
 
 def _insert_runs(db: Store, batch: Batch, workflow: Workflow, good: list[GoodRow]) -> tuple[int, int]:

@@ -190,10 +190,14 @@ def submit(
     as_json: Annotated[bool, typer.Option("--json", help="Print {\"batch_id\": ...} as the last line.")] = False,
     priority: Annotated[Optional[int], typer.Option("--priority", help="Higher goes first; equal priorities share the farm. Re-submit to change.")] = None,
     model: ModelOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be created, and show the first row's rendered first step; store nothing.")] = False,
 ) -> None:
     """Submit a CSV file as a batch. Re-submitting the same file creates no duplicate runs."""
     from orchestrator import batches, catalog
 
+    if dry_run:
+        _submit_dry_run(batch, workflow, key, _scripts_dir(scripts_dir), _model_overrides(model), as_json)
+        return
     with database() as db:
         name = _workflow_name(db, workflow, _scripts_dir(scripts_dir), _model_overrides(model))
         with Progress(TextColumn("reading {task.description}"), TextColumn("{task.completed} rows"),
@@ -683,6 +687,105 @@ def export(
         steps = overview.batch_steps(db, batch)  # no such batch: said before any file is touched
         with exporter.destination(output) as stream:
             exporter.write(overview.export_batch(db, batch), steps, fmt, stream, allow_formulas=allow_formulas)
+
+
+def _submit_dry_run(path: Path, workflow: str, key: str | None, scripts_dir: Path | None,
+                    models: dict[str, str], as_json: bool) -> None:
+    """`submit --dry-run`: orchestrator/dry_run.py; a workflow file is read, not stored."""
+    from dataclasses import asdict
+
+    from orchestrator import dry_run
+    from orchestrator.triage import printable
+    from orchestrator.workflow import load_file
+
+    source = Path(workflow)
+    if source.suffix in {".yaml", ".yml"} and source.is_file():
+        target = load_file(source, scripts_dir, models)
+    elif models:
+        raise typer.BadParameter("--model needs --workflow to name a workflow file", param_hint="--model")
+    else:
+        target = workflow
+    with database() as db:
+        plan = dry_run.plan(db, path, target, key_column=key)
+    if as_json:
+        print(json.dumps(asdict(plan), default=str, ensure_ascii=False))
+        return
+    version = f"v{plan.workflow_version}" + ("" if plan.workflow_stored else " (not stored yet: submit would store it)")
+    batch = f"would add to existing batch {plan.batch_id}" if plan.batch_id is not None else "would be a new batch"
+    out.print(styled(("dry run", "bold"), f": nothing stored. {path.name} for workflow {plan.workflow} {version} "
+                     f"{batch}:"))
+    out.print(f"  {plan.runs_new} new run(s) ({plan.runs_again} of them rows an earlier version ran), "
+              f"{plan.runs_existing} already submitted, {len(plan.rejected)} row(s) rejected, "
+              f"{plan.rows_empty} empty row(s) skipped")
+    for bad in plan.rejected[:20]:
+        out.print(styled("  ", (f"line {bad.line}", "yellow"), f": {printable(bad.reason)}"))
+    if len(plan.rejected) > 20:
+        out.print(f"  ... and {len(plan.rejected) - 20} more (--json lists them all)")
+    if plan.born_failed:
+        first = plan.born_failed_first
+        out.print(styled("  ", (f"{plan.born_failed} new run(s) would fail at once", "red"),
+                         f": step {first['step']} does not render (first at line {first['line']}: "
+                         f"{printable(first['message'])})"))
+    if plan.first_row is not None:
+        row = plan.first_row
+        out.print(styled(("first row", "bold"), f" (line {row['line']}" + (", already submitted)" if row["exists"] else ")")))
+        for step in row["steps"]:
+            out.print(styled("  ", (f"step {step.step}", "bold"), f" ({step.kind} {step.actor}): {step.status}"))
+            if step.failure:
+                out.print(styled("    ", ("cannot render: ", "red"), printable(step.failure)))
+            elif step.kind == "ai":
+                if step.input.get("system"):
+                    out.print(styled("    ", ("system: ", "dim"), printable(step.input["system"])))
+                out.print(styled("    ", ("prompt: ", "dim"), printable(step.input["prompt"])))
+            else:
+                out.print(styled("    ", ("input: ", "dim"), json.dumps(step.input["input"], ensure_ascii=False)))
+
+
+@app.command()
+def failures(
+    batch: Annotated[int, typer.Option("--batch", help="The batch to look into.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="csv: one row per example (of a group, an escalation, a rejected row).")] = None,
+) -> None:
+    """What went wrong in a batch: open escalations, failed attempts by step and class with
+    examples, runs the engine ended, rejected rows, lifted escalations."""
+    from dataclasses import asdict
+
+    from orchestrator import triage
+
+    if fmt not in (None, "csv"):
+        raise WavefarmError(f"--format must be csv, not {fmt!r} (or --json for JSON)")
+    with database() as db:
+        report = triage.failures(db, batch, rejects_limit=None if as_json or fmt else 20)
+    if fmt == "csv":
+        triage.write_csv(report, sys.stdout)
+    elif as_json:
+        print(json.dumps(asdict(report), ensure_ascii=False))
+    else:
+        for line in triage.lines(report):
+            out.print(line, soft_wrap=True)
+
+
+@app.command()
+def purge(
+    batch: Annotated[int, typer.Option("--batch", help="The finished batch to delete.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask (required when not on a terminal).")] = False,
+) -> None:
+    """Delete a finished batch for good: its runs, interactions, attempts, events, rejected
+    rows and escalations. A batch with runs still running is refused."""
+    from orchestrator import retention
+
+    with database() as db:
+        counts = retention.preview(db, batch)
+        if not yes:
+            if not sys.stdin.isatty():
+                raise WavefarmError(f"purge deletes batch {batch} for good ({counts.said()}): "
+                                    "add --yes to confirm (there is no terminal to ask on)")
+            if not typer.confirm(f"delete batch {batch} for good: {counts.said()}?", default=False, err=True):
+                err.print("nothing deleted")
+                raise typer.Exit(1)
+        deleted = retention.purge(db, batch)
+    out.print(f"batch {batch} purged: {deleted.said()} deleted")
 
 
 def _read_text(path: Path) -> str:

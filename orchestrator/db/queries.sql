@@ -680,3 +680,133 @@ WHERE b.id = ANY(%(shown)s::bigint[])
    OR b.cancelled_at > now() - interval '1 hour'
    OR EXISTS (SELECT 1 FROM runs r WHERE r.batch_id = b.id AND r.status = 'running')
 ORDER BY b.id
+
+-- == failure triage, purge, dry run (orchestrator/triage.py, retention.py, dry_run.py) ======
+
+-- name: failure_groups
+-- A batch's failed attempts by step and failure class: each attempt's own record (a
+-- failure that was retried counts too), and the interactions that failed before any
+-- attempt (a template that did not render, a task that could not be made). Per group:
+-- how many attempts, in how many runs, how many were the last word on their
+-- interaction (it is failed now), when first and last, and up to three examples with
+-- different messages, newest first. Read through interactions (indexed by batch) and
+-- attempts by interaction.
+WITH f AS (
+    SELECT i.step, coalesce(a.failure_class, 'unknown') AS failure_class, i.id AS interaction_id, i.run_id,
+           a.attempt, coalesce(a.failure_message, '') AS message, coalesce(a.ended_at, a.recorded_at) AS at,
+           (i.status = 'failed' AND a.attempt = i.attempt AND NOT i.superseded) AS final
+    FROM interactions i JOIN attempts a ON a.interaction_id = i.id
+    WHERE i.batch_id = %(batch_id)s AND a.outcome = 'failed'
+    UNION ALL
+    SELECT i.step, coalesce(i.failure_class, 'unknown'), i.id, i.run_id, i.attempt, coalesce(i.failure_message, ''),
+           coalesce(i.ended_at, i.created_at), NOT i.superseded
+    FROM interactions i
+    WHERE i.batch_id = %(batch_id)s AND i.status = 'failed'
+      AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.interaction_id = i.id AND a.attempt = i.attempt
+                                                 AND a.outcome = 'failed')
+), groups AS (
+    SELECT step, failure_class, count(*) AS attempts, count(DISTINCT run_id) AS runs,
+           count(*) FILTER (WHERE final) AS given_up, min(at) AS first_at, max(at) AS last_at
+    FROM f GROUP BY step, failure_class
+), examples AS (
+    SELECT *, row_number() OVER (PARTITION BY step, failure_class ORDER BY at DESC, interaction_id DESC) AS n
+    FROM (SELECT DISTINCT ON (step, failure_class, message) * FROM f
+          ORDER BY step, failure_class, message, at DESC, interaction_id DESC) one_per_message
+)
+SELECT g.step, g.failure_class, g.attempts, g.runs, g.given_up, g.first_at, g.last_at,
+       coalesce(jsonb_agg(jsonb_build_object('run_id', e.run_id, 'interaction_id', e.interaction_id,
+                                             'attempt', e.attempt, 'at', e.at, 'message', left(e.message, 4000))
+                          ORDER BY e.n) FILTER (WHERE e.n IS NOT NULL), '[]') AS examples
+FROM groups g LEFT JOIN examples e ON e.step = g.step AND e.failure_class = g.failure_class AND e.n <= 3
+GROUP BY g.step, g.failure_class, g.attempts, g.runs, g.given_up, g.first_at, g.last_at
+ORDER BY g.attempts DESC, g.step, g.failure_class
+
+-- name: engine_problem_groups
+-- Runs that ended failed because of a decision of the engine, not of a failed step
+-- (an output that matched no branch, a loop bound), by kind and step, with up to three
+-- examples, newest first. Decisions about work a rerun superseded are history only.
+WITH p AS (
+    SELECT e.kind, coalesce(e.detail ->> 'step', '') AS step, e.run_id, e.at, e.detail
+    FROM runs r JOIN events e ON e.run_id = r.id
+    WHERE r.batch_id = %(batch_id)s AND r.status = 'failed' AND e.kind = ANY(%(kinds)s)
+      AND NOT EXISTS (SELECT 1 FROM interactions i WHERE i.id = e.interaction_id AND i.superseded)
+), ranked AS (
+    SELECT *, row_number() OVER (PARTITION BY kind, step ORDER BY at DESC, run_id DESC) AS n FROM p
+)
+SELECT kind, step, count(*) AS occurrences, count(DISTINCT run_id) AS runs, min(at) AS first_at, max(at) AS last_at,
+       jsonb_agg(jsonb_build_object('run_id', run_id, 'at', at, 'detail', detail) ORDER BY n)
+           FILTER (WHERE n <= 3) AS examples
+FROM ranked GROUP BY kind, step ORDER BY count(*) DESC, kind, step
+
+-- name: batch_reject_rows
+-- Every row the CSV reader refused, with its text, in file order.
+SELECT line, reason, raw FROM batch_rejects WHERE batch_id = %(batch_id)s ORDER BY line LIMIT %(limit)s
+
+-- name: batch_reject_count
+SELECT count(*) FROM batch_rejects WHERE batch_id = %(batch_id)s
+
+-- name: batch_escalations
+-- A batch's escalations, open ones first, then the lifted, newest first.
+SELECT id, step, failure_class, reason, examples, created_at, lifted_at
+FROM escalations WHERE batch_id = %(batch_id)s
+ORDER BY lifted_at IS NOT NULL, created_at DESC, id DESC
+
+-- name: purge_counts
+-- What a purge of a batch would delete, table by table.
+SELECT (SELECT count(*) FROM runs WHERE batch_id = %(batch_id)s) AS runs,
+       (SELECT count(*) FROM runs WHERE batch_id = %(batch_id)s AND status = 'running') AS running,
+       (SELECT count(*) FROM interactions WHERE batch_id = %(batch_id)s) AS interactions,
+       (SELECT count(*) FROM attempts a JOIN interactions i ON i.id = a.interaction_id
+        WHERE i.batch_id = %(batch_id)s) AS attempts,
+       (SELECT count(*) FROM events e JOIN runs r ON r.id = e.run_id WHERE r.batch_id = %(batch_id)s)
+       + (SELECT count(*) FROM events WHERE batch_id = %(batch_id)s AND run_id IS NULL) AS events,
+       (SELECT count(*) FROM batch_rejects WHERE batch_id = %(batch_id)s) AS rejects,
+       (SELECT count(*) FROM escalations WHERE batch_id = %(batch_id)s) AS escalations
+
+-- name: purge_allow_events
+-- SET LOCAL wavefarm.purging = 'on': the events trigger lets this transaction's DELETEs through.
+SELECT set_config('wavefarm.purging', 'on', true)
+
+-- name: purge_lock_runs
+-- All of a batch's runs, locked in id order (the lock order every writer follows:
+-- runs, then their interactions, then the batch); how many are still running.
+SELECT count(*) FILTER (WHERE status = 'running') FROM
+    (SELECT status FROM runs WHERE batch_id = %(batch_id)s ORDER BY id FOR UPDATE) locked
+
+-- name: purge_lock_batch
+-- The batch itself: a submission of the same file waits (it adds runs to this batch).
+SELECT id FROM batches WHERE id = %(batch_id)s FOR UPDATE
+
+-- name: purge_events
+DELETE FROM events WHERE run_id IN (SELECT id FROM runs WHERE batch_id = %(batch_id)s)
+
+-- name: purge_batch_events
+DELETE FROM events WHERE batch_id = %(batch_id)s AND run_id IS NULL
+
+-- name: purge_attempts
+DELETE FROM attempts WHERE interaction_id IN (SELECT id FROM interactions WHERE batch_id = %(batch_id)s)
+
+-- name: purge_interactions
+DELETE FROM interactions WHERE batch_id = %(batch_id)s
+
+-- name: purge_runs
+DELETE FROM runs WHERE batch_id = %(batch_id)s
+
+-- name: purge_rejects
+DELETE FROM batch_rejects WHERE batch_id = %(batch_id)s
+
+-- name: purge_escalations
+DELETE FROM escalations WHERE batch_id = %(batch_id)s
+
+-- name: purge_batch
+DELETE FROM batches WHERE id = %(batch_id)s
+
+-- name: dry_run_existing_keys
+-- Of these row keys, those this workflow version has run already (submit would skip them).
+SELECT row_key FROM runs WHERE workflow_id = %(workflow_id)s AND row_key = ANY(%(keys)s)
+
+-- name: dry_run_keys_run_before
+-- Of these row keys, those another version of the workflow ran (new here: they run again).
+SELECT DISTINCT row_key FROM runs
+WHERE workflow_name = %(workflow_name)s AND workflow_id IS DISTINCT FROM %(workflow_id)s::bigint
+  AND row_key = ANY(%(keys)s)

@@ -178,6 +178,8 @@ CREATE TABLE events (
 );
 CREATE INDEX events_run ON events (run_id, id);
 CREATE INDEX events_interaction ON events (interaction_id, id);
+-- A batch's own events (pause, resume, ...), which belong to no run: what a purge finds by batch.
+CREATE INDEX events_batch_level ON events (batch_id) WHERE run_id IS NULL;
 
 -- The history is append-only in the database, not only by convention: no UPDATE ever;
 -- DELETE and TRUNCATE only in a transaction that says it is purging whole batches
