@@ -132,5 +132,5 @@ def test_a_paused_batch_is_watched_on_through_a_lost_connection_until_it_ends(db
             watcher.kill()
     last = json.loads(rest.strip().splitlines()[-1])
     assert last["state"] == "done" and last["progress"]["cancelled"] == 2
-    assert watcher.returncode == 1                          # not every run completed
+    assert watcher.returncode == 0                          # cancelled, not failed: no run failed
     assert "lost the database" in err and "the database is back" in err
