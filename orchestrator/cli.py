@@ -50,6 +50,11 @@ out = Console(width=None if sys.stdout.isatty() else 200, markup=False, highligh
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=False, highlight=False)
 
 
+# What the database's columns hold: a value past them is refused where it is typed.
+ID_MAX = 2**63 - 1                        # bigint ids
+PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1  # integer priority
+
+
 def styled(*parts: str | tuple[str, str]) -> Text:
     """A line of plain text, with (text, style) parts styled: never parsed as markup."""
     return Text.assemble(*parts)
@@ -188,7 +193,7 @@ def submit(
     scripts_dir: ScriptsDir = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 4,
     as_json: Annotated[bool, typer.Option("--json", help="Print {\"batch_id\": ...} as the last line.")] = False,
-    priority: Annotated[Optional[int], typer.Option("--priority", help="Higher goes first; equal priorities share the farm. Re-submit to change.")] = None,
+    priority: Annotated[Optional[int], typer.Option("--priority", min=PRIORITY_MIN, max=PRIORITY_MAX, help="Higher goes first; equal priorities share the farm (orchestrator priority changes it).")] = None,
     model: ModelOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be created, and show the first row's rendered first step; store nothing.")] = False,
 ) -> None:
@@ -501,7 +506,7 @@ def _print_batch_status(data: dict) -> None:
 @app.command()
 def cancel(
     batch: Annotated[Optional[int], typer.Option("--batch", help="Stop a whole batch.")] = None,
-    run: Annotated[Optional[list[int]], typer.Option("--run", help="Stop one run (repeatable).")] = None,
+    run: Annotated[Optional[list[int]], typer.Option("--run", min=1, max=ID_MAX, help="Stop one run (repeatable).")] = None,
 ) -> None:
     """Stop a batch, or some of its runs: their waiting and in-flight work is cancelled,
     their running runs end cancelled; a result that arrives later is recorded as ignored."""
@@ -563,7 +568,8 @@ def resume(batch: Annotated[int, typer.Option("--batch", help="The batch to go o
 @app.command()
 def priority(
     batch: Annotated[int, typer.Option("--batch", help="The batch.")],
-    level: Annotated[int, typer.Argument(help="Higher goes first; equal priorities share the farm.")],
+    level: Annotated[int, typer.Argument(min=PRIORITY_MIN, max=PRIORITY_MAX,
+                                         help="Higher goes first; equal priorities share the farm.")],
 ) -> None:
     """Give a batch another priority: the dispatcher follows it at its next turn."""
     from orchestrator import controls
@@ -579,7 +585,7 @@ def retry(
     failed: Annotated[bool, typer.Option("--failed", help="Only runs that ended failed or cancelled.")] = False,
     from_step: Annotated[Optional[str], typer.Option(
         "--from-step", help="Run this step again, and every step after it; reuse the others' outputs.")] = None,
-    run: Annotated[Optional[list[int]], typer.Option("--run", help="Only this run (repeatable).")] = None,
+    run: Annotated[Optional[list[int]], typer.Option("--run", min=1, max=ID_MAX, help="Only this run (repeatable).")] = None,
     workflow_version: Annotated[Optional[str], typer.Option(
         "--workflow-version", help="Move the runs to this version of their workflow first: N or latest.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what it would do; change nothing.")] = False,

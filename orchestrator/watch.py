@@ -202,5 +202,5 @@ def verdict(snap: Snapshot) -> tuple[bool, str | None]:
     if snap.stuck:
         return False, (f"batch {snap.batch_id} is escalated and nothing of it can move until a person acts: "
                        f"{snap.reason}. Fix the cause, then `orchestrator resume --batch {snap.batch_id}` "
-                       f"(`orchestrator status --batch {snap.batch_id}` shows the failures)")
+                       f"(`orchestrator failures --batch {snap.batch_id}` shows why)")
     return snap.none_failed, None
