@@ -192,7 +192,7 @@ def submit(
     ollama_url: Annotated[Optional[str], typer.Option("--ollama-url", help="Model server for --local.")] = None,
     scripts_dir: ScriptsDir = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 4,
-    as_json: Annotated[bool, typer.Option("--json", help="Print {\"batch_id\": ...} as the last line.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {\"batch_id\": ...} as the last line (with --wait or --local, after the progress as JSON lines).")] = False,
     priority: Annotated[Optional[int], typer.Option("--priority", min=PRIORITY_MIN, max=PRIORITY_MAX, help="Higher goes first; equal priorities share the farm (orchestrator priority changes it).")] = None,
     model: ModelOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be created, and show the first row's rendered first step; store nothing.")] = False,
@@ -220,9 +220,9 @@ def submit(
             try:
                 if local:
                     ok = _run_local(watching, submission.batch_id, ollama_url, _scripts_dir(scripts_dir),
-                                    concurrency)
+                                    concurrency, as_json)
                 else:
-                    ok = _wait(watching, submission.batch_id)
+                    ok = _wait(watching, submission.batch_id, as_json)
             finally:
                 watching.close()  # the connection it ends with may be a new one
     if as_json:
@@ -264,11 +264,12 @@ def _print_submission(submission: Submission) -> None:
         err.print(f"  ... and {len(submission.rejected) - 20} more (orchestrator status --batch {submission.batch_id})")
 
 
-def _wait(db: Reconnecting, batch_id: int) -> bool:
-    """submit --wait: the batch's progress on stderr (stdout is for its id) until it ends."""
+def _wait(db: Reconnecting, batch_id: int, as_json: bool) -> bool:
+    """submit --wait: the batch's progress on stderr until it ends (with --json, as JSON
+    lines on stdout, before the last line with the batch's id)."""
     from orchestrator import watch
 
-    return _follow(db, batch_id, watch.view_for(err, as_json=False))
+    return _follow(db, batch_id, watch.view_for(err, as_json=as_json))
 
 
 def _follow(db: Reconnecting, batch_id: int, view) -> bool:
@@ -313,11 +314,11 @@ def _local_executor(db: Reconnecting, ollama_url: str | None, scripts_dir: Path 
 
 
 def _run_local(db: Reconnecting, batch_id: int, ollama_url: str | None,
-               scripts_dir: Path | None, concurrency: int) -> bool:
+               scripts_dir: Path | None, concurrency: int, as_json: bool) -> bool:
     from orchestrator import watch
 
     executor = _local_executor(db, ollama_url, scripts_dir, concurrency, "local")
-    view = watch.view_for(err, as_json=False)
+    view = watch.view_for(err, as_json=as_json)
     try:
         # The executor ends when nothing of the batch can move: every run ended, or what is
         # left waits for a person (an escalation).

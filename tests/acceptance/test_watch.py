@@ -59,7 +59,10 @@ def watch_json(db_url: str, batch_id: int) -> tuple[list[dict], subprocess.Compl
 def test_watching_a_batch_to_its_end_gives_json_lines_and_exit_zero(db_url, tmp_path):
     batch_id, ran = submit(db_url, tmp_path, workflow(tmp_path, "echoes"), 6, "--local")
     assert ran.returncode == 0, ran.stderr
-    assert "batch " + str(batch_id) + " done: 6/6 runs ended (6 completed" in ran.stderr  # the plain last line
+    # With --json the progress comes as JSON lines on stdout, then the batch's id, last.
+    *progress, final = [json.loads(line) for line in ran.stdout.splitlines()]
+    assert final == {"batch_id": batch_id}
+    assert progress and progress[-1]["state"] == "done" and progress[-1]["progress"]["ended"] == 6
 
     lines, proc = watch_json(db_url, batch_id)
     assert proc.returncode == 0, proc.stderr
