@@ -16,6 +16,15 @@ from tests.model_server import ModelServer
 CHAIN = HERE / "workflows" / "chain.yaml"
 
 
+def start_farm(farm, server_url: str, *, concurrency: int = 4, scripts=SCRIPTS) -> None:
+    """serve, one GPU worker (`concurrency` slots, as many more held behind its gate) and a
+    script worker; returns once both consume."""
+    farm.serve()
+    farm.gpu("gpu", server_url, concurrency=concurrency)
+    farm.scripts(directory=scripts)
+    farm.wait_workers("gpu", "scripts")
+
+
 def counts(farm, batch_id: int) -> dict[str, int]:
     rows = farm.db.execute("SELECT status, count(*) AS n FROM interactions WHERE batch_id = %s GROUP BY status",
                            (batch_id,)).fetchall()
@@ -24,10 +33,7 @@ def counts(farm, batch_id: int) -> dict[str, int]:
 
 def test_a_pause_stops_calls_the_workers_already_hold_and_outlives_a_restart_of_serve(farm, tmp_path):
     with ModelServer(models=[GEMMA], latency=1.5, slots=4) as server:
-        farm.serve()
-        farm.gpu("gpu", server.url, concurrency=4)  # holds four more behind its gate
-        farm.scripts()
-        farm.wait_workers("gpu", "scripts")
+        start_farm(farm, server.url, concurrency=4)
         batch_id = farm.submit(postings(tmp_path / "in.csv", 12), CHAIN)
         farm.wait_for("four calls under way and four waiting at the worker",
                       lambda: server.in_flight() == 4 and counts(farm, batch_id).get("dispatched") == 8, every=0.02)
@@ -61,10 +67,7 @@ def test_a_pause_stops_calls_the_workers_already_hold_and_outlives_a_restart_of_
 def test_a_cancelled_run_ends_cancelled_and_the_others_go_on(farm, tmp_path):
     # Calls slow enough that the first run is still under way when the cancel arrives.
     with ModelServer(models=[GEMMA], latency=2.0, slots=2) as server:
-        farm.serve()
-        farm.gpu("gpu", server.url, concurrency=2)
-        farm.scripts()
-        farm.wait_workers("gpu", "scripts")
+        start_farm(farm, server.url, concurrency=2)
         batch_id = farm.submit(postings(tmp_path / "in.csv", 8), CHAIN)
         farm.wait_for("calls under way", lambda: server.requests[GEMMA] >= 1)
         first, last = (r["id"] for r in farm.db.execute(
@@ -129,10 +132,7 @@ def test_a_script_that_always_fails_is_escalated_and_retry_failed_after_the_fix_
     fixed = (scripts / "collect.py").read_text()
     (scripts / "collect.py").write_text("import sys\nsys.exit('the archive is unreachable')\n")
     with ModelServer(models=[GEMMA], latency=0.02) as server:
-        farm.serve()
-        farm.gpu("gpu", server.url)
-        farm.scripts(directory=scripts)
-        farm.wait_workers("gpu", "scripts")
+        start_farm(farm, server.url, scripts=scripts)
         rows = postings(tmp_path / "in.csv", 40)
         done = farm.cli("submit", "--batch", str(rows), "--workflow", str(CHAIN), "--scripts-dir", str(scripts),
                         "--wait", "--json", check=False)
@@ -159,10 +159,7 @@ def test_retry_after_a_worker_was_killed_mid_call_finishes_what_it_lost(farm, tm
     workflow = tmp_path / "chain.yaml"
     workflow.write_text(CHAIN.read_text().replace("steps:", "defaults: {timeout: 2, retries: 0}\nsteps:", 1))
     with ModelServer(models=[GEMMA], latency=1.0, slots=2) as server:
-        farm.serve()
-        farm.gpu("gpu", server.url, concurrency=2)
-        farm.scripts()
-        farm.wait_workers("gpu", "scripts")
+        start_farm(farm, server.url, concurrency=2)
         batch_id = farm.submit(postings(tmp_path / "in.csv", 6), workflow)
         farm.wait_for("two calls under way", lambda: server.in_flight() == 2, every=0.02)
         farm.kill("gpu", signal.SIGKILL)
