@@ -42,6 +42,7 @@ from orchestrator.workflow.model import Step
 log = logging.getLogger(__name__)
 
 Version = int | Literal["latest"]
+CHUNK = 1000  # runs planned and changed at a time
 
 
 @dataclass(frozen=True)
@@ -132,11 +133,15 @@ def _retry(store: Store, req: RetryRequest) -> RetryPlan:
         else:
             _require_step(cache.get(store, batch.workflow_id), req.from_step, f" v{batch.workflow_version}")
 
-    work = _plan_runs(store, cache, runs, target, req.from_step, plan)
-    if target is not None:
-        _check_move(store, cache, target, work, plan)
-    _apply(store, batch.id, work, target, req, plan)
-    if work and batch.paused_at is not None:
+    # In chunks of runs, so that a retry of a whole big batch holds one chunk's
+    # interactions in memory at a time; still one transaction: a refusal in a later
+    # chunk undoes the earlier ones.
+    for start in range(0, len(runs), CHUNK):
+        work = _plan_runs(store, cache, runs[start:start + CHUNK], target, req.from_step, plan)
+        if target is not None:
+            _check_move(store, cache, target, work, plan)
+        _apply(store, batch.id, work, target, req, plan)
+    if sum(plan.runs.values()) and batch.paused_at is not None:
         plan.notices.append(f"batch {batch.id} is paused: the retried work starts at `orchestrator resume --batch "
                             f"{batch.id}`")
     return plan
@@ -201,8 +206,8 @@ def _apply(store: Store, batch_id: int, work: list[_RunWork], target: StoredWork
         store.move_runs([r.id for r in moving], target.id)
         plan.moved_to = target.version
     replaced = [i for w in work for i in w.replaced]
-    plan.cancelled = len(cancel_open(store, [i for i in replaced if i.status in OPEN]))
-    plan.superseded = len(store.supersede([i.id for i in replaced]))
+    plan.cancelled += len(cancel_open(store, [i for i in replaced if i.status in OPEN]))
+    plan.superseded += len(store.supersede([i.id for i in replaced]))
     for status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED):
         reopen_runs(store, [w.run.id for w in work if w.run.status == status], status)
     for w in work:
@@ -235,8 +240,8 @@ def _apply(store: Store, batch_id: int, work: list[_RunWork], target: StoredWork
             {i.step for i in w.reruns} | {s for s, _ in w.starts}), "was": w.run.status,
             "superseded": len(w.replaced)}
         events.append(Event(batch_id, w.run.id, None, "rerun", None, detail))
-    plan.new_attempts = len(transition_many(store, reruns, from_=Status.FAILED, to=Status.PENDING))
-    plan.new_visits = len(children)
+    plan.new_attempts += len(transition_many(store, reruns, from_=Status.FAILED, to=Status.PENDING))
+    plan.new_visits += len(children)
     open_now = store.store_decisions(attempts=[], events=events, children=children, runs=[w.run.id for w in work])
     # New work that could not start (born failed) leaves a run with nothing open: it ends
     # again now, saying why, instead of waiting for ever.
@@ -244,9 +249,9 @@ def _apply(store: Store, batch_id: int, work: list[_RunWork], target: StoredWork
     if stuck:
         fresh = _fresh_views(store, stuck, batch_id)
         end_finished_runs(store, fresh)
-        plan.ended_again = len(stuck)
+        plan.ended_again += len(stuck)
     store.clear_batch_cancelled(batch_id)
-    plan.escalations_lifted = store.lift_step_escalations(
+    plan.escalations_lifted += store.lift_step_escalations(
         batch_id, sorted({i.step for w in work for i in w.reruns} | {s for w in work for s, _ in w.starts}))
     store.notify_work(batch_id)
     store.notify_controls()

@@ -207,3 +207,21 @@ def test_running_runs_that_have_not_reached_the_step_move_to_the_new_version_and
     model = execute(conn, pipe_scripts, answer, batch)
     assert all(t.prompt.startswith("briefly summarise") for t in model.calls if t.step == "summarise")
     assert [(r["status"], r["workflow_id"]) for r in _runs(conn, batch)] == [("completed", v2.id)] * 2
+
+
+def test_a_refusal_in_a_later_chunk_undoes_the_earlier_ones(conn, tmp_path, pipe_scripts, monkeypatch):
+    from orchestrator import rerun
+
+    monkeypatch.setattr(rerun, "CHUNK", 1)  # a run at a time, as 1,000 at a time in a big batch
+    batch = start(conn, tmp_path, PIPE, [["a"], ["b"]])
+    execute(conn, pipe_scripts, answer, batch)
+    v2 = PIPE.replace('prompt: "summarise {{', 'prompt: "briefly summarise {{')
+    (tmp_path / "v2").mkdir()
+    other = start(conn, tmp_path / "v2", v2, [["b"]])  # row b runs on v2 already, in another batch
+    execute(conn, pipe_scripts, answer, other)
+    before = [(r["workflow_id"], r["status"]) for r in _runs(conn, batch)]
+    with pytest.raises(ControlRefused, match="that version runs their rows already"):
+        retry(Store(conn), RetryRequest(batch, from_step="summarise", version="latest"))
+    assert [(r["workflow_id"], r["status"]) for r in _runs(conn, batch)] == before  # run a was not moved either
+    plan = retry(Store(conn), RetryRequest(batch, from_step="summarise"))  # on its own version it goes
+    assert dict(plan.runs) == {"completed": 2} and plan.new_visits == 2 and plan.superseded == 6
