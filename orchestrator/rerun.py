@@ -125,7 +125,7 @@ def _retry(store: Store, req: RetryRequest) -> RetryPlan:
     cache = WorkflowCache()
     target = _target_version(store, batch.workflow_name, req.version) if req.version is not None else None
     if target is None:
-        _notice_newer_version(store, cache, batch.workflow_name, runs, plan)
+        _notice_newer_version(store, batch.workflow_name, runs, plan)
     if req.from_step:
         # The step must be one of the workflow's, in the version the runs will run.
         if target is not None:
@@ -139,7 +139,7 @@ def _retry(store: Store, req: RetryRequest) -> RetryPlan:
     for start in range(0, len(runs), CHUNK):
         work = _plan_runs(store, cache, runs[start:start + CHUNK], target, req.from_step, plan)
         if target is not None:
-            _check_move(store, cache, target, work, plan)
+            _check_move(store, cache, target, work)
         _apply(store, batch.id, work, target, req, plan)
     if sum(plan.runs.values()) and batch.paused_at is not None:
         plan.notices.append(f"batch {batch.id} is paused: the retried work starts at `orchestrator resume --batch "
@@ -186,10 +186,11 @@ def _plan_runs(store: Store, cache: WorkflowCache, runs: list[RunToRetry], targe
                 continue
             redo = set()
             for i in (*failed, *again):
-                redo |= {i.step} | (workflow.reachable_from(i.step) if i.step in _names(workflow) else set())
+                redo |= {i.step} | (workflow.reachable_from(i.step) if workflow.has_step(i.step) else set())
             w = _RunWork(run, workflow, view, redo, reruns=failed, starts=[(i.step, i.parent_ids) for i in again],
                          replaced=again)
-        missing = sorted(({s for s, _ in w.starts} | {i.step for i in w.reruns}) - _names(workflow))
+        missing = sorted({name for name in (*(s for s, _ in w.starts), *(i.step for i in w.reruns))
+                          if not workflow.has_step(name)})
         if missing:
             raise ControlRefused(f"run {run.id}: workflow {workflow.name} has no step {', '.join(map(repr, missing))} "
                                  "any more; retry it on its own version (without --workflow-version)")
@@ -271,12 +272,8 @@ def _fresh_views(store: Store, work: list[_RunWork], batch_id: int) -> list[engi
             for w in work]
 
 
-def _names(workflow: Workflow) -> set[str]:
-    return {s.name for s in workflow.steps}
-
-
 def _require_step(workflow: Workflow, name: str, version: str) -> None:
-    if name not in _names(workflow):
+    if not workflow.has_step(name):
         raise ControlRefused(f"workflow {workflow.name}{version} has no step {name!r} (its steps: "
                              f"{', '.join(s.name for s in workflow.steps)})")
 
@@ -292,8 +289,7 @@ def _target_version(store: Store, name: str, version: Version) -> StoredWorkflow
     return StoredWorkflow(row.id, name, row.version, Workflow.model_validate(row.definition))
 
 
-def _notice_newer_version(store: Store, cache: WorkflowCache, name: str, runs: list[RunToRetry],
-                          plan: RetryPlan) -> None:
+def _notice_newer_version(store: Store, name: str, runs: list[RunToRetry], plan: RetryPlan) -> None:
     latest = store.latest_workflow(name)
     if latest is not None and any(r.workflow_id != latest.id for r in runs):
         plan.notices.append(f"workflow {name} has a newer version (v{latest.version}) than some of these runs run: "
@@ -301,19 +297,18 @@ def _notice_newer_version(store: Store, cache: WorkflowCache, name: str, runs: l
                             "them to it")
 
 
-def _check_move(store: Store, cache: WorkflowCache, target: StoredWorkflow, work: list[_RunWork],
-                plan: RetryPlan) -> None:
+def _check_move(store: Store, cache: WorkflowCache, target: StoredWorkflow, work: list[_RunWork]) -> None:
     """Refuse a move that would mix two versions' work in one run: a step whose output
     is reused must be the same in both; and a run may not take the identity of a row the
     new version runs already."""
-    differ: dict[str, set[int]] = defaultdict(set)
+    differ: set[str] = set()
     for w in work:
         if w.run.workflow_id == target.id:
             continue
         old = cache.get(store, w.run.workflow_id)
         for name in {*w.view.outputs, *w.kept}:
             if name not in w.redo and _signature(old, name) != _signature(target.workflow, name):
-                differ[name].add(w.run.workflow_id)
+                differ.add(name)
     if differ:
         names = ", ".join(sorted(differ))
         raise ControlRefused(
@@ -330,7 +325,7 @@ def _check_move(store: Store, cache: WorkflowCache, target: StoredWorkflow, work
 
 def _signature(workflow: Workflow, name: str) -> Any:
     """What decides a step's work: its definition with its defaults and model resolved."""
-    if name not in _names(workflow):
+    if not workflow.has_step(name):
         return None
     step = workflow.step(name)
     return (step.model_dump(mode="json"), step.actor, workflow.retries_for(step), workflow.timeout_for(step))

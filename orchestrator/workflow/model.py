@@ -386,6 +386,9 @@ class Workflow(_Model):
             if s.model is not None:
                 s._model_name = self.models.get(s.model)
 
+    def has_step(self, name: str) -> bool:
+        return name in self._by_name
+
     def step(self, name: str) -> Step:
         """The step called `name`; KeyError if there is none."""
         try:
