@@ -164,10 +164,6 @@ def run_story(store: Store, run_id: int) -> dict[str, Any]:
     }
 
 
-def batch_progress(store: Store, batch_id: int) -> views.Progress:
-    return views.progress(store, batch_id)
-
-
 def batch_steps(store: Store, batch_id: int) -> list[str]:
     """The step names of the workflow versions a batch's runs run, in file order (the
     batch's own version first: a retry can move runs to another)."""

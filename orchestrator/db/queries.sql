@@ -455,13 +455,6 @@ SELECT r.id AS run_id, r.line, r.input AS row, r.status, r.outcome, r.end_reason
                        ORDER BY i.step, i.visit DESC) o), '{}'::jsonb) AS outputs
 FROM runs r WHERE r.batch_id = %(batch_id)s ORDER BY r.id
 
--- name: batch_progress
-SELECT count(*) AS runs,
-       count(*) FILTER (WHERE status <> 'running') AS ended,
-       count(*) FILTER (WHERE status = 'completed') AS completed,
-       count(*) FILTER (WHERE status = 'failed') AS failed
-FROM runs WHERE batch_id = %(batch_id)s
-
 -- name: open_interactions
 -- Open work that can still move without a person: pending work an escalation holds
 -- waits for `resume` and does not count (a paused batch's does: its resume is expected).

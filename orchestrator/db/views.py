@@ -70,14 +70,6 @@ class FailedRunReason:
 
 
 @dataclass(frozen=True, slots=True)
-class Progress:
-    runs: int
-    ended: int
-    completed: int
-    failed: int
-
-
-@dataclass(frozen=True, slots=True)
 class RunRow:
     id: int
     batch_id: int
@@ -207,10 +199,6 @@ def failure_counts(store: Store, batch_id: int) -> list[FailureCount]:
 
 def failed_run_reasons(store: Store, batch_id: int, limit: int) -> list[FailedRunReason]:
     return store.all("batch_failed_run_reasons", {"batch_id": batch_id, "limit": limit}, FailedRunReason)
-
-
-def progress(store: Store, batch_id: int) -> Progress:
-    return store.one("batch_progress", {"batch_id": batch_id}, Progress)
 
 
 def run(store: Store, run_id: int) -> RunRow | None:

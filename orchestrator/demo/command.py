@@ -76,7 +76,8 @@ def demo(
 def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_env: bool, keep_db: bool,
          data: Path, stack: ExitStack, outcome: dict, limit: int | None) -> None:
     from common.local_broker import local_broker_url
-    from orchestrator import batches, catalog, overview
+    from orchestrator import batches, catalog
+    from orchestrator.pace import batch_pace
     from orchestrator.reconnect import Reconnecting
     from orchestrator.db.migrate import upgrade
     from orchestrator.embedded_postgres import EmbeddedPostgres
@@ -132,7 +133,7 @@ def _run(example: Example, ollama_url: str | None, openai_url: str | None, use_e
               + (f", {submitted.runs_existing} submitted before" if submitted.runs_existing else "")
               + (f", {len(submitted.rejected)} row(s) rejected" if submitted.rejected else ""), highlight=False)
 
-    p = overview.batch_progress(db, submitted.batch_id)
+    p = batch_pace(db, submitted.batch_id)
     if p.runs and p.ended >= p.runs:
         err.print("every run of this batch ended in an earlier demo: here are its results", highlight=False)
     else:
