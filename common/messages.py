@@ -127,6 +127,11 @@ class TaskResult(_Message):
     metrics: dict[str, Any] = Field(default_factory=dict)  # what else the call said: finish reason, exit code
     worker: str = ""
     server: str | None = None  # host:port of the model server that answered
+    # The digest of the model that answered, as its server lists it (Ollama's /api/tags;
+    # an OpenAI-compatible server's model id): the cache keys the answer by it.
+    model_digest: str | None = None
+    # Set by serve, never by a worker: the interaction whose cached answer this is.
+    cached_from: int | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
 
@@ -148,6 +153,7 @@ class WorkerStatus(_Message):
     concurrency: int = Field(ge=1)
     server: str | None = None       # host:port of the model server, never a URL with credentials
     models: list[str] = Field(default_factory=list)  # what the server has
+    digests: dict[str, str] = Field(default_factory=dict)  # model -> its digest there (the cache's model identity)
     circuit: Literal["closed", "open"] = "closed"
     stopping: bool = False
     heard_holds: bool = False       # whether serve's word on held work reached it (common/holds.py)

@@ -63,7 +63,8 @@ class WorkerRuntime:
     def heartbeat(self, app: Celery, *, force: bool = False) -> None:
         """Publish a status when it changed or every HEARTBEAT_S; never blocks on a broker that is away."""
         status = self.status()
-        key = (tuple(status.queues), status.circuit, tuple(status.models), status.stopping, status.heard_holds)
+        key = (tuple(status.queues), status.circuit, tuple(status.models), tuple(sorted(status.digests.items())),
+               status.stopping, status.heard_holds)
         now = time.monotonic()
         with self._lock:
             if not force and key == self._last_sent and now - self._last_sent_at < HEARTBEAT_S:

@@ -12,7 +12,7 @@ import logging
 import threading
 
 from common.queues import model_queue
-from gpu_worker.backends.base import BackendError, ModelBackend
+from gpu_worker.backends.base import BackendError, ModelBackend, identity_of, model_identities
 from gpu_worker.breaker import CircuitBreaker
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class ServerWatch:
         self.interval_s = interval_s
         self.open_interval_s = open_interval_s
         self.available: list[str] = []
+        self.identities: dict[str, str] = {}  # name -> digest, as the server lists them
         self.probed = False
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -57,6 +58,13 @@ class ServerWatch:
             return list(self.available)
         return [m for m in self.wanted if m in self.available or f"{m}:latest" in self.available]
 
+    def digests(self) -> dict[str, str]:
+        """The digest of each model this host serves: the cache's model identity."""
+        return {m: d for m in self.models() if (d := identity_of(self.identities, m)) is not None}
+
+    def digest_of(self, model: str) -> str | None:
+        return identity_of(self.identities, model)
+
     def desired_queues(self) -> set[str]:
         if not self.probed or not self.breaker.allow():
             return set()
@@ -64,12 +72,13 @@ class ServerWatch:
 
     def probe(self) -> None:
         try:
-            models = self.backend.list_models()
+            identities = model_identities(self.backend)
         except BackendError as exc:
             if self.breaker.allow():
                 log.warning("model server unavailable, not taking work: %s", exc)
             self.breaker.trip()
             return
+        models = list(identities)
         if set(models) != set(self.available):
             log.info("model server has: %s", ", ".join(models) or "no models")
             if self.wanted is not None:
@@ -77,6 +86,7 @@ class ServerWatch:
                 if missing:
                     log.warning("not on the model server (not consumed until it has them): %s", ", ".join(missing))
         self.available = models
+        self.identities = identities
         self.probed = True
         if self.breaker.reset():
             log.info("model server answers again: taking work")

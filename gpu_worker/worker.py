@@ -54,7 +54,8 @@ class GpuWorker:
         self.watch = ServerWatch(backend, self.breaker, wanted=wanted, interval_s=probe_interval_s)
         self.runtime = WorkerRuntime(
             name=name, kind="ai", concurrency=concurrency, desired=self.watch.desired_queues,
-            describe=lambda: {"server": server, "models": list(self.watch.available), "circuit": self.breaker.state},
+            describe=lambda: {"server": server, "models": list(self.watch.available), "digests": self.watch.digests(),
+                              "circuit": self.breaker.state},
         )
         app.task(name=AI_TASK)(self._task)
 
@@ -91,6 +92,7 @@ class GpuWorker:
                 IN_PROGRESS.labels(task.model).dec()
         CALL_SECONDS.labels(task.model).observe(time.perf_counter() - t0)
         if result.failure is None:
+            result = result.model_copy(update={"model_digest": self.watch.digest_of(task.model)})
             self.breaker.record_success()
             TASKS.labels(task.model, "completed").inc()
             TOKENS.labels(task.model, "prompt").inc(result.metrics.get("prompt_eval_count") or 0)

@@ -30,14 +30,14 @@ class Cancelled:
     interactions: int
 
 
-def pause(store: Store, batch_id: int, *, reason: str = USER) -> bool:
+def pause(store: Store, batch_id: int, *, reason: str = USER, detail: dict | None = None) -> bool:
     """No call of the batch starts until it is resumed; calls already running finish and
     are recorded, their children wait. Whether it was paused now (False: it was already)."""
     with store.transaction():
         _require(store, batch_id)
         paused = store.pause_batch(batch_id, reason)
         if paused:
-            store.insert_events([Event(batch_id, None, None, "paused", None, {"reason": reason})])
+            store.insert_events([Event(batch_id, None, None, "paused", None, {"reason": reason, **(detail or {})})])
             store.notify_controls()
     return paused
 

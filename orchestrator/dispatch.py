@@ -41,7 +41,8 @@ from prometheus_client import Counter
 from common.messages import Task, TaskResult
 
 from common.queues import queue_for, task_name
-from orchestrator import locks
+from orchestrator import cache, locks
+from orchestrator.budget import Budget
 from orchestrator.db.rows import Claimed, DispatchRow
 from orchestrator.db.store import Store
 from orchestrator.states import claim_for_dispatch
@@ -59,6 +60,8 @@ class DispatchTurn:
     sent: int = 0
     # Claimed, but no task message can be made of them: their attempt's failure.
     undeliverable: list[TaskResult] = field(default_factory=list)
+    # Claimed and answered from the cache (orchestrator/cache.py): results to apply now.
+    cached: list[TaskResult] = field(default_factory=list)
 
 
 class Dispatcher:
@@ -72,6 +75,7 @@ class Dispatcher:
         # Live slots change with heartbeats (every 10 s): read them once a second, not
         # every turn. A worker that just stopped is still counted for up to a second.
         self._slots: dict[str, int] = {}
+        self._digests: dict[str, list[str]] = {}  # model -> the digests live hosts serve (the cache's)
         self._slots_read_at = float("-inf")
         self._declared: set[str] = set()  # queues declared on the broker by this process
 
@@ -109,15 +113,17 @@ class Dispatcher:
             if r.what == "in_flight":
                 used[queue_for(r.kind, r.actor)] += r.n
         self._turn += 1
+        limited = [(r.batch_id, r.kind, r.actor) for r in pending if r.limited]
+        budget = Budget.read(store, limited) if limited else Budget()
         try:
-            self._publish_turn(store, pending, used, slots, turn, isolate)
+            self._publish_turn(store, pending, used, slots, turn, isolate, budget)
         except Exception:
             self._declared.clear()  # the broker may have lost them: declare anew
             raise
         return turn
 
     def _publish_turn(self, store: Store, pending: list[DispatchRow], used: dict[str, int],
-                      slots: dict[str, int], turn: DispatchTurn, isolate: bool) -> None:
+                      slots: dict[str, int], turn: DispatchTurn, isolate: bool, budget: Budget) -> None:
         """Claim and publish each actor's share of its queue's free window."""
         with self.app.producer_or_acquire() as producer:
             transactional: bool | None = None  # decided at the first message of the turn
@@ -127,7 +133,7 @@ class Dispatcher:
                     free = math.ceil(self.window_factor * slots.get(queue, 0)) - used[queue]
                     if free <= 0:
                         continue
-                    rows = self._claim_fairly(store, kind, actor, list(batches), free, isolate)
+                    rows = self._claim_fairly(store, kind, actor, list(batches), free, isolate, budget, turn)
                     tasks = []
                     for row in rows:
                         made = task_or_failure(row)
@@ -174,13 +180,16 @@ class Dispatcher:
         now = time.monotonic()
         if now - self._slots_read_at >= self.slots_ttl_s:
             self._slots = {r.queue: r.slots for r in store.live_capacity(self.stale_s)}
+            self._digests = cache.live_digests(store, self.stale_s)
             self._slots_read_at = now
         return self._slots
 
     def _claim_fairly(self, store: Store, kind: str, actor: str, batches: list[DispatchRow],
-                      free: int, isolate: bool) -> list[Claimed]:
+                      free: int, isolate: bool, budget: Budget, turn: DispatchTurn) -> list[Claimed]:
         """Claim up to `free` of one actor's pending work from `batches` (each with its
-        priority): highest priority first, equal priorities in turns."""
+        priority): highest priority first, equal priorities in turns; no more of a batch
+        than its credit left allows. What the cache answers is not sent and takes no
+        slot: it goes to `turn.cached`, and the claiming goes on."""
         batches = sorted(batches, key=lambda b: (-b.priority, b.batch_id))
         claimed: list[Claimed] = []
         for _, level in groupby(batches, key=lambda b: b.priority):
@@ -191,15 +200,17 @@ class Dispatcher:
                 share = max(1, free // len(active))
                 still_pending = []
                 for batch_id in active:
-                    want = min(share, free)
+                    want = budget.allow(batch_id, kind, actor, min(share, free))
                     if want <= 0:
-                        still_pending.append(batch_id)
-                        continue
+                        continue  # no credit left for more of this batch this turn
                     rows = self._claim(store, kind, actor, batch_id, want, isolate)
                     if rows is None:
                         continue  # a batch that cannot be claimed: the others share its part
-                    claimed += rows
-                    free -= len(rows)
+                    hits, send = cache.answer(store, rows, self._digests)
+                    turn.cached += hits
+                    claimed += send
+                    free -= len(send)
+                    budget.spend(batch_id, kind, actor, len(send))
                     if len(rows) == want:
                         still_pending.append(batch_id)
                 active = still_pending

@@ -17,6 +17,7 @@ from typing import Any
 
 from common.errors import RenderError
 from common.messages import FailureClass
+from orchestrator.cache import prompt_key
 from orchestrator.db.rows import (
     AttemptRecord,
     Event,
@@ -167,6 +168,8 @@ def build_interaction(
             "options": step.options,
             "format": step.format,
         }
+        row.cache_key = prompt_key(row.input)
+        row.use_cache = workflow.cached(step)
     else:
         row.input = {"input": rendered["input"]}
     return row

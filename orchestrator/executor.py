@@ -20,7 +20,8 @@ from pathlib import Path
 from common.holds import HoldBoard
 from common.messages import AiTask, Failure, FailureClass, HandBack, Holds, Task, TaskResult, utcnow
 from common.retries import RetryPolicy
-from gpu_worker.backends.base import ModelBackend
+from gpu_worker.backends.base import BackendError, ModelBackend, identity_of, model_identities
+from orchestrator import cache
 from orchestrator.catalog import WorkflowCache
 from orchestrator.db.rows import Claimed
 from orchestrator.db.store import Store
@@ -62,6 +63,9 @@ class LocalExecutor:
         self.holds = HoldBoard(first_word_s=0)
         self.holds.update(Holds())
         self._holds_read_at = float("-inf")
+        # What the model server has, name -> digest, as a GPU worker's probe reports it:
+        # the model identity of the cache (read once; a server that cannot say has none).
+        self._identities: dict[str, str] | None = None
 
     def execute(self, task: Task) -> TaskResult | HandBack:
         """What a worker does with one task; never raises."""
@@ -72,7 +76,9 @@ class LocalExecutor:
             if isinstance(task, AiTask):
                 if self.ai is None:
                     return _failed(task, FailureClass.CONNECTION_ERROR, "no model server is configured for AI steps")
-                return self.ai.complete(task)
+                result = self.ai.complete(task)
+                digest = identity_of(self.identities(), task.model) if result.ok else None
+                return result.model_copy(update={"model_digest": digest}) if digest else result
             if self.scripts_dir is None:
                 return _failed(task, FailureClass.SCRIPT_NOT_FOUND, "no scripts directory is configured for script steps")
             return run_script(task, self.scripts_dir, env=self.script_env, worker="local")
@@ -92,6 +98,8 @@ class LocalExecutor:
                 self._read_holds()
                 if len(in_flight) < window:
                     claimed = self.db.run(lambda db: self._claim(db, window - len(in_flight), batch_id))
+                hits, claimed = self.db.run(lambda db: cache.answer(db, claimed, self._digests()))
+                in_flight.update(_done(hit) for hit in hits)
                 for row in claimed:
                     made = task_or_failure(row)
                     in_flight.add(pool.submit(self.execute, made) if not isinstance(made, TaskResult)
@@ -120,6 +128,18 @@ class LocalExecutor:
                     if on_tick:
                         on_tick(outcomes)
         return outcomes
+
+    def identities(self) -> dict[str, str]:
+        if self._identities is None:
+            try:
+                self._identities = model_identities(self.ai) if self.ai is not None else {}
+            except BackendError as exc:
+                log.warning("cannot ask the model server what it has (%s): the cache is not used", exc)
+                self._identities = {}
+        return self._identities
+
+    def _digests(self) -> dict[str, list[str]]:
+        return {name: [digest] for name, digest in self.identities().items()}
 
     def _read_holds(self, every_s: float = 0.5) -> None:
         if time.monotonic() - self._holds_read_at >= every_s:

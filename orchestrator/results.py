@@ -37,7 +37,8 @@ from common.retries import STEP_FAULTS, Retry, RetryPolicy
 from orchestrator import engine, locks
 from orchestrator.escalation import escalate_failing
 from orchestrator.catalog import WorkflowCache
-from orchestrator.db.rows import AttemptRecord, Completion, FailureRecord, Moved, Requeue, StepState, Target
+from orchestrator.budget import over_budget
+from orchestrator.db.rows import AttemptRecord, CacheEntry, Completion, FailureRecord, Moved, Requeue, StepState, Target
 from orchestrator.db.store import Store
 from orchestrator.states import Status, end_runs, transition_many
 
@@ -216,8 +217,12 @@ def _apply_set(store: Store, results: Sequence[TaskResult], cache: WorkflowCache
             applied.append(Applied(r, "ignored"))
 
     applied += _ignore(store, ignored, targets, views, decisions)
+    # Every answer a model gave may answer the same question again (orchestrator/cache.py).
+    entries = [CacheEntry(r.interaction_id, r.model_digest) for key, r in unique.items()
+               if key in completed and r.model_digest and r.cached_from is None]
     open_now = store.store_decisions(attempts=decisions.attempts, events=decisions.events,
-                                     children=decisions.children, runs=sorted(may_end))
+                                     children=decisions.children, runs=sorted(may_end), entries=entries)
+    over_budget(store, sorted({a.batch_id for a in decisions.attempts}))
     faulty = [(m.batch_id, m.step) for key, m in failed.items() if unique[key].failure.failure_class in STEP_FAULTS]
     faulty += [(c.batch_id, c.step) for c in decisions.children if c.failure_class == FailureClass.RENDER_ERROR]
     if faulty:
@@ -259,7 +264,7 @@ def _views(store: Store, state: list[StepState], targets: dict[int, Target],
 
 def _completion(r: TaskResult) -> Completion:
     return Completion(id=r.interaction_id, attempt=r.attempt, output=r.output,
-                      output_chars=len(engine.output_text(r.output)))
+                      output_chars=len(engine.output_text(r.output)), cached_from=r.cached_from)
 
 
 def _failure(r: TaskResult) -> FailureRecord:
@@ -279,7 +284,8 @@ def _record(r: TaskResult, batch_id: int, outcome: str, moved: Moved | None = No
         failure_class=r.failure.failure_class.value if r.failure else None,
         failure_message=r.failure.message if r.failure else None,
         prompt_tokens=u.prompt_tokens, output_tokens=u.output_tokens, load_s=u.load_s,
-        prompt_eval_s=u.prompt_eval_s, eval_s=u.eval_s, call_s=u.call_s, metrics=r.metrics or None)
+        prompt_eval_s=u.prompt_eval_s, eval_s=u.eval_s, call_s=u.call_s,
+        metrics={**r.metrics, "cached_from": r.cached_from} if r.cached_from is not None else r.metrics or None)
 
 
 def _retry_or_give_up(moved: Moved, r: TaskResult, view: engine.RunView, policy: RetryPolicy,

@@ -33,6 +33,9 @@ from orchestrator.sweeper import sweep
 log = logging.getLogger(__name__)
 
 DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+# How many times one turn dispatches again after the cache answered some of what it
+# claimed: a chain whose every step is cached moves this many steps in one transaction.
+CACHE_ROUNDS = 20
 
 
 class Service:
@@ -51,6 +54,7 @@ class Service:
         self.idle_wait_s = idle_wait_s
         self._last_sweep = 0.0
         self._last_dispatch = 0.0
+        self._again = False
         self.outcomes: Counter = Counter()
         self._conn: psycopg.Connection | None = None
         self._store: Store | None = None
@@ -88,7 +92,8 @@ class Service:
         # Before dispatching: after a resume, the workers must have heard it before the
         # work it released reaches them, or they would hand it back.
         self.holds.announce_if_due(self._connection())
-        if deliveries or notes or now - self._last_dispatch >= self.dispatch_every_s:
+        if deliveries or notes or self._again or now - self._last_dispatch >= self.dispatch_every_s:
+            self._again = False
             self.apply_and_dispatch(deliveries)
             self._last_dispatch = now
         if now - self._last_sweep >= self.sweep_every_s:
@@ -137,14 +142,21 @@ class Service:
                          len(taken))
             applied = apply_in(store, results, self.cache, isolate=isolate, policy=self.policy)
             try:
-                turn = self._dispatch(store)
+                for _ in range(CACHE_ROUNDS):
+                    turn = self._dispatch(store)
+                    # Claimed but not sendable: each one's attempt fails, with the reason.
+                    # Answered from the cache: completed now, and their children, made
+                    # by this apply, are dispatched (or answered) in the next round.
+                    applied += apply_in(store, [*turn.undeliverable, *turn.cached], self.cache, isolate=isolate,
+                                        policy=self.policy)
+                    if not turn.cached:
+                        break
+                else:
+                    self._again = True  # more may be answered: the next turn dispatches at once
             except (BrokerError, *self.inbox.connection_errors) as exc:
                 if not results and not statuses:
                     raise
                 broker_error = exc
-            else:
-                # Claimed but not sendable: each one's attempt fails, with the reason.
-                applied += apply_in(store, turn.undeliverable, self.cache, isolate=isolate, policy=self.policy)
         return applied, broker_error
 
     def _dispatch(self, store: Store) -> DispatchTurn:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from psycopg.types.json import Jsonb
+
 from common.messages import WorkerStatus
 from orchestrator.db.store import Store
 
@@ -11,4 +13,4 @@ STALE_S = 30.0
 
 def record(store: Store, statuses: list[WorkerStatus]) -> None:
     with store.transaction():
-        store.record_workers([s.model_dump(exclude={"v"}) for s in statuses])
+        store.record_workers([{**s.model_dump(exclude={"v"}), "digests": Jsonb(s.digests)} for s in statuses])

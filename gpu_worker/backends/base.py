@@ -54,6 +54,21 @@ class ModelBackend(Protocol):
         ...
 
 
+def model_identities(backend: ModelBackend) -> dict[str, str]:
+    """name -> identity of what the server has; a backend that lists only names (a test
+    double) is taken as naming each model by itself."""
+    identities = getattr(backend, "model_identities", None)
+    return identities() if identities is not None else {m: m for m in backend.list_models()}
+
+
+def identity_of(identities: dict[str, str], model: str) -> str | None:
+    """The identity of `model` among a server's: `gemma3` is `gemma3:latest` to Ollama."""
+    found = identities.get(model)
+    if found is None and ":" not in model.rsplit("/", 1)[-1]:
+        found = identities.get(f"{model}:latest")
+    return found
+
+
 class BackendError(WavefarmError):
     """The model server could not answer a non-task call (such as listing models)."""
 
@@ -313,8 +328,9 @@ class HttpBackend(ABC):
         """The answer in a 2xx JSON body, filling `metrics`; a Failure when it holds none."""
 
     @abstractmethod
-    def _model_names(self, body: Any) -> list[str]:
-        """The names in a models listing; may raise KeyError/TypeError/... on an odd body."""
+    def _model_identities(self, body: Any) -> dict[str, str]:
+        """name -> identity (digest) in a models listing; may raise KeyError/TypeError/...
+        on an odd body."""
 
     # -- the shared cycle -----------------------------------------------------------------
     def _where(self, task: AiTask) -> str:
@@ -404,6 +420,11 @@ class HttpBackend(ABC):
                            message=f"{where} {exc}{cut}: {storable.clean(answer.content[:PREVIEW_CHARS])!r}")
 
     def list_models(self) -> list[str]:
+        return list(self.model_identities())
+
+    def model_identities(self) -> dict[str, str]:
+        """The models the server has, each with what identifies that build of it (the
+        cache's model identity); raises BackendError when it cannot be asked."""
         try:
             response = self.session.get(self.base_url + self.models_path, timeout=(CONNECT_TIMEOUT_S, LIST_TIMEOUT_S))
         except requests.RequestException as exc:
@@ -412,10 +433,11 @@ class HttpBackend(ABC):
             text = scrub(error_text(response), self._secrets)
             raise BackendError(failure_from_status(response.status_code, text, model=None, server=self.server))
         try:
-            names = self._model_names(response.json())
-            if not all(isinstance(n, str) for n in names):
+            found = self._model_identities(response.json())
+            if not all(isinstance(n, str) and isinstance(d, str) for n, d in found.items()):
                 raise TypeError
-            return names
+            # A NUL cannot be stored (nor is it a model's name): such an entry is not a model.
+            return {n: d[:200] for n, d in found.items() if "\0" not in n and "\0" not in d}
         except (ValueError, KeyError, TypeError, AttributeError, IndexError):
             raise BackendError(Failure(failure_class=FailureClass.SERVER_ERROR,
                                        message=f"{self.server} answered {self.models_path} with an unexpected body")) from None

@@ -47,5 +47,10 @@ class OllamaBackend(HttpBackend):
                            message=f"{self._where(task)} answered without message.content")
         return Answer(content, truncated=done_reason == "length")
 
-    def _model_names(self, body: Any) -> list[str]:
-        return [m.get("name") or m["model"] for m in body["models"]]
+    def _model_identities(self, body: Any) -> dict[str, str]:
+        # The digest names the build: a model pulled again under the same name is another.
+        found = {}
+        for m in body["models"]:
+            name = m.get("name") or m["model"]
+            found[name] = m.get("digest") or name
+        return found

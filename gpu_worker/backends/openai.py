@@ -140,8 +140,9 @@ class OpenAIBackend(HttpBackend):
         return Failure(failure_class=FailureClass.INVALID_OUTPUT,
                        message=f"{where} answered without message content (finish_reason {finish})")
 
-    def _model_names(self, body: Any) -> list[str]:
-        return [m["id"] for m in body["data"]]
+    def _model_identities(self, body: Any) -> dict[str, str]:
+        # An OpenAI-compatible server says no more than the id of what it serves.
+        return {m["id"]: m["id"] for m in body["data"]}
 
 
 def map_options(options: dict[str, Any]) -> dict[str, Any]:

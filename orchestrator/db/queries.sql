@@ -91,28 +91,46 @@ RETURNING id, line, input
 
 -- name: copy_interactions
 COPY interactions (run_id, batch_id, step, kind, actor, visit, status, max_attempts, timeout_s,
-                   parent_ids, input, failure_class, failure_message)
+                   parent_ids, input, failure_class, failure_message, cache_key, use_cache)
 FROM STDIN
 
 -- name: store_decisions
 -- What was decided over a batch of results, in one statement: the record of every
--- attempt that ended; the engine's events (in the order decided), then its children
--- (their `created` events come from the trigger, which fires at the end of the
--- statement, so after the decisions that made them); and for each run in %(runs)s how
--- much is still open (pending or dispatched) after it. Each kind of row travels as one
--- JSON array of objects (orchestrator/db/store.py makes them from rows.py's classes):
--- three parameters, however many rows and columns, where an array per column cost the
--- client more to encode than the whole statement costs the server.
+-- attempt that ended, with its model and its cost at the prices in force now (and the
+-- batch's spend grown by it); the engine's events (in the order decided), then its
+-- children (their `created` events come from the trigger, which fires at the end of the
+-- statement, so after the decisions that made them); the cache entries of answers that
+-- may be reused; and for each run in %(runs)s how much is still open (pending or
+-- dispatched) after it. Each kind of row travels as one JSON array of objects
+-- (orchestrator/db/store.py makes them from rows.py's classes): a few parameters,
+-- however many rows and columns, where an array per column cost the client more to
+-- encode than the whole statement costs the server.
 -- The unique (run_id, step, visit) makes a second creation of the same child a no-op.
 WITH recorded AS (
     INSERT INTO attempts (interaction_id, batch_id, attempt, outcome, dispatched_at, started_at, ended_at, worker,
                           server, failure_class, failure_message, prompt_tokens, output_tokens, load_s,
-                          prompt_eval_s, eval_s, call_s, metrics)
-    SELECT * FROM jsonb_to_recordset(%(attempts)s::jsonb) AS a (
+                          prompt_eval_s, eval_s, call_s, metrics, model, cost)
+    SELECT a.*, m.model, CASE WHEN m.model IS NOT NULL THEN wavefarm_cost(m.model, a.prompt_tokens, a.output_tokens,
+                                                                           a.call_s) END
+    FROM jsonb_to_recordset(%(attempts)s::jsonb) AS a (
         interaction_id bigint, batch_id bigint, attempt integer, outcome text, dispatched_at timestamptz,
         started_at timestamptz, ended_at timestamptz, worker text, server text, failure_class text,
         failure_message text, prompt_tokens integer, output_tokens integer, load_s double precision,
         prompt_eval_s double precision, eval_s double precision, call_s double precision, metrics jsonb)
+    CROSS JOIN LATERAL (SELECT CASE WHEN i.kind = 'ai' THEN wavefarm_model(i.actor) END AS model
+                        FROM interactions i WHERE i.id = a.interaction_id) m
+    RETURNING batch_id, cost
+), spent AS (
+    UPDATE batches b SET spent = b.spent + s.cost
+    FROM (SELECT batch_id, sum(cost) AS cost FROM recorded GROUP BY batch_id HAVING sum(cost) > 0) s
+    WHERE b.id = s.batch_id
+), cached AS (
+    INSERT INTO cache_entries (key, digest, model, interaction_id, run_id)
+    SELECT i.cache_key, c.digest, wavefarm_model(i.actor), i.id, i.run_id
+    FROM jsonb_to_recordset(%(entries)s::jsonb) AS c (interaction_id bigint, digest text)
+    JOIN interactions i ON i.id = c.interaction_id
+    WHERE i.cache_key IS NOT NULL
+    ON CONFLICT (key, digest) DO NOTHING
 ), decided AS (
     INSERT INTO events (batch_id, run_id, interaction_id, kind, attempt, detail)
     SELECT e.batch_id, e.run_id, e.interaction_id, e.kind, e.attempt, e.detail
@@ -123,16 +141,17 @@ WITH recorded AS (
     ORDER BY e.n
 ), born AS (
     INSERT INTO interactions (run_id, batch_id, step, kind, actor, visit, status, max_attempts, timeout_s,
-                              parent_ids, input, failure_class, failure_message, ended_at)
+                              parent_ids, input, failure_class, failure_message, cache_key, use_cache, ended_at)
     SELECT v.run_id, v.batch_id, v.step, v.kind, v.actor, v.visit, v.status, v.max_attempts, v.timeout_s,
-           v.parent_ids, v.input, v.failure_class, v.failure_message,
+           v.parent_ids, v.input, v.failure_class, v.failure_message, v.cache_key, v.use_cache,
            CASE WHEN v.status = 'failed' THEN now() END
     FROM ROWS FROM (jsonb_to_recordset(%(children)s::jsonb)
                     AS (run_id bigint, batch_id bigint, step text, kind text, actor text, visit integer,
                         status text, max_attempts integer, timeout_s double precision, parent_ids bigint[],
-                        input jsonb, failure_class text, failure_message text))
+                        input jsonb, failure_class text, failure_message text, cache_key text,
+                        use_cache boolean))
          WITH ORDINALITY AS v (run_id, batch_id, step, kind, actor, visit, status, max_attempts, timeout_s,
-                               parent_ids, input, failure_class, failure_message, n)
+                               parent_ids, input, failure_class, failure_message, cache_key, use_cache, n)
     ORDER BY v.n
     ON CONFLICT (run_id, step, visit) DO NOTHING
     RETURNING run_id, status
@@ -160,7 +179,8 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) claimed
 WHERE i.id = claimed.id
-RETURNING i.id, i.run_id, i.batch_id, i.step, i.kind, i.actor, i.attempt, i.timeout_s, i.deadline, i.input
+RETURNING i.id, i.run_id, i.batch_id, i.step, i.kind, i.actor, i.attempt, i.timeout_s, i.deadline, i.input,
+          CASE WHEN i.use_cache THEN i.cache_key END AS cache_key
 
 -- name: claim_for_dispatch
 -- The same transition for one actor's queue and one batch (serve's dispatcher; a paused
@@ -179,11 +199,13 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) claimed
 WHERE i.id = claimed.id
-RETURNING i.id, i.run_id, i.batch_id, i.step, i.kind, i.actor, i.attempt, i.timeout_s, i.deadline, i.input
+RETURNING i.id, i.run_id, i.batch_id, i.step, i.kind, i.actor, i.attempt, i.timeout_s, i.deadline, i.input,
+          CASE WHEN i.use_cache THEN i.cache_key END AS cache_key
 
 -- name: dispatch_view
 -- What a dispatch turn needs in one round trip, as rows of two kinds:
--- 'pending': every (kind, actor, batch) with pending work and the batch's priority,
+-- 'pending': every (kind, actor, batch) with pending work, the batch's priority and
+--   whether it has a credit limit (orchestrator/budget.py),
 --   found by skipping through interactions_dispatch one triple at a time (a loose
 --   index scan: cheap however much is pending); a paused batch has none to give;
 -- 'in_flight': how many are dispatched per (kind, actor) (interactions_in_flight).
@@ -197,11 +219,12 @@ WITH RECURSIVE w AS (
         ORDER BY kind, actor, batch_id LIMIT 1) n
 )
 SELECT * FROM (
-    SELECT 'pending' AS what, w.kind, w.actor, w.batch_id, b.priority, NULL::bigint AS n
+    SELECT 'pending' AS what, w.kind, w.actor, w.batch_id, b.priority, NULL::bigint AS n,
+           b.credit_limit IS NOT NULL AS limited
     FROM w JOIN batches b ON b.id = w.batch_id
     WHERE b.paused_at IS NULL
     UNION ALL
-    SELECT 'in_flight', kind, actor, NULL, NULL, count(*) FROM interactions WHERE status = 'dispatched'
+    SELECT 'in_flight', kind, actor, NULL, NULL, count(*), NULL FROM interactions WHERE status = 'dispatched'
     GROUP BY kind, actor
 ) v ORDER BY what DESC, kind, actor, batch_id
 
@@ -227,11 +250,12 @@ WHERE w.last_seen > now() - make_interval(secs => %(stale_s)s) AND NOT w.stoppin
 GROUP BY q.queue
 
 -- name: upsert_worker
-INSERT INTO workers (name, kind, queues, concurrency, server, models, circuit, stopping, last_seen)
-VALUES (%(name)s, %(kind)s, %(queues)s, %(concurrency)s, %(server)s, %(models)s, %(circuit)s, %(stopping)s, %(at)s)
+INSERT INTO workers (name, kind, queues, concurrency, server, models, digests, circuit, stopping, last_seen)
+VALUES (%(name)s, %(kind)s, %(queues)s, %(concurrency)s, %(server)s, %(models)s, %(digests)s, %(circuit)s,
+        %(stopping)s, %(at)s)
 ON CONFLICT (name) DO UPDATE SET
     kind = excluded.kind, queues = excluded.queues, concurrency = excluded.concurrency, server = excluded.server,
-    models = excluded.models, circuit = excluded.circuit, stopping = excluded.stopping,
+    models = excluded.models, digests = excluded.digests, circuit = excluded.circuit, stopping = excluded.stopping,
     last_seen = greatest(workers.last_seen, excluded.last_seen)
 -- A heartbeat delayed in the broker must not overwrite a newer one.
 WHERE workers.last_seen <= excluded.last_seen
@@ -247,9 +271,10 @@ FROM workers ORDER BY kind, name
 -- by store_decisions.
 UPDATE interactions i
 SET status = 'completed', output = v.output, output_chars = v.output_chars, ended_at = now(),
-    failure_class = NULL, failure_message = NULL, failure_detail = NULL
-FROM unnest(%(id)s::bigint[], %(attempt)s::integer[], %(output)s::jsonb[], %(output_chars)s::integer[])
-     AS v (id, attempt, output, output_chars)
+    failure_class = NULL, failure_message = NULL, failure_detail = NULL, cached_from = v.cached_from
+FROM unnest(%(id)s::bigint[], %(attempt)s::integer[], %(output)s::jsonb[], %(output_chars)s::integer[],
+            %(cached_from)s::bigint[])
+     AS v (id, attempt, output, output_chars, cached_from)
 WHERE i.id = v.id AND i.status = %(from_status)s AND i.attempt = v.attempt
 RETURNING i.id, i.run_id, i.batch_id, i.step, i.visit, i.status, i.attempt, i.max_attempts, i.busy_retries,
           i.dispatched_at, i.output
@@ -779,6 +804,11 @@ DELETE FROM events WHERE batch_id = %(batch_id)s AND run_id IS NULL
 -- name: purge_attempts
 DELETE FROM attempts WHERE interaction_id IN (SELECT id FROM interactions WHERE batch_id = %(batch_id)s)
 
+-- name: purge_cache_entries
+-- The cache's answers from the batch go with it (a hit elsewhere keeps its own copy of
+-- the output, and its cached_from names an interaction that is gone).
+DELETE FROM cache_entries WHERE interaction_id IN (SELECT id FROM interactions WHERE batch_id = %(batch_id)s)
+
 -- name: purge_interactions
 DELETE FROM interactions WHERE batch_id = %(batch_id)s
 
@@ -803,3 +833,93 @@ SELECT row_key FROM runs WHERE workflow_id = %(workflow_id)s AND row_key = ANY(%
 SELECT DISTINCT row_key FROM runs
 WHERE workflow_name = %(workflow_name)s AND workflow_id IS DISTINCT FROM %(workflow_id)s::bigint
   AND row_key = ANY(%(keys)s)
+
+-- name: live_digests
+-- What the live model hosts serve, model -> its digests (one per host that reported
+-- it; two when hosts disagree): the answers of which the cache may reuse.
+SELECT wavefarm_model(d.name) AS model, array_agg(DISTINCT d.digest ORDER BY d.digest) AS digests
+FROM workers w CROSS JOIN LATERAL jsonb_each_text(w.digests) AS d (name, digest)
+WHERE w.kind = 'ai' AND w.last_seen > now() - make_interval(secs => %(stale_s)s) AND NOT w.stopping
+GROUP BY 1
+
+-- name: cache_hits
+-- Which claimed interactions the cache answers: an entry with the same prompt digest
+-- from a model digest served today (%(digests)s: model -> digests), whose interaction is
+-- not of the same run (a loop that asks again means to sample again) unless a rerun
+-- superseded it. Each hit is counted on its entry.
+WITH wanted AS (
+    SELECT c.id, c.attempt, c.run_id, c.key, d.digests
+    FROM jsonb_to_recordset(%(claimed)s::jsonb) AS c (id bigint, attempt integer, run_id bigint, key text, actor text)
+    JOIN (SELECT wavefarm_model(m.name) AS model, array_agg(x.digest) AS digests
+          FROM jsonb_each(%(digests)s::jsonb) AS m (name, list)
+          CROSS JOIN LATERAL jsonb_array_elements_text(m.list) AS x (digest)
+          GROUP BY 1) d ON d.model = wavefarm_model(c.actor)
+), found AS (
+    SELECT w.id, w.attempt, s.key, s.digest, s.source, s.output
+    FROM wanted w CROSS JOIN LATERAL (
+        SELECT e.key, e.digest, i.id AS source, i.output
+        FROM cache_entries e JOIN interactions i ON i.id = e.interaction_id
+        WHERE e.key = w.key AND e.digest = ANY (w.digests) AND i.status = 'completed'
+          AND (i.run_id <> w.run_id OR i.superseded)
+        ORDER BY e.created_at DESC
+        LIMIT 1) s
+), counted AS (
+    UPDATE cache_entries e SET hits = e.hits + f.n, last_hit_at = now()
+    FROM (SELECT key, digest, count(*) AS n FROM found GROUP BY key, digest) f
+    WHERE e.key = f.key AND e.digest = f.digest
+)
+SELECT id, attempt, source, output FROM found
+
+-- name: cache_stats
+-- The cache per model: entries, hits served, and the tokens and cost of the calls the
+-- hits did not make (each hit's source attempt, at the prices it was paid at).
+SELECT e.model, count(*)::int AS entries, coalesce(sum(e.hits), 0)::bigint AS hits,
+       min(e.created_at) AS oldest, max(e.last_hit_at) AS last_hit
+FROM cache_entries e
+GROUP BY e.model ORDER BY e.model
+
+-- name: cache_clear
+-- Forget entries (the interactions and their outputs stay): of one model, older than a
+-- number of days, or all.
+DELETE FROM cache_entries
+WHERE (%(model)s::text IS NULL OR model = wavefarm_model(%(model)s::text))
+  AND (%(older_than_days)s::float8 IS NULL
+       OR created_at < now() - make_interval(secs => %(older_than_days)s::float8 * 86400))
+
+-- name: batches_over_budget
+-- Of these batches, those whose spend reached their credit limit and that are still
+-- running (not paused, not cancelled): serve pauses them.
+SELECT id, spent, credit_limit FROM batches
+WHERE id = ANY (%(ids)s::bigint[]) AND credit_limit IS NOT NULL AND spent >= credit_limit
+  AND paused_at IS NULL AND cancelled_at IS NULL
+ORDER BY id
+
+-- name: budget_view
+-- For the batches with a credit limit among %(ids)s: the credit left, and per model (or
+-- script) with work of the batch pending or in flight, how many are in flight and what
+-- one costs on average (its latest 100 costed attempts in the batch; NULL while none has
+-- been costed yet), and whether the model has a price at all.
+WITH limited AS (
+    SELECT id, credit_limit - spent AS left FROM batches
+    WHERE id = ANY (%(ids)s::bigint[]) AND credit_limit IS NOT NULL
+), actors AS (
+    SELECT i.batch_id, i.kind, i.actor, count(*)::int AS in_flight
+    FROM interactions i JOIN limited l ON l.id = i.batch_id
+    WHERE i.status = 'dispatched'
+    GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT p.batch_id, p.kind, p.actor, 0
+    FROM jsonb_to_recordset(%(pending)s::jsonb) AS p (batch_id bigint, kind text, actor text)
+    JOIN limited l ON l.id = p.batch_id
+), per_actor AS (
+    SELECT batch_id, kind, actor, sum(in_flight)::int AS in_flight FROM actors GROUP BY 1, 2, 3
+)
+SELECT a.batch_id, l.left, a.kind, a.actor, a.in_flight,
+       CASE WHEN a.kind = 'ai' THEN (
+           SELECT avg(r.cost) FROM (
+               SELECT t.cost FROM attempts t
+               WHERE t.batch_id = a.batch_id AND t.model = wavefarm_model(a.actor) AND t.cost IS NOT NULL
+               ORDER BY t.id DESC LIMIT 100) r) END AS estimate,
+       a.kind = 'ai' AND EXISTS (SELECT 1 FROM prices p WHERE p.model = wavefarm_model(a.actor)) AS priced
+FROM per_actor a JOIN limited l ON l.id = a.batch_id
+ORDER BY 1, 3, 4

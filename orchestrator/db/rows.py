@@ -154,6 +154,17 @@ class NewInteraction:
     input: dict[str, Any] = jsonb()
     failure_class: str | None = None
     failure_message: str | None = None
+    cache_key: str | None = None  # an AI step's: what it asks, digested (orchestrator/cache.py)
+    use_cache: bool = False       # its step has `cache: true`: look for an answer before sending it
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """A completed answer that may be reused: the interaction and the digest of the model
+    that gave it (the prompt's digest is the interaction's cache_key)."""
+
+    interaction_id: int
+    digest: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +181,7 @@ class Claimed:
     timeout_s: float
     deadline: datetime | None
     input: dict[str, Any]
+    cache_key: str | None = None  # set when it may be answered from the cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +244,7 @@ class Guard:
 class Completion(Guard):
     output: Any = jsonb()
     output_chars: int
+    cached_from: int | None = None  # a cache hit: the interaction whose answer this is
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -391,6 +404,7 @@ class DispatchRow:
     batch_id: int | None
     priority: int | None
     n: int | None
+    limited: bool | None  # the batch has a credit limit
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,10 @@ CREATE TABLE batches (
     paused_at      timestamptz,
     pause_reason   text,
     cancelled_at   timestamptz,
+    -- The spend so far (the sum of its attempts' cost, kept by store_decisions) and the
+    -- credit limit: reaching it pauses the batch (pause_reason budget_exceeded).
+    credit_limit   numeric CHECK (credit_limit >= 0),
+    spent          numeric NOT NULL DEFAULT 0,
     CONSTRAINT batches_workflow_id_source_digest_key UNIQUE (workflow_id, source_digest)
 );
 
@@ -103,8 +107,17 @@ CREATE TABLE interactions (
     -- Work a rerun replaced: kept in the history with its cost, but it counts neither for
     -- loop bounds nor for fan-in, and its output is no step's latest.
     superseded       boolean NOT NULL DEFAULT false,
+    -- The digest of what the model is asked (system, prompt, options, format), on every
+    -- AI interaction; with the answering model's digest, the key of its answer in
+    -- cache_entries. use_cache: its step has `cache: true`, so it looks there before it
+    -- is sent. cached_from: the interaction whose output a cache hit reused (no foreign
+    -- key: purging that batch must not touch this one).
+    cache_key        text,
+    use_cache        boolean NOT NULL DEFAULT false,
+    cached_from      bigint,
     UNIQUE (run_id, step, visit)
 );
+CREATE INDEX interactions_cached ON interactions (batch_id) WHERE cached_from IS NOT NULL;
 -- The dispatcher takes the oldest pending work; the sweeper scans in-flight deadlines.
 CREATE INDEX interactions_pending ON interactions (id) WHERE status = 'pending';
 CREATE INDEX interactions_deadline ON interactions (deadline) WHERE status = 'dispatched';
@@ -136,7 +149,9 @@ CREATE TABLE attempts (
     prompt_eval_s    double precision,
     eval_s           double precision,
     call_s           double precision,
-    metrics          jsonb
+    metrics          jsonb,
+    model            text,     -- wavefarm_model(actor) of an AI step's attempt
+    cost             numeric   -- wavefarm_cost when it was recorded; NULL: unpriced (or a script)
 );
 CREATE INDEX attempts_interaction ON attempts (interaction_id, attempt);
 
@@ -267,6 +282,9 @@ CREATE TABLE workers (
     server       text,
     models       text[] NOT NULL DEFAULT '{}',
     circuit      text NOT NULL DEFAULT 'closed' CHECK (circuit IN ('closed', 'open')),
+    -- name -> digest (Ollama's /api/tags; an OpenAI-compatible server's model id): which
+    -- cache entries are answers of the model served today.
+    digests      jsonb NOT NULL DEFAULT '{}',
     stopping     boolean NOT NULL DEFAULT false,
     first_seen   timestamptz NOT NULL DEFAULT now(),
     last_seen    timestamptz NOT NULL DEFAULT now()
@@ -276,3 +294,53 @@ CREATE TABLE workers (
 CREATE INDEX interactions_dispatch ON interactions (kind, actor, batch_id, run_id, id) WHERE status = 'pending';
 -- Admission control: how many are in flight per actor.
 CREATE INDEX interactions_in_flight ON interactions (kind, actor) WHERE status = 'dispatched';
+
+
+-- A model is named as the hosts resolve it: Ollama reads `gemma2` as `gemma2:latest`,
+-- so prices, usage and the cache all say `gemma2:latest` (a name whose last part has
+-- no tag gets `:latest`; `hf.co/org/repo:Q4_K_M` and `qwen2.5:7b` stay as they are).
+-- The one definition of that rule: Python asks the database rather than repeat it.
+CREATE FUNCTION wavefarm_model(name text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN substring(name FROM '[^/]*$') LIKE '%:%' THEN name ELSE name || ':latest' END
+$$;
+
+-- The fleet's prices, per model: every `prices set` is a new row (unnamed fields carried
+-- over from the row before), so an attempt is costed at the prices in force when it was
+-- recorded, and changing a price later never rewrites what a batch cost.
+CREATE TABLE prices (
+    id             bigserial PRIMARY KEY,
+    model          text NOT NULL,
+    input_per_1m   numeric CHECK (input_per_1m >= 0),   -- per million prompt tokens
+    output_per_1m  numeric CHECK (output_per_1m >= 0),  -- per million output tokens
+    per_hour       numeric CHECK (per_hour >= 0),       -- per hour of one slot's call time
+    set_at         timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX prices_model ON prices (model, id DESC);
+
+-- What an attempt cost: its tokens at the token prices plus its call time at the hourly
+-- price, at the prices in force when it was recorded. NULL when its model has no price
+-- (it costs 0, and `status` says it is unpriced); scripts have no model and no cost.
+CREATE FUNCTION wavefarm_cost(model text, prompt_tokens integer, output_tokens integer, call_s double precision)
+RETURNS numeric LANGUAGE sql STABLE AS $$
+    SELECT coalesce(p.input_per_1m, 0) * coalesce(prompt_tokens, 0) / 1000000
+         + coalesce(p.output_per_1m, 0) * coalesce(output_tokens, 0) / 1000000
+         + coalesce(p.per_hour, 0) * coalesce(call_s, 0)::numeric / 3600
+    FROM (SELECT * FROM prices WHERE prices.model = wavefarm_model($1) ORDER BY id DESC LIMIT 1) p
+$$;
+
+
+-- The interaction cache: one completed answer per (prompt digest, model digest).
+CREATE TABLE cache_entries (
+    key             text NOT NULL,
+    digest          text NOT NULL,
+    model           text NOT NULL,
+    interaction_id  bigint NOT NULL REFERENCES interactions (id),
+    run_id          bigint NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    hits            bigint NOT NULL DEFAULT 0,
+    last_hit_at     timestamptz,
+    PRIMARY KEY (key, digest)
+);
+CREATE INDEX cache_entries_interaction ON cache_entries (interaction_id);
+CREATE INDEX cache_entries_model ON cache_entries (model, created_at);

@@ -282,6 +282,9 @@ Retries = Annotated[int, Field(ge=0, le=MAX_RETRIES)]
 class Defaults(_Model):
     timeout: Timeout = 300
     retries: Retries = 2
+    # Reuse the answer of an earlier identical call (orchestrator/cache.py): AI steps
+    # only, as a script runs for its effects.
+    cache: bool = False
 
 
 class Step(_Model):
@@ -298,6 +301,7 @@ class Step(_Model):
     timeout: Timeout | None = None
     retries: Retries | None = None
     max_visits: Annotated[int, Field(ge=1, le=MAX_VISITS)] | None = None
+    cache: bool | None = None  # None: the workflow's defaults.cache
     # Where a run goes instead of a visit past max_visits: a loop that gives up gracefully
     # ("improve twice, then file a ticket and go on") rather than ending the run failed.
     on_max_visits: str | None = None
@@ -405,6 +409,10 @@ class Workflow(_Model):
 
     def retries_for(self, step: Step) -> int:
         return step.retries if step.retries is not None else self.defaults.retries
+
+    def cached(self, step: Step) -> bool:
+        """Whether the step's calls may be answered from the cache: AI steps only."""
+        return step.kind == "ai" and (step.cache if step.cache is not None else self.defaults.cache)
 
     def fan_in_dependents(self, name: str) -> list[Step]:
         """The steps that wait for `name` (those whose needs include it)."""

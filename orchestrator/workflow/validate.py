@@ -335,6 +335,9 @@ def _step_shape(i: int, s: dict, label: str, findings: _Findings) -> None:
         for key in AI_ONLY_KEYS:
             if key in s:
                 findings.add((*where, key), f"script {label} cannot have {key} (it is for AI steps)")
+        if s.get("cache") is True:
+            findings.add((*where, "cache"), f"script {label} cannot be cached: a script runs for its effects "
+                                            "(only AI steps take cache: true)")
 
 
 def _script_path(i: int, script: Any, label: str, scripts_dir: Path | None, findings: _Findings) -> None:
