@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, islice
+from decimal import Decimal
 from pathlib import Path
 
 from common.errors import CsvFileError
@@ -48,6 +49,7 @@ def submit(
     *,
     key_column: str | None = None,
     priority: int | None = None,
+    credit_limit: Decimal | None = None,
     on_rows: Callable[[int], None] | None = None,
 ) -> Submission:
     """Create (or extend) the batch for this file and this workflow.
@@ -71,6 +73,9 @@ def submit(
         if not new_batch and priority is not None and priority != batch.priority:
             # Re-submitting with --priority re-prioritises: the dispatcher sees it at its next turn.
             db.set_batch_priority(batch.id, priority)
+        if credit_limit is not None and credit_limit != batch.credit_limit:
+            # Set before any run exists (a resubmission changes it): dispatch reads it.
+            db.set_credit_limit(batch.id, credit_limit)
     # A batch keeps the workflow version it was first submitted with.
     batch_workflow = workflow if batch.workflow_id == stored.id else catalog.by_id(db, batch.workflow_id)
     submission = Submission(batch.id, workflow.name, stored.version, new_batch, summary=summary)

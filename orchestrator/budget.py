@@ -25,9 +25,27 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from orchestrator import controls
+from orchestrator.controls import BUDGET_EXCEEDED
 from orchestrator.db.store import Store
 
-BUDGET_EXCEEDED = "budget_exceeded"  # a batch's pause_reason when its credit limit was reached
+# No amount of money the farm keeps is larger: beyond it a value is a typo (or 1e400).
+MAX_AMOUNT = Decimal("1e15")
+
+
+def parse_amount(text: str, *, what: str) -> Decimal:
+    """A sum of money (a credit limit, a price) as a person types it; ValueError that says
+    what is wrong with it. Plain decimal notation: no NaN, infinity or negative amounts."""
+    try:
+        value = Decimal(text.strip().replace("_", ""))
+    except ArithmeticError:
+        raise ValueError(f"{what} must be a number, got {text!r}") from None
+    if not value.is_finite():
+        raise ValueError(f"{what} must be a finite number, got {text!r}")
+    if value < 0:
+        raise ValueError(f"{what} cannot be negative, got {text!r}")
+    if value > MAX_AMOUNT:
+        raise ValueError(f"{what} is {text!r}: more than {MAX_AMOUNT:,.0f} is taken for a typo")
+    return value.normalize() if value == value.to_integral_value() else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +85,7 @@ class Budget:
     """What a dispatch turn may still put in flight for the batches with a credit limit."""
 
     left: dict[int, Decimal] = field(default_factory=dict)  # batch -> credit left after what is in flight
+    spent_all: list[int] = field(default_factory=list)  # batches whose spend reached the limit
     estimate: dict[Key, Decimal | None] = field(default_factory=dict)  # None: priced, no cost known yet
     in_flight: dict[Key, int] = field(default_factory=dict)
     batch_in_flight: dict[int, int] = field(default_factory=lambda: defaultdict(int))
@@ -85,6 +104,8 @@ class Budget:
             budget.estimate[key] = estimate
             budget.in_flight[key] = r.in_flight
             budget.batch_in_flight[r.batch_id] += r.in_flight
+            if r.batch_id not in budget.left and r.left <= 0:
+                budget.spent_all.append(r.batch_id)
             left = budget.left.get(r.batch_id, r.left)
             budget.left[r.batch_id] = left - (estimate or 0) * r.in_flight
         return budget

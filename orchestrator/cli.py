@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
@@ -111,6 +112,9 @@ def db_upgrade() -> None:
         out.print("schema is up to date")
 
 
+CreditLimit = Annotated[Optional[str], typer.Option(
+    "--credit-limit", metavar="AMOUNT",
+    help="Pause the batch when what it spent reaches AMOUNT (the currency of orchestrator prices).")]
 ModelOption = Annotated[Optional[list[str]], typer.Option(
     "--model", metavar="ALIAS=NAME",
     help="Set one of the file's model aliases, e.g. --model grader=qwen2.5:7b (repeatable).")]
@@ -196,9 +200,12 @@ def submit(
     priority: Annotated[Optional[int], typer.Option("--priority", min=PRIORITY_MIN, max=PRIORITY_MAX, help="Higher goes first; equal priorities share the farm (orchestrator priority changes it).")] = None,
     model: ModelOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be created, and show the first row's rendered first step; store nothing.")] = False,
+    credit_limit: CreditLimit = None,
 ) -> None:
     """Submit a CSV file as a batch. Re-submitting the same file creates no duplicate runs."""
     from orchestrator import batches, catalog
+
+    limit = _amount(credit_limit)
 
     if dry_run:
         _submit_dry_run(batch, workflow, key, _scripts_dir(scripts_dir), _model_overrides(model), as_json)
@@ -208,7 +215,7 @@ def submit(
         with Progress(TextColumn("reading {task.description}"), TextColumn("{task.completed} rows"),
                       console=err, transient=True, disable=not sys.stderr.isatty()) as progress:
             task = progress.add_task(batch.name)
-            submission = batches.submit(db, batch, name, key_column=key, priority=priority,
+            submission = batches.submit(db, batch, name, key_column=key, priority=priority, credit_limit=limit,
                                         on_rows=lambda n: progress.update(task, completed=n))
         _print_submission(submission)
         if not local:
@@ -231,6 +238,17 @@ def submit(
         out.print(f"batch {submission.batch_id}")
     if (wait or local) and not ok:
         raise typer.Exit(1)
+
+
+def _amount(text: str | None, option: str = "--credit-limit") -> Decimal | None:
+    from orchestrator.budget import parse_amount
+
+    if text is None:
+        return None
+    try:
+        return parse_amount(text, what=option)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
 
 
 def _workflow_name(db: Store, workflow: str, scripts_dir: Path | None, models: dict[str, str]) -> str:
@@ -553,14 +571,19 @@ def pause(batch: Annotated[int, typer.Option("--batch", help="The batch to pause
 
 
 @app.command()
-def resume(batch: Annotated[int, typer.Option("--batch", help="The batch to go on with.")]) -> None:
-    """Go on with a paused batch, and release the steps an escalation held."""
+def resume(batch: Annotated[int, typer.Option("--batch", help="The batch to go on with.")],
+           credit_limit: CreditLimit = None) -> None:
+    """Go on with a paused batch, and release the steps an escalation held. A batch that
+    stopped at its credit limit goes on only with a higher one (--credit-limit)."""
     from orchestrator import controls
 
+    limit = _amount(credit_limit)
     with database() as db:
-        resumed, steps = controls.resume(db, batch)
+        resumed, steps = controls.resume(db, batch, credit_limit=limit)
         _tell_workers(db)
     said = [f"batch {batch}: " + ("resumed" if resumed else "was not paused")]
+    if limit is not None:
+        said.append(f"credit limit {limit}")
     if steps:
         said.append(f"escalated step(s) released: {', '.join(steps)}")
     out.print("; ".join(said))

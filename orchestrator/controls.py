@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 from common.errors import NotFound, WavefarmError
 from orchestrator import engine
-from orchestrator.db.rows import AttemptRecord, Event, Guard, Moved, OpenInteraction, RunInteractionState
+from orchestrator.db.rows import AttemptRecord, Batch, Event, Guard, Moved, OpenInteraction, RunInteractionState
 from orchestrator.db.store import Store
 from orchestrator.states import Status, end_runs, transition_many
 
 USER = "user"  # why a batch was paused: a person asked
+BUDGET_EXCEEDED = "budget_exceeded"  # why a batch was paused: its spend reached its credit limit
 
 
 class ControlRefused(WavefarmError):
@@ -42,15 +44,29 @@ def pause(store: Store, batch_id: int, *, reason: str = USER, detail: dict | Non
     return paused
 
 
-def resume(store: Store, batch_id: int) -> tuple[bool, list[str]]:
-    """Lift the batch's pause and its escalations: (was it paused, the steps released)."""
+def resume(store: Store, batch_id: int, *, credit_limit: Decimal | None = None) -> tuple[bool, list[str]]:
+    """Lift the batch's pause and its escalations: (was it paused, the steps released).
+
+    A batch paused at its credit limit goes on only with a new limit above what it spent:
+    a plain resume is refused (it would pause again at the next result)."""
     with store.transaction():
-        _require(store, batch_id)
+        batch = _require(store, batch_id)
+        detail: dict = {}
+        if credit_limit is not None:
+            if credit_limit <= batch.spent:
+                raise ControlRefused(f"batch {batch_id} has spent {batch.spent} already: a credit limit of "
+                                     f"{credit_limit} would stop it again at once; give more than {batch.spent}")
+            store.set_credit_limit(batch_id, credit_limit)
+            detail["credit_limit"] = str(credit_limit)
+        elif batch.pause_reason == BUDGET_EXCEEDED and batch.paused_at is not None:
+            raise ControlRefused(
+                f"batch {batch_id} stopped at its credit limit (spent {batch.spent} of {batch.credit_limit}): "
+                f"raise the limit to go on: orchestrator resume --batch {batch_id} --credit-limit AMOUNT")
         resumed = store.resume_batch(batch_id)
         steps = store.lift_escalations(batch_id)
-        if resumed or steps:
+        if resumed or steps or detail:
             store.insert_events([Event(batch_id, None, None, "resumed", None,
-                                       {"was_paused": resumed, "escalations_lifted": steps})])
+                                       {"was_paused": resumed, "escalations_lifted": steps, **detail})])
             store.notify_controls()
     return resumed, steps
 
@@ -114,6 +130,8 @@ def cancel_open(store: Store, open_: Sequence[OpenInteraction | RunInteractionSt
     return moved
 
 
-def _require(store: Store, batch_id: int) -> None:
-    if store.batch(batch_id) is None:
+def _require(store: Store, batch_id: int) -> Batch:
+    batch = store.batch(batch_id)
+    if batch is None:
         raise NotFound(f"no batch {batch_id} (orchestrator status lists the batches)")
+    return batch

@@ -42,7 +42,7 @@ from common.messages import Task, TaskResult
 
 from common.queues import queue_for, task_name
 from orchestrator import cache, locks
-from orchestrator.budget import Budget
+from orchestrator.budget import Budget, over_budget
 from orchestrator.db.rows import Claimed, DispatchRow
 from orchestrator.db.store import Store
 from orchestrator.states import claim_for_dispatch
@@ -115,6 +115,10 @@ class Dispatcher:
         self._turn += 1
         limited = [(r.batch_id, r.kind, r.actor) for r in pending if r.limited]
         budget = Budget.read(store, limited) if limited else Budget()
+        if budget.spent_all:
+            # A limit set at or below the spend (a limit of 0, a resubmission with a lower
+            # one): no call may go, and the batch pauses now rather than wait silently.
+            over_budget(store, budget.spent_all)
         try:
             self._publish_turn(store, pending, used, slots, turn, isolate, budget)
         except Exception:

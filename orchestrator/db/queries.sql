@@ -46,7 +46,7 @@ FROM workflows ORDER BY name, version DESC
 -- name: find_batch
 SELECT b.id, b.workflow_id, b.workflow_name, w.version AS workflow_version, b.source_name, b.source_digest,
        b.key_column, b.priority, b.rows_good, b.rows_rejected, b.rows_empty, b.created_at,
-       b.paused_at, b.pause_reason, b.cancelled_at
+       b.paused_at, b.pause_reason, b.cancelled_at, b.credit_limit, b.spent
 FROM batches b JOIN workflows w ON w.id = b.workflow_id
 WHERE b.workflow_id = %(workflow_id)s AND b.source_digest = %(digest)s
 
@@ -410,7 +410,7 @@ GROUP BY b.id, w.version ORDER BY b.id
 -- name: batch_by_id
 SELECT b.id, b.workflow_id, b.workflow_name, w.version AS workflow_version, b.source_name, b.source_digest,
        b.key_column, b.priority, b.rows_good, b.rows_rejected, b.rows_empty, b.created_at,
-       b.paused_at, b.pause_reason, b.cancelled_at
+       b.paused_at, b.pause_reason, b.cancelled_at, b.credit_limit, b.spent
 FROM batches b JOIN workflows w ON w.id = b.workflow_id
 WHERE b.id = %(id)s
 
@@ -515,6 +515,10 @@ ORDER BY e.n
 UPDATE batches SET paused_at = now(), pause_reason = %(reason)s
 WHERE id = %(id)s AND paused_at IS NULL
 RETURNING id
+
+-- name: set_credit_limit
+-- The batch's credit limit (NULL: none).
+UPDATE batches SET credit_limit = %(credit_limit)s WHERE id = %(id)s
 
 -- name: resume_batch
 -- The pause lifted (whatever its reason); its id, or none when it was not paused.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 
@@ -62,6 +63,8 @@ class Batch:
     paused_at: datetime | None
     pause_reason: str | None
     cancelled_at: datetime | None
+    credit_limit: Decimal | None = None
+    spent: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import fields
 import json
 from datetime import datetime
+from decimal import Decimal
 from functools import cache, partial
 from typing import Any, TypeVar
 
@@ -187,6 +188,9 @@ class Store:
     def pause_batch(self, batch_id: int, reason: str) -> bool:
         """Pause a batch that is not paused; whether it was paused now."""
         return self.scalar("pause_batch", {"id": batch_id, "reason": reason}) is not None
+
+    def set_credit_limit(self, batch_id: int, credit_limit: Decimal | None) -> None:
+        self.run("set_credit_limit", {"id": batch_id, "credit_limit": credit_limit})
 
     def resume_batch(self, batch_id: int) -> bool:
         return self.scalar("resume_batch", {"id": batch_id}) is not None

@@ -210,7 +210,7 @@ class Handler(BaseHTTPRequestHandler):
         # Book-keeping before the last write: a client that reads /api/ps or the counters
         # right after its answer must see this call's effects.
         owner._keep(call.model, call.keep_alive_s)
-        owner._count_served(call.model)
+        owner._count_served(call.model, usage.prompt_tokens, usage.completion_tokens)
         if call.stream:
             self._chunk(dialect.end(call, usage))
             self.wfile.write(b"0\r\n\r\n")

@@ -17,6 +17,7 @@ same on either API. `api_key` makes the /v1 routes ask for a bearer token, as vL
 
 from __future__ import annotations
 
+import hashlib
 import random
 import socket
 import threading
@@ -52,6 +53,7 @@ class ModelServer:
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
         self._models: dict[str, dict[str, Any]] = {}
+        self._revisions: dict[str, int] = {}
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._loading: dict[str, threading.Lock] = {}
         self._loaded: dict[str, datetime] = {}  # model -> expires_at
@@ -63,6 +65,9 @@ class ModelServer:
         self._thread: threading.Thread | None = None
         self.requests: Counter[str] = Counter()
         self.served: Counter[str] = Counter()
+        # Tokens of the answers it gave, per model, as it reported them in each answer.
+        self.prompt_tokens: Counter[str] = Counter()
+        self.output_tokens: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.max_concurrent: Counter[str] = Counter()
         for name in models:
@@ -135,6 +140,16 @@ class ModelServer:
             self._slots.setdefault(name, threading.BoundedSemaphore(self.slots))
             self._loading.setdefault(name, threading.Lock())
 
+    def repull(self, name: str) -> str:
+        """Like `ollama pull` of a newer build under the same name: /api/tags lists another
+        digest (the name, its slots and residency stay). The new digest."""
+        with self._lock:
+            name = canonical(name)
+            old = self._models[name]
+            self._revisions[name] = self._revisions.get(name, 0) + 1
+            self._models[name] = {**old, "digest": hashlib.sha256(f"{name}#{self._revisions[name]}".encode()).hexdigest()}
+            return self._models[name]["digest"]
+
     def remove_model(self, name: str) -> None:
         """Like `ollama rm`: later calls get 404 model not found."""
         with self._lock:
@@ -186,9 +201,11 @@ class ModelServer:
         """Sleep like a GPU at work; False when the server is stopping instead."""
         return not (seconds > 0 and self._stop.wait(seconds)) and not self._stop.is_set()
 
-    def _count_served(self, model: str) -> None:
+    def _count_served(self, model: str, prompt_tokens: int = 0, output_tokens: int = 0) -> None:
         with self._lock:
             self.served[model] += 1
+            self.prompt_tokens[model] += prompt_tokens
+            self.output_tokens[model] += output_tokens
 
     def _entry(self, name: str) -> dict[str, Any] | None:
         with self._lock:
