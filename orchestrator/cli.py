@@ -40,6 +40,10 @@ db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
 workflow_app = typer.Typer(help="Workflow files.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(workflow_app, name="workflow")
+prices_app = typer.Typer(help="What the models cost: prices per million tokens and per hour.", no_args_is_help=True)
+cache_app = typer.Typer(help="The interaction cache: answers given once, reused.", no_args_is_help=True)
+app.add_typer(prices_app, name="prices")
+app.add_typer(cache_app, name="cache")
 
 # When piped (to a file, a test, grep) rich would assume 80 columns and cut cells
 # short; a wide console keeps every name and id whole. Nothing printed is read as rich
@@ -179,6 +183,63 @@ def workflow_list() -> None:
     table = _table("name", "version", "steps", "loaded at")
     for r in rows:
         table.add_row(r.name, str(r.version), str(r.steps), r.created_at.strftime("%Y-%m-%d %H:%M"))
+    out.print(table)
+
+
+@prices_app.command("set")
+def prices_set(
+    model: Annotated[str, typer.Argument(help="The model, as workflows name it (gemma2 is gemma2:latest).")],
+    input_per_1m: Annotated[Optional[str], typer.Option("--input-per-1m", metavar="AMOUNT",
+                                                        help="Per million prompt tokens.")] = None,
+    output_per_1m: Annotated[Optional[str], typer.Option("--output-per-1m", metavar="AMOUNT",
+                                                         help="Per million output tokens.")] = None,
+    per_hour: Annotated[Optional[str], typer.Option("--per-hour", metavar="AMOUNT",
+                                                    help="Per hour of one slot's call time.")] = None,
+) -> None:
+    """Set a model's prices from now on (what is not given stays as it was). Attempts
+    recorded before keep the cost of the prices in force then."""
+    from orchestrator import prices
+
+    try:
+        amounts = {field: prices.parse_amount(text, prices.FIELDS[field]) for field, text in
+                   (("input_per_1m", input_per_1m), ("output_per_1m", output_per_1m), ("per_hour", per_hour))}
+        prices.check_model(model)
+        if all(v is None for v in amounts.values()):
+            raise prices.PriceError("give at least one of --input-per-1m, --output-per-1m, --per-hour")
+    except prices.PriceError as exc:
+        raise typer.BadParameter(exc.reason, param_hint=exc.option) from None
+    with database() as db:
+        price = prices.set_price(db, model, **amounts)
+    out.print(f"{price.model}: {_price_text(price)}", markup=False, highlight=False)
+
+
+def _price_text(price) -> str:
+    from orchestrator.prices import plain
+
+    parts = [(price.input_per_1m, "per 1M input tokens"), (price.output_per_1m, "per 1M output tokens"),
+             (price.per_hour, "per hour")]
+    return ", ".join(f"{plain(v)} {what}" for v, what in parts if v is not None) or "no price"
+
+
+@prices_app.command("list")
+def prices_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Each model's prices in force, and since when."""
+    from orchestrator import prices
+
+    with database() as db:
+        rows = prices.in_force(db)
+    if as_json:
+        print(json.dumps([{"model": p.model, "input_per_1m": prices.number(p.input_per_1m),
+                           "output_per_1m": prices.number(p.output_per_1m), "per_hour": prices.number(p.per_hour),
+                           "set_at": p.set_at.isoformat()} for p in rows], ensure_ascii=False))
+        return
+    if not rows:
+        out.print("no prices set: every model costs 0 (orchestrator prices set MODEL --input-per-1m X ...)")
+        return
+    table = _table("model", "input per 1M", "output per 1M", "per hour", "set at")
+    for p in rows:
+        table.add_row(p.model, prices.plain(p.input_per_1m), prices.plain(p.output_per_1m), prices.plain(p.per_hour),
+                      p.set_at.strftime("%Y-%m-%d %H:%M:%S"))
     out.print(table)
 
 

@@ -923,3 +923,23 @@ SELECT a.batch_id, l.left, a.kind, a.actor, a.in_flight,
        a.kind = 'ai' AND EXISTS (SELECT 1 FROM prices p WHERE p.model = wavefarm_model(a.actor)) AS priced
 FROM per_actor a JOIN limited l ON l.id = a.batch_id
 ORDER BY 1, 3, 4
+
+-- == cost: prices, what a batch cost, the cache's savings (orchestrator/prices.py, cost.py) ==
+
+-- name: insert_price
+-- A new price row of a model (its canonical name), the fields not given carried over
+-- from its latest row; the row stored.
+INSERT INTO prices (model, input_per_1m, output_per_1m, per_hour)
+SELECT wavefarm_model(%(model)s::text),
+       coalesce(%(input_per_1m)s::numeric, last.input_per_1m),
+       coalesce(%(output_per_1m)s::numeric, last.output_per_1m),
+       coalesce(%(per_hour)s::numeric, last.per_hour)
+FROM (SELECT 1) one
+LEFT JOIN LATERAL (SELECT * FROM prices p WHERE p.model = wavefarm_model(%(model)s::text)
+                   ORDER BY p.id DESC LIMIT 1) last ON true
+RETURNING model, input_per_1m, output_per_1m, per_hour, set_at
+
+-- name: prices_in_force
+-- Each model's latest price row (prices_model: model, id DESC).
+SELECT DISTINCT ON (model) model, input_per_1m, output_per_1m, per_hour, set_at
+FROM prices ORDER BY model, id DESC
