@@ -531,12 +531,21 @@ def _print_batch_status(data: dict) -> None:
     for e in data["escalations"]:
         out.print(styled("  ", (f"escalated: step {e['step']}", "red"), f": {e['reason']} "
                          f"(orchestrator resume --batch {b['id']} once it is fixed)"))
+    c = data["cost"]
+    if c["budget_exceeded"]:
+        from orchestrator.cost import resume_hint
+        from orchestrator.prices import plain
+
+        out.print(styled(("budget_exceeded", "bold red"), f": the batch reached its credit limit (spent "
+                         f"{plain(c['spent'])} of {plain(c['credit_limit'])}) and is paused; to go on: ",
+                         (resume_hint(b["id"]), "bold")))
     out.print("runs: " + "  ".join(f"{k} {v}" for k, v in runs.items()))
     if data["state"] != "done":
         from orchestrator.pace import duration
 
         out.print(f"progress: {data['progress']['ended']}/{data['progress']['total']} runs ended, "
-                  f"{data['rate_per_min']:g}/min over the last minute, ETA {duration(data['eta_s'])}")
+                  f"{data['rate_per_min']:g}/min over the last minute, ETA {duration(data['eta_s'])}; "
+                  f"{_forecast_text(data['forecast'])}")
     if set(data["outcomes"]) - {"completed"}:
         out.print("outcomes: " + "  ".join(f"{k} {v}" for k, v in data["outcomes"].items()), highlight=False)
     cols = overview.STATUSES
@@ -549,6 +558,7 @@ def _print_batch_status(data: dict) -> None:
         for m in data["models"]:
             table.add_row(m["model"], *(str(m[c]) for c in cols))
         out.print(table)
+    _print_cost(data["cost"])
     if data["failures"]:
         table = _table("step", "failure", "count", "example", title="failures")
         for f in data["failures"]:
@@ -563,6 +573,60 @@ def _print_batch_status(data: dict) -> None:
         out.print(styled(("rejected rows", "bold")))
         for r in data["rejects"]:
             out.print(f"  line {r['line']}: {r['reason']}", highlight=False)
+
+
+def _forecast_text(f: dict) -> str:
+    """Spent so far and what the rest will cost at this rate (status, and the watch's pace line)."""
+    from orchestrator.prices import plain
+
+    if f["to_go"] is None:
+        return f"spent {plain(f['spent'])}, the rest's cost unknown (no run ended yet)"
+    return f"spent {plain(f['spent'])}, the rest ~{plain(f['to_go'])} at this rate (total ~{plain(f['total'])})"
+
+
+_COST_COLUMNS = ("attempts", "prompt tokens", "output tokens", "model time", "cost", "cache hits", "tokens saved",
+                 "cost saved")
+
+
+def _cost_cells(r: dict) -> list[str]:
+    from orchestrator.prices import plain
+
+    cost = plain(r["cost"]) + (" (no price: costs 0)" if r["unpriced"] else "")
+    return [f"{r['attempts']:,}", f"{r['prompt_tokens']:,}", f"{r['output_tokens']:,}", f"{r['model_s']:.1f}s", cost,
+            f"{r['cache_hits']:,}", f"{r['saved_prompt_tokens'] + r['saved_output_tokens']:,}", plain(r["saved_cost"])]
+
+
+def _print_cost(c: dict) -> None:
+    """The cost section of `status --batch`: per model, per step, the total, the credit."""
+    from orchestrator.prices import plain
+
+    if c["models"]:
+        table = _table("model", *_COST_COLUMNS, title="cost by model")
+        for m in c["models"]:
+            table.add_row(m["model"], *_cost_cells(m))
+        out.print(table)
+    if c["steps"]:
+        table = _table("step", "model", *_COST_COLUMNS, title="cost by step")
+        for s in c["steps"]:
+            table.add_row(s["step"], ", ".join(s["models"]) or "(script)", *_cost_cells(s))
+        out.print(table)
+    t = c["total"]
+    per_run = plain(c["cost_per_completed_run"]) if c["cost_per_completed_run"] is not None else "unknown"
+    out.print(styled(("cost: ", "bold"), f"{plain(t['cost'])} in all over {t['attempts']:,} attempt(s) "
+                     f"({t['prompt_tokens']:,} prompt + {t['output_tokens']:,} output tokens, model time "
+                     f"{t['model_s']:.1f}s); {per_run} per completed run ({c['completed_runs']:,} completed)"))
+    if t["cache_hits"]:
+        out.print(f"cache: {t['cache_hits']:,} hit(s) saved {t['saved_prompt_tokens'] + t['saved_output_tokens']:,} "
+                  f"tokens and {plain(t['saved_cost'])}", highlight=False)
+    if t["unpriced"]:
+        names = [m["model"] for m in c["models"] if m["unpriced"]]
+        out.print(styled(("no price: ", "yellow"), f"{', '.join(names)} had no price when "
+                         f"{t['unpriced_attempts']:,} attempt(s) were recorded: they cost 0 "
+                         "(orchestrator prices set MODEL --input-per-1m X --output-per-1m Y)"))
+    if c["credit_limit"] is not None:
+        left = c["left"]
+        said = f"{plain(left)} left" if left >= 0 else f"over by {plain(-left)}"
+        out.print(styled(("credit: ", "bold"), f"limit {plain(c['credit_limit'])}, spent {plain(c['spent'])}, {said}"))
 
 
 @app.command()
@@ -745,6 +809,7 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help="jsonl or csv")] = "jsonl",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write, whole or not at all (default: stdout).")] = None,
     allow_formulas: Annotated[bool, typer.Option("--allow-formulas", help="CSV: write cells that start with = + - @ as they are, not as text (only for readers that are not spreadsheets).")] = False,
+    with_cost: Annotated[bool, typer.Option("--cost", help="Add each run's cost and tokens (cost, prompt_tokens, output_tokens).")] = False,
 ) -> None:
     """The results of a batch: one record per run with the latest output of every step."""
     from orchestrator import export as exporter
@@ -754,7 +819,7 @@ def export(
     with database() as db:
         steps = overview.batch_steps(db, batch)  # no such batch: said before any file is touched
         with exporter.destination(output) as stream:
-            exporter.write(overview.export_batch(db, batch), steps, fmt, stream, allow_formulas=allow_formulas)
+            exporter.write(overview.export_batch(db, batch, with_cost=with_cost), steps, fmt, stream, allow_formulas=allow_formulas)
 
 
 def _submit_dry_run(path: Path, workflow: str, key: str | None, scripts_dir: Path | None,
