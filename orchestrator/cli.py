@@ -243,6 +243,57 @@ def prices_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
     out.print(table)
 
 
+@cache_app.command("stats")
+def cache_stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The cache per model: entries, hits, oldest entry, last hit, tokens and cost saved."""
+    from orchestrator import cache
+    from orchestrator.prices import number, plain
+
+    with database() as db:
+        rows = cache.stats(db)
+    if as_json:
+        print(json.dumps([{"model": r.model, "entries": r.entries, "hits": r.hits,
+                           "oldest": r.oldest.isoformat() if r.oldest else None,
+                           "last_hit": r.last_hit.isoformat() if r.last_hit else None,
+                           "saved_prompt_tokens": r.saved_prompt_tokens, "saved_output_tokens": r.saved_output_tokens,
+                           "saved_cost": number(r.saved_cost)} for r in rows], ensure_ascii=False))
+        return
+    if not rows:
+        out.print("the cache is empty (a step with `cache: true` fills it)")
+        return
+    table = _table("model", "entries", "hits", "oldest entry", "last hit", "tokens saved", "cost saved")
+    for r in rows:
+        table.add_row(r.model, f"{r.entries:,}", f"{r.hits:,}", r.oldest.strftime("%Y-%m-%d %H:%M") if r.oldest else "",
+                      r.last_hit.strftime("%Y-%m-%d %H:%M") if r.last_hit else "never",
+                      f"{r.saved_prompt_tokens + r.saved_output_tokens:,}", plain(r.saved_cost))
+    out.print(table)
+
+
+@cache_app.command("clear")
+def cache_clear(
+    model: Annotated[Optional[str], typer.Option("--model", help="Only this model's answers (gemma2 is gemma2:latest).")] = None,
+    older_than: Annotated[Optional[float], typer.Option("--older-than", metavar="DAYS", min=0.0, max=36500.0,
+                                                        help="Only entries made more than DAYS days ago.")] = None,
+) -> None:
+    """Forget cached answers: later calls of the same prompts are made again. The
+    interactions that gave or reused them keep their outputs."""
+    from orchestrator import cache
+    from orchestrator.prices import PriceError, check_model
+
+    if model is not None:
+        try:
+            check_model(model)
+        except PriceError as exc:
+            raise typer.BadParameter(exc.reason, param_hint="--model") from None
+    if older_than is not None and older_than != older_than:  # NaN passes typer's range check
+        raise typer.BadParameter("a number of days", param_hint="--older-than")
+    with database() as db:
+        forgotten = cache.clear(db, model=model, older_than_days=older_than)
+    scope = (f" of {model}" if model else "") + (f" older than {older_than:g} day(s)" if older_than is not None else "")
+    out.print(f"forgot {forgotten} cache entr{'y' if forgotten == 1 else 'ies'}{scope}; the outputs of interactions "
+              "stay", markup=False, highlight=False)
+
+
 @app.command()
 def submit(
     batch: Annotated[Path, typer.Option("--batch", help="CSV file: one run per row.")],
@@ -777,13 +828,16 @@ def show(run_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) 
     if as_json:
         print(json.dumps(story, default=str, indent=2))
         return
+    from orchestrator.prices import plain
+
     run = story["run"]
     out.print(styled((f"run {run['id']}", "bold"), f"  batch {run['batch_id']}  {run['workflow_name']} "
                      f"v{run['workflow_version']}  line {run['line']} of {run['source_name']}  ",
                      (run["status"], "bold"), f" ({run['outcome']})" if run["outcome"] else ""))
     if run["end_reason"]:
         out.print(f"end: {run['end_reason']}", highlight=False)
-    table = _table("#", "id", "step", "actor", "status", "attempt", "parents", "in", "out", "duration", "worker")
+    table = _table("#", "id", "step", "actor", "status", "attempt", "parents", "in", "out", "duration", "worker",
+                   "cost")
     for n, i in enumerate(story["interactions"], 1):
         status_text = i["status"] + (f" ({i['failure_class']})" if i["failure_class"] else "") + (
             ", superseded" if i["superseded"] else "")
@@ -791,7 +845,8 @@ def show(run_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) 
         table.add_row(str(n), str(i["id"]), i["step"] + (f" #{i['visit']}" if i["visit"] > 1 else ""), i["actor"],
                       status_text, f"{i['attempt']}/{i['max_attempts']}", ",".join(map(str, i["parent_ids"])),
                       f"{i['input_chars']:,}", f"{i['output_chars']:,}" if i["output_chars"] is not None else "",
-                      duration, i["worker"] or "")
+                      duration, ("cache" if i["cached_from"] is not None else i["worker"] or ""),
+                      plain(i["cost"]))
     out.print(table)
     decisions = [e for e in story["events"] if e["kind"] in ("branch_taken", "no_branch_matched", "loop_bound_reached",
                                                               "loop_exit", "retried", "not_retried",
@@ -801,6 +856,29 @@ def show(run_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) 
     for i in story["interactions"]:
         if i["failure_message"]:
             out.print(styled("  ", (i["step"], "red"), f": {i['failure_message']}"))
+    for i in story["interactions"]:
+        if i["cached_from"] is not None:
+            where = (f" of run {i['cached_from_run']} in batch {i['cached_from_batch']}"
+                     if i["cached_from_run"] is not None else " (its batch has been purged)")
+            out.print(styled("  ", (i["step"], "cyan"), f": answered from the cache: the output of interaction "
+                             f"{i['cached_from']}{where}; no call made"))
+    if story["attempts"]:
+        _print_attempts(story["attempts"])
+
+
+def _print_attempts(attempts: list[dict]) -> None:
+    """show: every attempt with its usage and cost (retries and ignored ones too)."""
+    from orchestrator.prices import plain
+
+    table = _table("interaction", "attempt", "outcome", "worker", "model", "prompt tokens", "output tokens",
+                   "call", "cost", title="attempts")
+    for a in attempts:
+        cost = plain(a["cost"]) if a["cost"] is not None else ("no price: 0" if a["model"] else "")
+        table.add_row(str(a["interaction_id"]), str(a["attempt"]), a["outcome"], a["worker"] or "", a["model"] or "",
+                      "" if a["prompt_tokens"] is None else f"{a['prompt_tokens']:,}",
+                      "" if a["output_tokens"] is None else f"{a['output_tokens']:,}",
+                      "" if a["call_s"] is None else f"{a['call_s']:.2f}s", cost)
+    out.print(table)
 
 
 @app.command()

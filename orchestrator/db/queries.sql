@@ -1004,3 +1004,11 @@ CROSS JOIN LATERAL (
            coalesce(sum(a.output_tokens), 0)::bigint AS output_tokens
     FROM interactions i JOIN attempts a ON a.interaction_id = i.id WHERE i.run_id = r.id) c
 WHERE r.batch_id = %(batch_id)s ORDER BY r.id
+
+-- name: metrics_usage
+-- For Prometheus: what each model used and cost since the farm began, from the usage
+-- totals the attempts trigger keeps (a few rows per batch, never the attempts table).
+SELECT model, sum(attempts)::bigint AS attempts, sum(prompt_tokens)::bigint AS prompt_tokens,
+       sum(output_tokens)::bigint AS output_tokens, sum(call_s)::float8 AS call_s, sum(cost)::numeric AS cost,
+       sum(cache_hits)::bigint AS cache_hits
+FROM usage_totals GROUP BY model ORDER BY model

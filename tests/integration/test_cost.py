@@ -231,3 +231,33 @@ def test_export_cost_gives_each_run_its_cost_and_tokens(conn, tmp_path):
         assert (r["prompt_tokens"], r["output_tokens"]) == (want["p"], want["o"])
         assert r["cost"] == pytest.approx(float(want["c"])) and r["cost"] > 0
     assert "cost" not in next(iter(overview.export_batch(Store(conn), batch)))
+
+
+def test_prometheus_counts_tokens_seconds_cost_and_hits_per_model_and_a_purge_takes_nothing_back(conn, db_url,
+                                                                                                  tmp_path):
+    from orchestrator import retention
+    from orchestrator.db import open_pool
+    from orchestrator.metrics import FarmCollector
+    from tests.integration.test_progress import labels, scrape
+
+    price(conn, "m:1", input_per_1m="1", per_hour="36")
+    first = submit(conn, tmp_path, CACHED, [["1", "a"], ["2", "a"]], "first.csv")
+    server = CountingServer()
+    execute(conn, server, first)
+    second = submit(conn, tmp_path, CACHED, [["1", "b"]], "second.csv")
+    execute(conn, server, second)
+    pool = open_pool(db_url, size=1)
+    try:
+        got = scrape(FarmCollector(pool))
+        m = labels(model="m:1")
+        assert got[("wavefarm_model_tokens_total", labels(model="m:1", kind="prompt"))] == server.prompt_tokens
+        assert got[("wavefarm_model_tokens_total", labels(model="m:1", kind="output"))] == server.output_tokens
+        assert got[("wavefarm_model_seconds_total", m)] == pytest.approx(1.5 * server.calls)
+        assert got[("wavefarm_model_cost_total", m)] == pytest.approx(server.prompt_tokens / 1e6 + 0.015 * server.calls)
+        assert got[("wavefarm_cache_hits_total", m)] == 1
+        assert got[("wavefarm_model_attempts_total", m)] == server.calls + 1
+        retention.purge(Store(conn), first)
+        assert scrape(FarmCollector(pool))[("wavefarm_model_tokens_total", labels(model="m:1", kind="prompt"))] \
+            == server.prompt_tokens  # a counter never goes down
+    finally:
+        pool.close()
