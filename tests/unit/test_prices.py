@@ -61,3 +61,9 @@ def test_a_name_with_markup_is_a_name_like_any_other():
 ])
 def test_numbers_are_shown_plain(value, shown):
     assert plain(value) == shown
+
+
+def test_status_knows_the_pause_reason_budget_sets():
+    from orchestrator import budget, cost
+
+    assert cost.BUDGET_EXCEEDED == budget.BUDGET_EXCEEDED
