@@ -23,6 +23,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from common.messages import TaskResult, utcnow
@@ -87,6 +88,9 @@ class ModelStats:
     hits: int
     oldest: datetime | None
     last_hit: datetime | None
+    saved_prompt_tokens: int   # the source calls' tokens, once per hit
+    saved_output_tokens: int
+    saved_cost: Decimal        # at the prices the source calls were paid at
 
 
 def stats(store: Store) -> list[ModelStats]:

@@ -41,6 +41,10 @@ db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
 workflow_app = typer.Typer(help="Workflow files.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(workflow_app, name="workflow")
+prices_app = typer.Typer(help="What the models cost: prices per million tokens and per hour.", no_args_is_help=True)
+cache_app = typer.Typer(help="The interaction cache: answers given once, reused.", no_args_is_help=True)
+app.add_typer(prices_app, name="prices")
+app.add_typer(cache_app, name="cache")
 
 # When piped (to a file, a test, grep) rich would assume 80 columns and cut cells
 # short; a wide console keeps every name and id whole. Nothing printed is read as rich
@@ -184,6 +188,114 @@ def workflow_list() -> None:
     for r in rows:
         table.add_row(r.name, str(r.version), str(r.steps), r.created_at.strftime("%Y-%m-%d %H:%M"))
     out.print(table)
+
+
+@prices_app.command("set")
+def prices_set(
+    model: Annotated[str, typer.Argument(help="The model, as workflows name it (gemma2 is gemma2:latest).")],
+    input_per_1m: Annotated[Optional[str], typer.Option("--input-per-1m", metavar="AMOUNT",
+                                                        help="Per million prompt tokens.")] = None,
+    output_per_1m: Annotated[Optional[str], typer.Option("--output-per-1m", metavar="AMOUNT",
+                                                         help="Per million output tokens.")] = None,
+    per_hour: Annotated[Optional[str], typer.Option("--per-hour", metavar="AMOUNT",
+                                                    help="Per hour of one slot's call time.")] = None,
+) -> None:
+    """Set a model's prices from now on (what is not given stays as it was). Attempts
+    recorded before keep the cost of the prices in force then."""
+    from orchestrator import prices
+
+    try:
+        amounts = {field: prices.parse_amount(text, prices.FIELDS[field]) for field, text in
+                   (("input_per_1m", input_per_1m), ("output_per_1m", output_per_1m), ("per_hour", per_hour))}
+        prices.check_model(model)
+        if all(v is None for v in amounts.values()):
+            raise prices.PriceError("give at least one of --input-per-1m, --output-per-1m, --per-hour")
+    except prices.PriceError as exc:
+        raise typer.BadParameter(exc.reason, param_hint=exc.option) from None
+    with database() as db:
+        price = prices.set_price(db, model, **amounts)
+    out.print(f"{price.model}: {_price_text(price)}", markup=False, highlight=False)
+
+
+def _price_text(price) -> str:
+    from orchestrator.prices import plain
+
+    parts = [(price.input_per_1m, "per 1M input tokens"), (price.output_per_1m, "per 1M output tokens"),
+             (price.per_hour, "per hour")]
+    return ", ".join(f"{plain(v)} {what}" for v, what in parts if v is not None) or "no price"
+
+
+@prices_app.command("list")
+def prices_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Each model's prices in force, and since when."""
+    from orchestrator import prices
+
+    with database() as db:
+        rows = prices.in_force(db)
+    if as_json:
+        print(json.dumps([{"model": p.model, "input_per_1m": prices.number(p.input_per_1m),
+                           "output_per_1m": prices.number(p.output_per_1m), "per_hour": prices.number(p.per_hour),
+                           "set_at": p.set_at.isoformat()} for p in rows], ensure_ascii=False))
+        return
+    if not rows:
+        out.print("no prices set: every model costs 0 (orchestrator prices set MODEL --input-per-1m X ...)")
+        return
+    table = _table("model", "input per 1M", "output per 1M", "per hour", "set at")
+    for p in rows:
+        table.add_row(p.model, prices.plain(p.input_per_1m), prices.plain(p.output_per_1m), prices.plain(p.per_hour),
+                      p.set_at.strftime("%Y-%m-%d %H:%M:%S"))
+    out.print(table)
+
+
+@cache_app.command("stats")
+def cache_stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The cache per model: entries, hits, oldest entry, last hit, tokens and cost saved."""
+    from orchestrator import cache
+    from orchestrator.prices import number, plain
+
+    with database() as db:
+        rows = cache.stats(db)
+    if as_json:
+        print(json.dumps([{"model": r.model, "entries": r.entries, "hits": r.hits,
+                           "oldest": r.oldest.isoformat() if r.oldest else None,
+                           "last_hit": r.last_hit.isoformat() if r.last_hit else None,
+                           "saved_prompt_tokens": r.saved_prompt_tokens, "saved_output_tokens": r.saved_output_tokens,
+                           "saved_cost": number(r.saved_cost)} for r in rows], ensure_ascii=False))
+        return
+    if not rows:
+        out.print("the cache is empty (a step with `cache: true` fills it)")
+        return
+    table = _table("model", "entries", "hits", "oldest entry", "last hit", "tokens saved", "cost saved")
+    for r in rows:
+        table.add_row(r.model, f"{r.entries:,}", f"{r.hits:,}", r.oldest.strftime("%Y-%m-%d %H:%M") if r.oldest else "",
+                      r.last_hit.strftime("%Y-%m-%d %H:%M") if r.last_hit else "never",
+                      f"{r.saved_prompt_tokens + r.saved_output_tokens:,}", plain(r.saved_cost))
+    out.print(table)
+
+
+@cache_app.command("clear")
+def cache_clear(
+    model: Annotated[Optional[str], typer.Option("--model", help="Only this model's answers (gemma2 is gemma2:latest).")] = None,
+    older_than: Annotated[Optional[float], typer.Option("--older-than", metavar="DAYS", min=0.0, max=36500.0,
+                                                        help="Only entries made more than DAYS days ago.")] = None,
+) -> None:
+    """Forget cached answers: later calls of the same prompts are made again. The
+    interactions that gave or reused them keep their outputs."""
+    from orchestrator import cache
+    from orchestrator.prices import PriceError, check_model
+
+    if model is not None:
+        try:
+            check_model(model)
+        except PriceError as exc:
+            raise typer.BadParameter(exc.reason, param_hint="--model") from None
+    if older_than is not None and older_than != older_than:  # NaN passes typer's range check
+        raise typer.BadParameter("a number of days", param_hint="--older-than")
+    with database() as db:
+        forgotten = cache.clear(db, model=model, older_than_days=older_than)
+    scope = (f" of {model}" if model else "") + (f" older than {older_than:g} day(s)" if older_than is not None else "")
+    out.print(f"forgot {forgotten} cache entr{'y' if forgotten == 1 else 'ies'}{scope}; the outputs of interactions "
+              "stay", markup=False, highlight=False)
 
 
 @app.command()
@@ -488,12 +600,21 @@ def _print_batch_status(data: dict) -> None:
     for e in data["escalations"]:
         out.print(styled("  ", (f"escalated: step {e['step']}", "red"), f": {e['reason']} "
                          f"(orchestrator resume --batch {b['id']} once it is fixed)"))
+    c = data["cost"]
+    if c["budget_exceeded"]:
+        from orchestrator.cost import resume_hint
+        from orchestrator.prices import plain
+
+        out.print(styled(("budget_exceeded", "bold red"), f": the batch reached its credit limit (spent "
+                         f"{plain(c['spent'])} of {plain(c['credit_limit'])}) and is paused; to go on: ",
+                         (resume_hint(b["id"]), "bold")))
     out.print("runs: " + "  ".join(f"{k} {v}" for k, v in runs.items()))
     if data["state"] != "done":
         from orchestrator.pace import duration
 
         out.print(f"progress: {data['progress']['ended']}/{data['progress']['total']} runs ended, "
-                  f"{data['rate_per_min']:g}/min over the last minute, ETA {duration(data['eta_s'])}")
+                  f"{data['rate_per_min']:g}/min over the last minute, ETA {duration(data['eta_s'])}; "
+                  f"{_forecast_text(data['forecast'])}")
     if set(data["outcomes"]) - {"completed"}:
         out.print("outcomes: " + "  ".join(f"{k} {v}" for k, v in data["outcomes"].items()), highlight=False)
     cols = overview.STATUSES
@@ -506,6 +627,7 @@ def _print_batch_status(data: dict) -> None:
         for m in data["models"]:
             table.add_row(m["model"], *(str(m[c]) for c in cols))
         out.print(table)
+    _print_cost(data["cost"])
     if data["failures"]:
         table = _table("step", "failure", "count", "example", title="failures")
         for f in data["failures"]:
@@ -520,6 +642,60 @@ def _print_batch_status(data: dict) -> None:
         out.print(styled(("rejected rows", "bold")))
         for r in data["rejects"]:
             out.print(f"  line {r['line']}: {r['reason']}", highlight=False)
+
+
+def _forecast_text(f: dict) -> str:
+    """Spent so far and what the rest will cost at this rate (status, and the watch's pace line)."""
+    from orchestrator.prices import plain
+
+    if f["to_go"] is None:
+        return f"spent {plain(f['spent'])}, the rest's cost unknown (no run ended yet)"
+    return f"spent {plain(f['spent'])}, the rest ~{plain(f['to_go'])} at this rate (total ~{plain(f['total'])})"
+
+
+_COST_COLUMNS = ("attempts", "prompt tokens", "output tokens", "model time", "cost", "cache hits", "tokens saved",
+                 "cost saved")
+
+
+def _cost_cells(r: dict) -> list[str]:
+    from orchestrator.prices import plain
+
+    cost = plain(r["cost"]) + (" (no price: costs 0)" if r["unpriced"] else "")
+    return [f"{r['attempts']:,}", f"{r['prompt_tokens']:,}", f"{r['output_tokens']:,}", f"{r['model_s']:.1f}s", cost,
+            f"{r['cache_hits']:,}", f"{r['saved_prompt_tokens'] + r['saved_output_tokens']:,}", plain(r["saved_cost"])]
+
+
+def _print_cost(c: dict) -> None:
+    """The cost section of `status --batch`: per model, per step, the total, the credit."""
+    from orchestrator.prices import plain
+
+    if c["models"]:
+        table = _table("model", *_COST_COLUMNS, title="cost by model")
+        for m in c["models"]:
+            table.add_row(m["model"], *_cost_cells(m))
+        out.print(table)
+    if c["steps"]:
+        table = _table("step", "model", *_COST_COLUMNS, title="cost by step")
+        for s in c["steps"]:
+            table.add_row(s["step"], ", ".join(s["models"]) or "(script)", *_cost_cells(s))
+        out.print(table)
+    t = c["total"]
+    per_run = plain(c["cost_per_completed_run"]) if c["cost_per_completed_run"] is not None else "unknown"
+    out.print(styled(("cost: ", "bold"), f"{plain(t['cost'])} in all over {t['attempts']:,} attempt(s) "
+                     f"({t['prompt_tokens']:,} prompt + {t['output_tokens']:,} output tokens, model time "
+                     f"{t['model_s']:.1f}s); {per_run} per completed run ({c['completed_runs']:,} completed)"))
+    if t["cache_hits"]:
+        out.print(f"cache: {t['cache_hits']:,} hit(s) saved {t['saved_prompt_tokens'] + t['saved_output_tokens']:,} "
+                  f"tokens and {plain(t['saved_cost'])}", highlight=False)
+    if t["unpriced"]:
+        names = [m["model"] for m in c["models"] if m["unpriced"]]
+        out.print(styled(("no price: ", "yellow"), f"{', '.join(names)} had no price when "
+                         f"{t['unpriced_attempts']:,} attempt(s) were recorded: they cost 0 "
+                         "(orchestrator prices set MODEL --input-per-1m X --output-per-1m Y)"))
+    if c["credit_limit"] is not None:
+        left = c["left"]
+        said = f"{plain(left)} left" if left >= 0 else f"over by {plain(-left)}"
+        out.print(styled(("credit: ", "bold"), f"limit {plain(c['credit_limit'])}, spent {plain(c['spent'])}, {said}"))
 
 
 @app.command()
@@ -675,13 +851,16 @@ def show(run_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) 
     if as_json:
         print(json.dumps(story, default=str, indent=2))
         return
+    from orchestrator.prices import plain
+
     run = story["run"]
     out.print(styled((f"run {run['id']}", "bold"), f"  batch {run['batch_id']}  {run['workflow_name']} "
                      f"v{run['workflow_version']}  line {run['line']} of {run['source_name']}  ",
                      (run["status"], "bold"), f" ({run['outcome']})" if run["outcome"] else ""))
     if run["end_reason"]:
         out.print(f"end: {run['end_reason']}", highlight=False)
-    table = _table("#", "id", "step", "actor", "status", "attempt", "parents", "in", "out", "duration", "worker")
+    table = _table("#", "id", "step", "actor", "status", "attempt", "parents", "in", "out", "duration", "worker",
+                   "cost")
     for n, i in enumerate(story["interactions"], 1):
         status_text = i["status"] + (f" ({i['failure_class']})" if i["failure_class"] else "") + (
             ", superseded" if i["superseded"] else "")
@@ -689,7 +868,8 @@ def show(run_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) 
         table.add_row(str(n), str(i["id"]), i["step"] + (f" #{i['visit']}" if i["visit"] > 1 else ""), i["actor"],
                       status_text, f"{i['attempt']}/{i['max_attempts']}", ",".join(map(str, i["parent_ids"])),
                       f"{i['input_chars']:,}", f"{i['output_chars']:,}" if i["output_chars"] is not None else "",
-                      duration, i["worker"] or "")
+                      duration, ("cache" if i["cached_from"] is not None else i["worker"] or ""),
+                      plain(i["cost"]))
     out.print(table)
     decisions = [e for e in story["events"] if e["kind"] in ("branch_taken", "no_branch_matched", "loop_bound_reached",
                                                               "loop_exit", "retried", "not_retried",
@@ -699,6 +879,29 @@ def show(run_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) 
     for i in story["interactions"]:
         if i["failure_message"]:
             out.print(styled("  ", (i["step"], "red"), f": {i['failure_message']}"))
+    for i in story["interactions"]:
+        if i["cached_from"] is not None:
+            where = (f" of run {i['cached_from_run']} in batch {i['cached_from_batch']}"
+                     if i["cached_from_run"] is not None else " (its batch has been purged)")
+            out.print(styled("  ", (i["step"], "cyan"), f": answered from the cache: the output of interaction "
+                             f"{i['cached_from']}{where}; no call made"))
+    if story["attempts"]:
+        _print_attempts(story["attempts"])
+
+
+def _print_attempts(attempts: list[dict]) -> None:
+    """show: every attempt with its usage and cost (retries and ignored ones too)."""
+    from orchestrator.prices import plain
+
+    table = _table("interaction", "attempt", "outcome", "worker", "model", "prompt tokens", "output tokens",
+                   "call", "cost", title="attempts")
+    for a in attempts:
+        cost = plain(a["cost"]) if a["cost"] is not None else ("no price: 0" if a["model"] else "")
+        table.add_row(str(a["interaction_id"]), str(a["attempt"]), a["outcome"], a["worker"] or "", a["model"] or "",
+                      "" if a["prompt_tokens"] is None else f"{a['prompt_tokens']:,}",
+                      "" if a["output_tokens"] is None else f"{a['output_tokens']:,}",
+                      "" if a["call_s"] is None else f"{a['call_s']:.2f}s", cost)
+    out.print(table)
 
 
 @app.command()
@@ -707,6 +910,7 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help="jsonl or csv")] = "jsonl",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write, whole or not at all (default: stdout).")] = None,
     allow_formulas: Annotated[bool, typer.Option("--allow-formulas", help="CSV: write cells that start with = + - @ as they are, not as text (only for readers that are not spreadsheets).")] = False,
+    with_cost: Annotated[bool, typer.Option("--cost", help="Add each run's cost and tokens (cost, prompt_tokens, output_tokens).")] = False,
 ) -> None:
     """The results of a batch: one record per run with the latest output of every step."""
     from orchestrator import export as exporter
@@ -716,7 +920,7 @@ def export(
     with database() as db:
         steps = overview.batch_steps(db, batch)  # no such batch: said before any file is touched
         with exporter.destination(output) as stream:
-            exporter.write(overview.export_batch(db, batch), steps, fmt, stream, allow_formulas=allow_formulas)
+            exporter.write(overview.export_batch(db, batch, with_cost=with_cost), steps, fmt, stream, allow_formulas=allow_formulas)
 
 
 def _submit_dry_run(path: Path, workflow: str, key: str | None, scripts_dir: Path | None,

@@ -1,7 +1,8 @@
 """`orchestrator export`: a batch's results as JSON lines or CSV, written whole or not at all.
 
 One record per run: the run's own fields (`run_id`, `line`, `status`, `end_reason`), the
-CSV row it came from, and the latest output of every step. In CSV the row's columns
+CSV row it came from, and the latest output of every step; with --cost, the run's cost
+and tokens (`cost`, `prompt_tokens`, `output_tokens`: plain numbers, never formulas). In CSV the row's columns
 are `input.COLUMN` and the outputs `output.STEP`, so no column of the input can stand
 in for the run's own fields (an input column called `status` once made a failed run
 read as completed).
@@ -31,6 +32,7 @@ from common.errors import WavefarmError
 
 Format = Literal["jsonl", "csv"]
 RUN_FIELDS = ("run_id", "line", "status", "outcome", "end_reason")
+COST_FIELDS = ("cost", "prompt_tokens", "output_tokens")  # export --cost: the run's, every attempt counted
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -56,6 +58,7 @@ def _write_csv(records: Iterable[dict[str, Any]], steps: list[str], stream: IO[s
     n = 0
     for record in records:
         flat: dict[str, Any] = {name: record[name] for name in RUN_FIELDS}
+        flat.update((name, record[name]) for name in COST_FIELDS if name in record)
         flat.update((f"input.{column}", value) for column, value in record["row"].items())
         for step in steps:
             value = record["outputs"].get(step)

@@ -9,15 +9,23 @@ live worker's circuit), so several serve processes report the same truth.
 Batch series are kept few: a batch has them while it has running runs, and for an hour
 after it was made, cancelled or seen ending (so its `done` is scraped before the series
 go); a purged batch has none. deploy/prometheus/alerts.yml alerts on these.
+
+Per model, counters of what the farm's models used since it began: tokens (prompt and
+output), model seconds (call time), cost (at the prices in force when each attempt was
+recorded; unpriced counts 0) and cache hits. They are sums over usage_totals, which a
+trigger keeps per batch and model as attempts are recorded: a scrape reads a few rows
+per batch, never the attempts table, and a purge does not make them go down.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
+from decimal import Decimal
 
 from prometheus_client import Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from psycopg_pool import ConnectionPool
 
@@ -30,6 +38,38 @@ from orchestrator.states import RunStatus
 from orchestrator.workers import STALE_S
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelUsage:
+    model: str
+    attempts: int
+    prompt_tokens: int
+    output_tokens: int
+    call_s: float
+    cost: Decimal
+    cache_hits: int
+
+
+def usage_families(rows: list[ModelUsage]) -> list[CounterMetricFamily]:
+    """The per-model counters of one scrape."""
+    tokens = CounterMetricFamily("wavefarm_model_tokens", "Tokens the models counted, by model and kind "
+                                 "(prompt, output); every attempt, retries and ignored results included",
+                                 labels=["model", "kind"])
+    seconds = CounterMetricFamily("wavefarm_model_seconds", "Model call time, by model", labels=["model"])
+    cost = CounterMetricFamily("wavefarm_model_cost", "Cost of the models' calls at the prices in force when "
+                               "recorded (unpriced: 0), by model", labels=["model"])
+    attempts = CounterMetricFamily("wavefarm_model_attempts", "Attempts recorded, by model", labels=["model"])
+    hits = CounterMetricFamily("wavefarm_cache_hits", "Interactions answered from the cache, by model",
+                               labels=["model"])
+    for r in rows:
+        tokens.add_metric([r.model, "prompt"], r.prompt_tokens)
+        tokens.add_metric([r.model, "output"], r.output_tokens)
+        seconds.add_metric([r.model], r.call_s)
+        cost.add_metric([r.model], float(r.cost))
+        attempts.add_metric([r.model], r.attempts)
+        hits.add_metric([r.model], r.cache_hits)
+    return [tokens, seconds, cost, attempts, hits]
 
 RESULTS = Counter("wavefarm_results_total", "Reports applied, by outcome", ["outcome"])
 APPLY_SECONDS = Histogram("wavefarm_apply_seconds", "Time to apply one batch of results (one transaction)",
@@ -50,6 +90,7 @@ class FarmCollector(Collector):
                                        labels=["queue", "status"])
         slots = GaugeMetricFamily("wavefarm_queue_slots", "Slots of live workers consuming the queue", labels=["queue"])
         families = _BatchFamilies()
+        usage: list[ModelUsage] = []
         circuit = GaugeMetricFamily("wavefarm_worker_circuit_open",
                                     "1 when a live worker's circuit to its model server is open (calls refused)",
                                     labels=["worker", "server"])
@@ -72,6 +113,7 @@ class FarmCollector(Collector):
                 for w in store.workers(self.stale_s):
                     if w.live:
                         circuit.add_metric([w.name, w.server or ""], 1 if w.circuit == "open" else 0)
+                usage = store.all("metrics_usage", None, ModelUsage)
         except Exception as exc:  # a scrape during a database outage shows the process metrics only
             log.warning("metrics: cannot read the database: %s", type(exc).__name__)
         yield interactions
@@ -79,6 +121,7 @@ class FarmCollector(Collector):
         yield slots
         yield from families.all()
         yield circuit
+        yield from usage_families(usage)
 
     def _shown(self) -> list[int]:
         """Batches seen running within the hour: shown until then, done or not."""

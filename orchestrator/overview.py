@@ -13,7 +13,8 @@ from common.queues import queue_for
 from orchestrator.db import views
 from orchestrator.db.rows import Batch, Escalation
 from orchestrator.db.store import Store
-from orchestrator.pace import batch_pace, held_eta
+from orchestrator import cost
+from orchestrator.pace import batch_pace, cost_forecast, held_eta
 from orchestrator.states import RunStatus, Status
 
 if TYPE_CHECKING:
@@ -116,6 +117,8 @@ def batch_status(store: Store, batch_id: int, *, rejects_limit: int = 20) -> dic
     runs = {r.status: r.n for r in views.run_counts(store, batch_id)}
     steps: dict[tuple, dict] = {}
     models: dict[str, dict] = defaultdict(lambda: dict.fromkeys(STATUSES, 0))
+    spend = cost.batch_cost(store, batch_id, completed_runs=pace.completed,
+                            pause_reason=batch.pause_reason if state.state == "paused" else None)
     for r in views.step_counts(store, batch_id):
         row = steps.setdefault(
             (r.step, r.kind, r.actor),
@@ -143,6 +146,10 @@ def batch_status(store: Store, batch_id: int, *, rejects_limit: int = 20) -> dic
         "progress": {"ended": pace.ended, "total": pace.runs},
         "rate_per_min": pace.rate_per_min,
         "eta_s": held_eta(pace.eta_s, state=state.state, stuck=waits_for_a_person(store, batch_id, state)),
+        "forecast": cost_forecast(store, batch_id, pace).as_dict(),
+        # Every attempt's usage, retries and ignored ones included: what the model servers counted.
+        "usage": {k: spend["total"][k] for k in ("attempts", "prompt_tokens", "output_tokens", "model_s")},
+        "cost": spend,
         "outcomes": {o.outcome: o.n for o in views.outcome_counts(store, batch_id)},
         "steps": sorted(steps.values(), key=lambda r: (r["step"], r["actor"])),
         "models": [{"model": m, **counts} for m, counts in sorted(models.items())],
@@ -176,10 +183,21 @@ def batch_steps(store: Store, batch_id: int) -> list[str]:
     return list(names)
 
 
-def export_batch(store: Store, batch_id: int) -> Iterator[dict[str, Any]]:
-    """One record per run, streamed with a server-side cursor (memory flat in batch size)."""
+def export_batch(store: Store, batch_id: int, *, with_cost: bool = False) -> Iterator[dict[str, Any]]:
+    """One record per run, streamed with a server-side cursor (memory flat in batch size);
+    with_cost: with the run's cost and tokens (export --cost)."""
     require_batch(store, batch_id)
+    if with_cost:
+        with views.export_cost_rows(store, batch_id) as costed:
+            for row in costed:
+                yield {**_record(row), "cost": float(row.cost), "prompt_tokens": row.prompt_tokens,
+                       "output_tokens": row.output_tokens}
+        return
     with views.export_rows(store, batch_id) as rows:
         for row in rows:
-            yield {"run_id": row.run_id, "line": row.line, "row": row.row, "status": row.status,
-                   "outcome": row.outcome, "end_reason": row.end_reason, "outputs": row.outputs}
+            yield _record(row)
+
+
+def _record(row: views.ExportRow) -> dict[str, Any]:
+    return {"run_id": row.run_id, "line": row.line, "row": row.row, "status": row.status,
+            "outcome": row.outcome, "end_reason": row.end_reason, "outputs": row.outputs}

@@ -5,6 +5,7 @@ ETA, computed from what the database says (runs.ended_at, its clock), so `status
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 
 from orchestrator.db import views
 from orchestrator.db.store import Store
@@ -66,3 +67,40 @@ def duration(seconds: float | None) -> str:
     if s < 3600:
         return f"{s // 60}m {s % 60:02d}s"
     return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+@dataclass(frozen=True)
+class CostForecast:
+    spent: Decimal
+    to_go: Decimal | None     # what the runs not ended yet will cost at this rate; None: no run ended yet
+    credit_limit: Decimal | None
+
+    @property
+    def total(self) -> Decimal | None:
+        return None if self.to_go is None else self.spent + self.to_go
+
+    def as_dict(self) -> dict[str, float | None]:
+        def num(d: Decimal | None) -> float | None:
+            return None if d is None else float(d)
+        return {"spent": num(self.spent), "to_go": num(self.to_go), "total": num(self.total),
+                "credit_limit": num(self.credit_limit)}
+
+
+def cost_to_go(spent: Decimal, *, ended: int, runs: int) -> Decimal | None:
+    """What the runs not ended yet will cost at the batch's cost so far per ended run (the
+    spend includes what runs under way used: an estimate on the safe side); 0 when none
+    is left, None while no run has ended (no honest guess)."""
+    remaining = runs - ended
+    if remaining <= 0:
+        return Decimal(0)
+    if ended <= 0:
+        return None
+    return spent / ended * remaining
+
+
+def cost_forecast(store: Store, batch_id: int, pace: Pace) -> CostForecast:
+    """The batch's spend (batches.spent: one row, cheap at every refresh) and its forecast."""
+    spend = views.batch_spend(store, batch_id)
+    spent = spend.spent if spend else Decimal(0)
+    return CostForecast(spent, cost_to_go(spent, ended=pace.ended, runs=pace.runs),
+                        spend.credit_limit if spend else None)

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from orchestrator import overview
 from orchestrator.db import views
 from orchestrator.db.store import Store
-from orchestrator.pace import batch_pace, held_eta
+from orchestrator.pace import batch_pace, cost_forecast, held_eta
 
 
 class Counts(BaseModel):
@@ -46,6 +46,15 @@ class RunsProgress(BaseModel):
     outcomes: dict[str, int]  # completed runs by outcome: "completed" or a named `to: $end` outcome
 
 
+class CostProgress(BaseModel):
+    """Spent so far and, at the cost per ended run so far, what the rest will cost."""
+
+    spent: float
+    to_go: float | None           # None: no run ended yet
+    total: float | None
+    credit_limit: float | None
+
+
 class Snapshot(BaseModel):
     batch_id: int
     workflow: str
@@ -57,6 +66,7 @@ class Snapshot(BaseModel):
     progress: RunsProgress
     rate_per_min: float
     eta_s: float | None
+    cost: CostProgress
     steps: list[StepProgress]
     models: list[ModelProgress]
     failures: dict[str, int]      # failed interactions so far, by failure class
@@ -95,6 +105,7 @@ def snapshot(store: Store, batch_id: int) -> Snapshot:
                               cancelled=pace.cancelled,
                               outcomes={o.outcome: o.n for o in views.outcome_counts(store, batch_id)}),
         rate_per_min=pace.rate_per_min, eta_s=held_eta(pace.eta_s, state=state.state, stuck=stuck),
+        cost=CostProgress(**cost_forecast(store, batch_id, pace).as_dict()),
         steps=sorted(steps.values(), key=lambda s: (s.step, s.actor)),
         models=sorted(models.values(), key=lambda m: m.model),
         failures=dict(failures.most_common()),

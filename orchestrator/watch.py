@@ -83,6 +83,25 @@ def _ended_parts(snap: Snapshot) -> Text:
 
 
 def _pace(snap: Snapshot) -> str:
+    return f"{_eta(snap)}; {_cost(snap)}"
+
+
+def _cost(snap: Snapshot) -> str:
+    """Spent so far, and what the rest will cost at this rate."""
+    from orchestrator.prices import plain
+
+    c = snap.cost
+    text = f"spent {plain(c.spent)}"
+    if c.credit_limit is not None:
+        text += f" of {plain(c.credit_limit)}"
+    if snap.done:
+        return text
+    if c.to_go is None:
+        return text + ", the rest's cost unknown (no run ended yet)"
+    return text + f", the rest ~{plain(c.to_go)} at this rate (total ~{plain(c.total)})"
+
+
+def _eta(snap: Snapshot) -> str:
     if snap.done:
         return "every run has ended"
     if snap.eta_s is not None:

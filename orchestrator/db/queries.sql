@@ -452,8 +452,11 @@ SELECT i.id, i.step, i.kind, i.actor, i.visit, i.status, i.attempt, i.max_attemp
        length(i.input::text) AS input_chars, i.output_chars, i.failure_class, i.failure_message, i.failure_detail,
        i.created_at, i.dispatched_at, i.ended_at, i.not_before, i.superseded,
        extract(epoch FROM i.ended_at - i.dispatched_at)::float8 AS duration_s,
-       a.worker, a.server
+       a.worker, a.server, i.cached_from, src.run_id AS cached_from_run, src.batch_id AS cached_from_batch,
+       (SELECT sum(t.cost) FROM attempts t WHERE t.interaction_id = i.id) AS cost
 FROM interactions i
+-- A cache hit's source: its run and batch while they are still there (a purge takes them).
+LEFT JOIN interactions src ON src.id = i.cached_from
 LEFT JOIN LATERAL (SELECT worker, server FROM attempts
                    WHERE interaction_id = i.id AND outcome <> 'ignored'
                    ORDER BY attempt DESC, id DESC LIMIT 1) a ON true
@@ -463,7 +466,7 @@ WHERE i.run_id = %(run_id)s ORDER BY i.id
 -- Every attempt of a run's interactions, with its usage, in the order they were recorded.
 SELECT a.interaction_id, a.attempt, a.outcome, a.dispatched_at, a.started_at, a.ended_at, a.recorded_at,
        a.worker, a.server, a.failure_class, a.failure_message, a.prompt_tokens, a.output_tokens, a.load_s,
-       a.prompt_eval_s, a.eval_s, a.call_s, a.metrics
+       a.prompt_eval_s, a.eval_s, a.call_s, a.metrics, a.model, a.cost
 FROM attempts a JOIN interactions i ON i.id = a.interaction_id
 WHERE i.run_id = %(run_id)s ORDER BY a.id
 
@@ -878,8 +881,14 @@ SELECT id, attempt, source, output FROM found
 -- The cache per model: entries, hits served, and the tokens and cost of the calls the
 -- hits did not make (each hit's source attempt, at the prices it was paid at).
 SELECT e.model, count(*)::int AS entries, coalesce(sum(e.hits), 0)::bigint AS hits,
-       min(e.created_at) AS oldest, max(e.last_hit_at) AS last_hit
+       min(e.created_at) AS oldest, max(e.last_hit_at) AS last_hit,
+       coalesce(sum(e.hits * s.prompt_tokens), 0)::bigint AS saved_prompt_tokens,
+       coalesce(sum(e.hits * s.output_tokens), 0)::bigint AS saved_output_tokens,
+       coalesce(sum(e.hits * s.cost), 0)::numeric AS saved_cost
 FROM cache_entries e
+LEFT JOIN LATERAL (SELECT t.prompt_tokens, t.output_tokens, t.cost FROM attempts t
+                   WHERE t.interaction_id = e.interaction_id AND t.outcome = 'completed'
+                   ORDER BY t.id DESC LIMIT 1) s ON true
 GROUP BY e.model ORDER BY e.model
 
 -- name: cache_clear
@@ -927,3 +936,83 @@ SELECT a.batch_id, l.left, a.kind, a.actor, a.in_flight,
        a.kind = 'ai' AND EXISTS (SELECT 1 FROM prices p WHERE p.model = wavefarm_model(a.actor)) AS priced
 FROM per_actor a JOIN limited l ON l.id = a.batch_id
 ORDER BY 1, 3, 4
+
+-- == cost: prices, what a batch cost, the cache's savings (orchestrator/prices.py, cost.py) ==
+
+-- name: insert_price
+-- A new price row of a model (its canonical name), the fields not given carried over
+-- from its latest row; the row stored.
+INSERT INTO prices (model, input_per_1m, output_per_1m, per_hour)
+SELECT wavefarm_model(%(model)s::text),
+       coalesce(%(input_per_1m)s::numeric, last.input_per_1m),
+       coalesce(%(output_per_1m)s::numeric, last.output_per_1m),
+       coalesce(%(per_hour)s::numeric, last.per_hour)
+FROM (SELECT 1) one
+LEFT JOIN LATERAL (SELECT * FROM prices p WHERE p.model = wavefarm_model(%(model)s::text)
+                   ORDER BY p.id DESC LIMIT 1) last ON true
+RETURNING model, input_per_1m, output_per_1m, per_hour, set_at
+
+-- name: prices_in_force
+-- Each model's latest price row (prices_model: model, id DESC).
+SELECT DISTINCT ON (model) model, input_per_1m, output_per_1m, per_hour, set_at
+FROM prices ORDER BY model, id DESC
+
+-- name: batch_spend
+-- A batch's spend so far (kept by store_decisions) and its credit limit: cheap enough
+-- for every refresh of a watch.
+SELECT spent, credit_limit FROM batches WHERE id = %(batch_id)s
+
+-- name: batch_cost
+-- What a batch's attempts used and cost, per step and model (NULL: a script): every
+-- attempt row counts (retries, failures, late and duplicate results recorded as
+-- ignored: the model did that work), so the tokens are what the model servers counted.
+-- Unpriced: AI attempts whose model had no price when they were recorded (cost NULL,
+-- counted as 0). A cache hit is an attempt of worker 'cache' with no usage of its own;
+-- what it saved is its source interaction's completed attempt (metrics.cached_from), at
+-- the cost that one was paid at (nothing known when that batch was purged).
+SELECT i.step, i.kind, a.model,
+       count(*)::int AS attempts,
+       coalesce(sum(a.prompt_tokens), 0)::bigint AS prompt_tokens,
+       coalesce(sum(a.output_tokens), 0)::bigint AS output_tokens,
+       coalesce(sum(a.call_s), 0)::float8 AS model_s,
+       coalesce(sum(a.cost), 0)::numeric AS cost,
+       count(*) FILTER (WHERE a.model IS NOT NULL AND a.cost IS NULL)::int AS unpriced,
+       count(*) FILTER (WHERE a.worker = 'cache' AND a.outcome = 'completed')::int AS cache_hits,
+       coalesce(sum(s.prompt_tokens), 0)::bigint AS saved_prompt_tokens,
+       coalesce(sum(s.output_tokens), 0)::bigint AS saved_output_tokens,
+       coalesce(sum(s.cost), 0)::numeric AS saved_cost
+FROM attempts a
+JOIN interactions i ON i.id = a.interaction_id
+LEFT JOIN LATERAL (
+    SELECT t.prompt_tokens, t.output_tokens, t.cost FROM attempts t
+    WHERE a.worker = 'cache' AND a.outcome = 'completed'
+      AND t.interaction_id = (a.metrics ->> 'cached_from')::bigint AND t.outcome = 'completed'
+    ORDER BY t.id DESC LIMIT 1) s ON true
+WHERE a.batch_id = %(batch_id)s
+GROUP BY i.step, i.kind, a.model
+ORDER BY i.step, a.model NULLS LAST
+
+-- name: export_batch_cost
+-- export --cost: export_batch's record and each run's cost (its interactions' attempts'
+-- cost; unpriced counts 0) and tokens, every attempt counted (retries, ignored ones).
+SELECT r.id AS run_id, r.line, r.input AS row, r.status, r.outcome, r.end_reason,
+       coalesce((SELECT jsonb_object_agg(o.step, o.output)
+                 FROM (SELECT DISTINCT ON (i.step) i.step, i.output
+                       FROM interactions i
+                       WHERE i.run_id = r.id AND i.status = 'completed' AND NOT i.superseded
+                       ORDER BY i.step, i.visit DESC) o), '{}'::jsonb) AS outputs,
+       c.cost, c.prompt_tokens, c.output_tokens
+FROM runs r
+CROSS JOIN LATERAL (
+    SELECT coalesce(sum(a.cost), 0)::numeric AS cost, coalesce(sum(a.prompt_tokens), 0)::bigint AS prompt_tokens,
+           coalesce(sum(a.output_tokens), 0)::bigint AS output_tokens
+    FROM interactions i JOIN attempts a ON a.interaction_id = i.id WHERE i.run_id = r.id) c
+WHERE r.batch_id = %(batch_id)s ORDER BY r.id
+
+-- name: metrics_usage
+-- For Prometheus: what each model used and cost since the farm began, from the usage
+-- totals the attempts trigger keeps (a few rows per batch, never the attempts table).
+SELECT model, sum(attempts)::bigint AS attempts, sum(prompt_tokens)::bigint AS prompt_tokens,
+       sum(output_tokens)::bigint AS output_tokens, sum(call_s)::float8 AS call_s, sum(cost)::numeric AS cost,
+       sum(cache_hits)::bigint AS cache_hits
+FROM usage_totals GROUP BY model ORDER BY model

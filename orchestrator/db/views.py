@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from orchestrator.db.store import Store
@@ -111,6 +112,10 @@ class RunInteraction:
     duration_s: float | None
     worker: str | None
     server: str | None
+    cached_from: int | None          # a cache hit: the interaction whose answer it reused
+    cached_from_run: int | None      # ... its run and batch, while they are still there
+    cached_from_batch: int | None
+    cost: Decimal | None             # its attempts' cost (None: a script, or unpriced)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +138,8 @@ class AttemptRow:
     eval_s: float | None
     call_s: float | None
     metrics: dict[str, Any] | None
+    model: str | None
+    cost: Decimal | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,3 +274,52 @@ def batch_pace(store: Store, batch_id: int) -> BatchPace | None:
 
 def batch_gauges(store: Store, shown: list[int]) -> list[BatchGauge]:
     return store.all("metrics_batches", {"shown": shown}, BatchGauge)
+
+
+# -- cost (orchestrator/cost.py) -----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class BatchSpend:
+    spent: Decimal
+    credit_limit: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
+class CostRow:
+    """What the attempts of one (step, model) of a batch used and cost; model None: a script."""
+
+    step: str
+    kind: str
+    model: str | None
+    attempts: int
+    prompt_tokens: int
+    output_tokens: int
+    model_s: float
+    cost: Decimal
+    unpriced: int          # AI attempts recorded when their model had no price (counted as 0)
+    cache_hits: int
+    saved_prompt_tokens: int
+    saved_output_tokens: int
+    saved_cost: Decimal
+
+
+def batch_spend(store: Store, batch_id: int) -> BatchSpend | None:
+    return store.one("batch_spend", {"batch_id": batch_id}, BatchSpend)
+
+
+def batch_cost(store: Store, batch_id: int) -> list[CostRow]:
+    return store.all("batch_cost", {"batch_id": batch_id}, CostRow)
+
+
+
+@dataclass(frozen=True, slots=True)
+class ExportCostRow(ExportRow):
+    cost: Decimal
+    prompt_tokens: int
+    output_tokens: int
+
+
+@contextmanager
+def export_cost_rows(store: Store, batch_id: int) -> Iterator[Iterator[ExportCostRow]]:
+    """export_rows with each run's cost and tokens (export --cost), streamed."""
+    with store.stream("export_batch_cost", {"batch_id": batch_id}, ExportCostRow) as rows:
+        yield rows

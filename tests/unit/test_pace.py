@@ -6,8 +6,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from orchestrator.overview import state_of
-from orchestrator.pace import duration, eta_s, rate_per_min
-from orchestrator.progress import RunsProgress, Snapshot, StepProgress
+from decimal import Decimal
+
+from orchestrator.pace import cost_to_go, duration, eta_s, rate_per_min
+from orchestrator.progress import CostProgress, RunsProgress, Snapshot, StepProgress
 from orchestrator.watch import line, verdict
 
 
@@ -37,6 +39,7 @@ def snap(**changes) -> Snapshot:
                 progress=RunsProgress(ended=40, total=100, completed=35, failed=4, cancelled=1,
                                       outcomes={"completed": 30, "rejected": 5}),
                 rate_per_min=12.0, eta_s=300.0,
+                cost=CostProgress(spent=2.0, to_go=3.0, total=5.0, credit_limit=None),
                 steps=[StepProgress(step="extract", actor="gemma3:1b", done=60, in_flight=8, waiting=32)],
                 models=[], failures={"script_error": 4})
     return Snapshot(**{**base, **changes})
@@ -54,3 +57,17 @@ def test_an_escalated_batch_that_cannot_move_says_what_to_do_and_fails():
     assert not ok and "orchestrator resume --batch 7" in message and "10 script errors" in message
     assert verdict(snap(state="done", progress=RunsProgress(ended=3, total=3, completed=3, failed=0, cancelled=0,
                                                             outcomes={})))[0]
+
+
+def test_the_rest_costs_what_the_ended_runs_cost_each_unknown_before_the_first_and_nothing_once_done():
+    assert cost_to_go(Decimal("2.0"), ended=40, runs=100) == Decimal("3.0")
+    assert cost_to_go(Decimal("2.0"), ended=0, runs=100) is None
+    assert cost_to_go(Decimal("2.0"), ended=100, runs=100) == 0
+    assert cost_to_go(Decimal(0), ended=5, runs=10) == 0
+
+
+def test_the_pace_line_has_the_spend_and_the_forecast_next_to_the_eta():
+    text = line(snap())
+    assert "ETA 5m 00s; spent 2, the rest ~3 at this rate (total ~5)" in text
+    limited = line(snap(cost=CostProgress(spent=2.0, to_go=None, total=None, credit_limit=10.0)))
+    assert "spent 2 of 10, the rest's cost unknown (no run ended yet)" in limited
