@@ -28,24 +28,8 @@ from orchestrator import controls
 from orchestrator.controls import BUDGET_EXCEEDED
 from orchestrator.db.store import Store
 
-# No amount of money the farm keeps is larger: beyond it a value is a typo (or 1e400).
-MAX_AMOUNT = Decimal("1e15")
-
-
-def parse_amount(text: str, *, what: str) -> Decimal:
-    """A sum of money (a credit limit, a price) as a person types it; ValueError that says
-    what is wrong with it. Plain decimal notation: no NaN, infinity or negative amounts."""
-    try:
-        value = Decimal(text.strip().replace("_", ""))
-    except ArithmeticError:
-        raise ValueError(f"{what} must be a number, got {text!r}") from None
-    if not value.is_finite():
-        raise ValueError(f"{what} must be a finite number, got {text!r}")
-    if value < 0:
-        raise ValueError(f"{what} cannot be negative, got {text!r}")
-    if value > MAX_AMOUNT:
-        raise ValueError(f"{what} is {text!r}: more than {MAX_AMOUNT:,.0f} is taken for a typo")
-    return value.normalize() if value == value.to_integral_value() else value
+# No credit limit is larger: beyond it a value is a typo (or 1e400).
+MAX_CREDIT = Decimal("1e15")
 
 
 @dataclass(frozen=True, slots=True)

@@ -353,14 +353,13 @@ def submit(
 
 
 def _amount(text: str | None, option: str = "--credit-limit") -> Decimal | None:
-    from orchestrator.budget import parse_amount
+    from orchestrator.budget import MAX_CREDIT
+    from orchestrator.prices import PriceError, parse_amount
 
-    if text is None:
-        return None
     try:
-        return parse_amount(text, what=option)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint=option) from None
+        return parse_amount(text, option, maximum=MAX_CREDIT)
+    except PriceError as exc:
+        raise typer.BadParameter(exc.reason, param_hint=option) from None
 
 
 def _workflow_name(db: Store, workflow: str, scripts_dir: Path | None, models: dict[str, str]) -> str:

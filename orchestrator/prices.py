@@ -41,9 +41,9 @@ class Price:
     set_at: datetime
 
 
-def parse_amount(text: str | None, option: str) -> Decimal | None:
-    """A price as typed: a finite number from 0 to MAX_PRICE, exactly as written (a
-    Decimal: 0.1 stays 0.1)."""
+def parse_amount(text: str | None, option: str, *, maximum: Decimal = MAX_PRICE) -> Decimal | None:
+    """A price (or a credit limit) as typed: a finite number from 0 to `maximum`, exactly
+    as written (a Decimal: 0.1 stays 0.1)."""
     if text is None:
         return None
     try:
@@ -54,8 +54,8 @@ def parse_amount(text: str | None, option: str) -> Decimal | None:
         raise PriceError(f"{text!r} is not a finite number", option)
     if value < 0:
         raise PriceError(f"{text!r} is negative: a price is 0 or more", option)
-    if value > MAX_PRICE:
-        raise PriceError(f"{text!r} is past {MAX_PRICE:,} (no price is that high: a typo?)", option)
+    if value > maximum:
+        raise PriceError(f"{text!r} is past {maximum:,} (no amount is that high: a typo?)", option)
     return value
 
 
