@@ -222,7 +222,7 @@ def _price_text(price) -> str:
 
     parts = [(price.input_per_1m, "per 1M input tokens"), (price.output_per_1m, "per 1M output tokens"),
              (price.per_hour, "per hour")]
-    return ", ".join(f"{plain(v)} {what}" for v, what in parts if v is not None) or "no price"
+    return ", ".join(f"{plain(v, exact=True)} {what}" for v, what in parts if v is not None) or "no price"
 
 
 @prices_app.command("list")
@@ -242,7 +242,8 @@ def prices_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
         return
     table = _table("model", "input per 1M", "output per 1M", "per hour", "set at")
     for p in rows:
-        table.add_row(p.model, prices.plain(p.input_per_1m), prices.plain(p.output_per_1m), prices.plain(p.per_hour),
+        table.add_row(p.model, prices.plain(p.input_per_1m, exact=True), prices.plain(p.output_per_1m, exact=True),
+                      prices.plain(p.per_hour, exact=True),
                       p.set_at.strftime("%Y-%m-%d %H:%M:%S"))
     out.print(table)
 
@@ -605,7 +606,7 @@ def _print_batch_status(data: dict) -> None:
         from orchestrator.prices import plain
 
         out.print(styled(("budget_exceeded", "bold red"), f": the batch reached its credit limit (spent "
-                         f"{plain(c['spent'])} of {plain(c['credit_limit'])}) and is paused; to go on: ",
+                         f"{plain(c['spent'])} of {plain(c['credit_limit'], exact=True)}) and is paused; to go on: ",
                          (resume_hint(b["id"]), "bold")))
     out.print("runs: " + "  ".join(f"{k} {v}" for k, v in runs.items()))
     if data["state"] != "done":
@@ -694,7 +695,7 @@ def _print_cost(c: dict) -> None:
     if c["credit_limit"] is not None:
         left = c["left"]
         said = f"{plain(left)} left" if left >= 0 else f"over by {plain(-left)}"
-        out.print(styled(("credit: ", "bold"), f"limit {plain(c['credit_limit'])}, spent {plain(c['spent'])}, {said}"))
+        out.print(styled(("credit: ", "bold"), f"limit {plain(c['credit_limit'], exact=True)}, spent {plain(c['spent'])}, {said}"))
 
 
 @app.command()

@@ -103,15 +103,18 @@ def cost(price: Price | None, *, prompt_tokens: int | None, output_tokens: int |
             + (price.per_hour or zero) * Decimal(repr(call_s or 0.0)) / 3600)
 
 
-def plain(value: Decimal | float | int | None, places: int = 6) -> str:
-    """A number as a person reads it: no exponent, no trailing zeros, rounded to `places`
-    decimals (below 1, to 12: a call's 0.0000055 is shown as such); '' for None."""
+def plain(value: Decimal | float | int | None, *, exact: bool = False) -> str:
+    """A number as a person reads it: no exponent, no trailing zeros; '' for None. A cost
+    is rounded to 4 decimals, or below 1 to 4 significant digits (a call's 0.0000055 is
+    shown as such, a batch's 0.007432855489 as 0.007433); `exact` (a price or a limit as
+    typed) is shown whole."""
     if value is None:
         return ""
     d = value if isinstance(value, Decimal) else Decimal(repr(float(value))) if isinstance(value, float) else Decimal(value)
-    if abs(d) < 1:
-        places = max(places, 12)  # a call's cost is often a few millionths
-    text = format(d.quantize(Decimal(10) ** -places).normalize(), "f")
+    if not exact and d:
+        places = 4 if abs(d) >= 1 else 3 - d.adjusted()
+        d = d.quantize(Decimal(10) ** -places)
+    text = format(d.normalize(), "f")
     return "0" if text in ("-0", "") else text
 
 

@@ -93,7 +93,7 @@ def _cost(snap: Snapshot) -> str:
     c = snap.cost
     text = f"spent {plain(c.spent)}"
     if c.credit_limit is not None:
-        text += f" of {plain(c.credit_limit)}"
+        text += f" of {plain(c.credit_limit, exact=True)}"
     if snap.done:
         return text
     if c.to_go is None:

@@ -69,8 +69,10 @@ def execute(conn, server: ModelServer, batch_id: int, concurrency: int = 4) -> N
 
 
 def by_step(conn, batch_id: int) -> dict[str, list[dict]]:
-    rows = conn.execute("SELECT id, run_id, step, status, output, cached_from FROM interactions WHERE batch_id = %s"
-                        " ORDER BY id", (batch_id,)).fetchall()
+    """Each step's interactions, in the order of their rows' x (then of their visits)."""
+    rows = conn.execute("SELECT i.id, i.run_id, i.step, i.status, i.output, i.cached_from FROM interactions i"
+                        " JOIN runs r ON r.id = i.run_id WHERE i.batch_id = %s ORDER BY r.input->>'x', i.visit",
+                        (batch_id,)).fetchall()
     out: dict[str, list[dict]] = {}
     for r in rows:
         out.setdefault(r["step"], []).append(r)

@@ -57,10 +57,16 @@ def test_a_name_with_markup_is_a_name_like_any_other():
 
 @pytest.mark.parametrize("value,shown", [
     (Decimal("0.50000000000000000000"), "0.5"), (Decimal("2.8"), "2.8"), (Decimal("0.0000055"), "0.0000055"),
-    (Decimal("1E+3"), "1000"), (Decimal(0), "0"), (None, ""), (3, "3"), (0.1, "0.1"), (Decimal("1.23456789"), "1.234568"),
+    (Decimal("1E+3"), "1000"), (Decimal(0), "0"), (None, ""), (3, "3"), (0.1, "0.1"), (Decimal("1.23456789"), "1.2346"),
+    (Decimal("0.007432855489"), "0.007433"), (Decimal("-0.5"), "-0.5"),
 ])
 def test_numbers_are_shown_plain(value, shown):
     assert plain(value) == shown
+
+
+def test_a_price_or_a_limit_as_typed_is_shown_whole():
+    assert plain(Decimal("0.123456789"), exact=True) == "0.123456789"
+    assert plain(Decimal("1E+3"), exact=True) == "1000"
 
 
 def test_status_knows_the_pause_reason_budget_sets():

@@ -867,3 +867,43 @@ def test_validate_refuses_a_script_the_runner_would_refuse(tmp_path):
     first, second = validate_text(text, scripts_dir=scripts)
     assert first.path == "steps[0].script" and "leads outside the scripts directory" in first.message
     assert second.path == "steps[1].script" and "not executable" in second.message
+
+
+def test_cache_is_for_ai_steps_and_is_a_boolean():
+    script_cached = _text("""
+        name: w
+        steps:
+          - name: a
+            script: save.py
+            cache: true
+        """)
+    (problem,) = validate_text(script_cached)
+    assert (problem.line, problem.path) == (5, "steps[0].cache") and "effects" in problem.message
+    not_a_flag = _text("""
+        name: w
+        defaults: {cache: "yes"}
+        steps:
+          - name: a
+            model: m
+            prompt: hi
+        """)
+    (problem,) = validate_text(not_a_flag)
+    assert problem.path.startswith("defaults") and problem.line == 2
+    # defaults: {cache: true} caches the AI steps and leaves the scripts alone.
+    wf = load_text(_text("""
+        name: w
+        defaults: {cache: true}
+        steps:
+          - name: a
+            model: m
+            prompt: hi
+            next: [{when: "*", to: b}]
+          - name: b
+            script: save.py
+            next: [{when: "*", to: c}]
+          - name: c
+            model: m
+            prompt: again
+            cache: false
+        """))
+    assert [wf.cached(s) for s in wf.steps] == [True, False, False]
