@@ -23,12 +23,13 @@ from common.retries import RetryPolicy
 from gpu_worker.backends.base import BackendError, ModelBackend, identity_of, model_identities
 from orchestrator import cache
 from orchestrator.catalog import WorkflowCache
-from orchestrator.db.rows import Claimed
+from orchestrator.budget import Budget, over_budget
+from orchestrator.db.rows import Claimed, DispatchRow
 from orchestrator.db.store import Store
 from orchestrator.holds import current, take_back
 from orchestrator.reconnect import Reconnecting
 from orchestrator.results import apply_results
-from orchestrator.states import claim_pending
+from orchestrator.states import claim_for_dispatch, claim_pending
 from orchestrator.sweeper import sweep
 from orchestrator.tasks import task_or_failure
 from script_worker.runner import run_script
@@ -159,7 +160,29 @@ class LocalExecutor:
     @staticmethod
     def _claim(db: Store, limit: int, batch_id: int | None) -> list[Claimed]:
         with db.transaction():
-            return claim_pending(db, limit=limit, batch_id=batch_id)
+            pending = [r for r in db.dispatch_view()
+                       if r.what == "pending" and (batch_id is None or r.batch_id == batch_id)]
+            if not any(r.limited for r in pending):
+                return claim_pending(db, limit=limit, batch_id=batch_id)
+            return _claim_within_budget(db, pending, limit)
+
+
+def _claim_within_budget(db: Store, pending: list[DispatchRow], limit: int) -> list[Claimed]:
+    """Up to `limit` of the pending work, actor by actor, no more of a batch with a credit
+    limit than the credit left pays for (orchestrator/budget.py, as serve's dispatcher)."""
+    budget = Budget.read(db, [(r.batch_id, r.kind, r.actor) for r in pending if r.limited])
+    over_budget(db, budget.spent_all)
+    claimed: list[Claimed] = []
+    for r in pending:
+        n = budget.allow(r.batch_id, r.kind, r.actor, limit - len(claimed))
+        if n <= 0:
+            continue
+        got = claim_for_dispatch(db, kind=r.kind, actor=r.actor, batch_id=r.batch_id, limit=n)
+        budget.spend(r.batch_id, r.kind, r.actor, len(got))
+        claimed += got
+        if len(claimed) >= limit:
+            break
+    return claimed
 
 
 def _done(result: TaskResult) -> Future:

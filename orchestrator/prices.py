@@ -91,18 +91,6 @@ def in_force(store: Store) -> list[Price]:
     return store.all("prices_in_force", None, Price)
 
 
-def cost(price: Price | None, *, prompt_tokens: int | None, output_tokens: int | None,
-         call_s: float | None) -> Decimal | None:
-    """What one call costs at `price` (None: unpriced). The same sum as the database's
-    wavefarm_cost, for what is shown before anything is recorded (and for the tests)."""
-    if price is None:
-        return None
-    zero = Decimal(0)
-    return ((price.input_per_1m or zero) * (prompt_tokens or 0) / 1_000_000
-            + (price.output_per_1m or zero) * (output_tokens or 0) / 1_000_000
-            + (price.per_hour or zero) * Decimal(repr(call_s or 0.0)) / 3600)
-
-
 def plain(value: Decimal | float | int | None, *, exact: bool = False) -> str:
     """A number as a person reads it: no exponent, no trailing zeros; '' for None. A cost
     is rounded to 4 decimals, or below 1 to 4 significant digits (a call's 0.0000055 is

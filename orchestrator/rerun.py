@@ -243,7 +243,8 @@ def _apply(store: Store, batch_id: int, work: list[_RunWork], target: StoredWork
         events.append(Event(batch_id, w.run.id, None, "rerun", None, detail))
     plan.new_attempts += len(transition_many(store, reruns, from_=Status.FAILED, to=Status.PENDING))
     plan.new_visits += len(children)
-    open_now = store.store_decisions(attempts=[], events=events, children=children, runs=[w.run.id for w in work])
+    open_now = store.store_decisions(attempts=[], events=events, children=children,
+                                     runs=[w.run.id for w in work]).open
     # New work that could not start (born failed) leaves a run with nothing open: it ends
     # again now, saying why, instead of waiting for ever.
     stuck = [w for w in work if open_now[w.run.id] == 0 and not w.move_only]

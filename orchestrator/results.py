@@ -38,7 +38,7 @@ from orchestrator import engine, locks
 from orchestrator.escalation import escalate_failing
 from orchestrator.catalog import WorkflowCache
 from orchestrator.budget import over_budget
-from orchestrator.db.rows import AttemptRecord, CacheEntry, Completion, FailureRecord, Moved, Requeue, StepState, Target
+from orchestrator.db.rows import AttemptRecord, Completion, FailureRecord, Moved, Requeue, StepState, Target
 from orchestrator.db.store import Store
 from orchestrator.states import Status, end_runs, transition_many
 
@@ -217,12 +217,11 @@ def _apply_set(store: Store, results: Sequence[TaskResult], cache: WorkflowCache
             applied.append(Applied(r, "ignored"))
 
     applied += _ignore(store, ignored, targets, views, decisions)
-    # Every answer a model gave may answer the same question again (orchestrator/cache.py).
-    entries = [CacheEntry(r.interaction_id, r.model_digest) for key, r in unique.items()
-               if key in completed and r.model_digest and r.cached_from is None]
-    open_now = store.store_decisions(attempts=decisions.attempts, events=decisions.events,
-                                     children=decisions.children, runs=sorted(may_end), entries=entries)
-    over_budget(store, sorted({a.batch_id for a in decisions.attempts}))
+    stored = store.store_decisions(attempts=decisions.attempts, events=decisions.events,
+                                   children=decisions.children, runs=sorted(may_end))
+    open_now = stored.open
+    if stored.over_budget:
+        over_budget(store, stored.over_budget)
     faulty = [(m.batch_id, m.step) for key, m in failed.items() if unique[key].failure.failure_class in STEP_FAULTS]
     faulty += [(c.batch_id, c.step) for c in decisions.children if c.failure_class == FailureClass.RENDER_ERROR]
     if faulty:
@@ -263,8 +262,11 @@ def _views(store: Store, state: list[StepState], targets: dict[int, Target],
 
 
 def _completion(r: TaskResult) -> Completion:
+    # Every answer a model gave may answer the same question again (orchestrator/cache.py):
+    # it is kept with the digest of the model that gave it. A hit is not an answer of its own.
     return Completion(id=r.interaction_id, attempt=r.attempt, output=r.output,
-                      output_chars=len(engine.output_text(r.output)), cached_from=r.cached_from)
+                      output_chars=len(engine.output_text(r.output)), cached_from=r.cached_from,
+                      cache_digest=r.model_digest if r.cached_from is None else None)
 
 
 def _failure(r: TaskResult) -> FailureRecord:

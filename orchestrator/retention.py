@@ -1,6 +1,6 @@
 """`orchestrator purge`: delete a finished batch whole, for retention.
 
-Runs, interactions, their attempts, events and cache entries, the rejected rows, the escalations and
+Runs, interactions (and with them their answers in the cache), their attempts and events, the rejected rows, the escalations and
 the batch itself go in one transaction, children before parents (attempts reference
 interactions, interactions runs, runs the batch). The event log is append-only in the
 database; this is the one transaction that says it is purging (SET LOCAL
@@ -66,7 +66,6 @@ def purge(store: Store, batch_id: int) -> Counts:
         store.scalar("purge_allow_events")
         events = store.run("purge_events", params) + store.run("purge_batch_events", params)
         attempts = store.run("purge_attempts", params)
-        store.run("purge_cache_entries", params)
         interactions = store.run("purge_interactions", params)
         runs = store.run("purge_runs", params)
         rejects = store.run("purge_rejects", params)

@@ -97,11 +97,10 @@ FROM STDIN
 -- name: store_decisions
 -- What was decided over a batch of results, in one statement: the record of every
 -- attempt that ended, with its model and its cost at the prices in force now (and the
--- batch's spend grown by it); the engine's events (in the order decided), then its
+-- batch's spend and the usage totals grown by it); the engine's events (in the order decided), then its
 -- children (their `created` events come from the trigger, which fires at the end of the
--- statement, so after the decisions that made them); the cache entries of answers that
--- may be reused; and for each run in %(runs)s how much is still open (pending or
--- dispatched) after it. Each kind of row travels as one JSON array of objects
+-- statement, so after the decisions that made them); for each run in %(runs)s how much is still open (pending or
+-- dispatched) after it; and the batches whose spend just reached their credit limit. Each kind of row travels as one JSON array of objects
 -- (orchestrator/db/store.py makes them from rows.py's classes): a few parameters,
 -- however many rows and columns, where an array per column cost the client more to
 -- encode than the whole statement costs the server.
@@ -110,8 +109,8 @@ WITH recorded AS (
     INSERT INTO attempts (interaction_id, batch_id, attempt, outcome, dispatched_at, started_at, ended_at, worker,
                           server, failure_class, failure_message, prompt_tokens, output_tokens, load_s,
                           prompt_eval_s, eval_s, call_s, metrics, model, cost)
-    SELECT a.*, m.model, CASE WHEN m.model IS NOT NULL THEN wavefarm_cost(m.model, a.prompt_tokens, a.output_tokens,
-                                                                           a.call_s) END
+    SELECT a.*, m.model, CASE WHEN p.id IS NOT NULL THEN wavefarm_cost(p.input_per_1m, p.output_per_1m, p.per_hour,
+                                                                        a.prompt_tokens, a.output_tokens, a.call_s) END
     FROM jsonb_to_recordset(%(attempts)s::jsonb) AS a (
         interaction_id bigint, batch_id bigint, attempt integer, outcome text, dispatched_at timestamptz,
         started_at timestamptz, ended_at timestamptz, worker text, server text, failure_class text,
@@ -119,18 +118,27 @@ WITH recorded AS (
         prompt_eval_s double precision, eval_s double precision, call_s double precision, metrics jsonb)
     CROSS JOIN LATERAL (SELECT CASE WHEN i.kind = 'ai' THEN wavefarm_model(i.actor) END AS model
                         FROM interactions i WHERE i.id = a.interaction_id) m
-    RETURNING batch_id, cost
+    -- The prices in force: the model's latest row.
+    LEFT JOIN LATERAL (SELECT * FROM prices p WHERE p.model = m.model ORDER BY p.id DESC LIMIT 1) p ON true
+    RETURNING batch_id, model, cost, prompt_tokens, output_tokens, call_s, worker, outcome
+), used AS (
+    -- Prometheus's counters (usage_totals), one lock order for concurrent appliers.
+    INSERT INTO usage_totals AS u (batch_id, model, attempts, prompt_tokens, output_tokens, call_s, cost, cache_hits)
+    SELECT batch_id, model, count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(output_tokens), 0),
+           coalesce(sum(call_s), 0), coalesce(sum(cost), 0),
+           count(*) FILTER (WHERE worker = 'cache' AND outcome = 'completed')
+    FROM recorded WHERE model IS NOT NULL
+    GROUP BY batch_id, model ORDER BY batch_id, model
+    ON CONFLICT (batch_id, model) DO UPDATE SET
+        attempts = u.attempts + excluded.attempts, prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
+        output_tokens = u.output_tokens + excluded.output_tokens, call_s = u.call_s + excluded.call_s,
+        cost = u.cost + excluded.cost, cache_hits = u.cache_hits + excluded.cache_hits
 ), spent AS (
     UPDATE batches b SET spent = b.spent + s.cost
     FROM (SELECT batch_id, sum(cost) AS cost FROM recorded GROUP BY batch_id HAVING sum(cost) > 0) s
     WHERE b.id = s.batch_id
-), cached AS (
-    INSERT INTO cache_entries (key, digest, model, interaction_id, run_id)
-    SELECT i.cache_key, c.digest, wavefarm_model(i.actor), i.id, i.run_id
-    FROM jsonb_to_recordset(%(entries)s::jsonb) AS c (interaction_id bigint, digest text)
-    JOIN interactions i ON i.id = c.interaction_id
-    WHERE i.cache_key IS NOT NULL
-    ON CONFLICT (key, digest) DO NOTHING
+    RETURNING b.id, b.credit_limit IS NOT NULL AND b.spent >= b.credit_limit AND b.paused_at IS NULL
+                    AND b.cancelled_at IS NULL AS over
 ), decided AS (
     INSERT INTO events (batch_id, run_id, interaction_id, kind, attempt, detail)
     SELECT e.batch_id, e.run_id, e.interaction_id, e.kind, e.attempt, e.detail
@@ -159,8 +167,12 @@ WITH recorded AS (
 -- The statement does not see its own inserts: the children born pending are added.
 SELECT r.run_id,
        (SELECT count(*) FROM interactions i WHERE i.run_id = r.run_id AND i.status IN ('pending', 'dispatched'))
-       + (SELECT count(*) FROM born b WHERE b.run_id = r.run_id AND b.status = 'pending') AS open
+       + (SELECT count(*) FROM born b WHERE b.run_id = r.run_id AND b.status = 'pending') AS open,
+       NULL::bigint AS over_budget
 FROM unnest(%(runs)s::bigint[]) AS r (run_id)
+-- And the batches whose spend reached their credit limit with these attempts.
+UNION ALL
+SELECT NULL, NULL, id FROM spent WHERE over
 
 -- name: claim_pending
 -- pending -> dispatched for the oldest pending work whose backoff is over and that no
@@ -271,10 +283,11 @@ FROM workers ORDER BY kind, name
 -- by store_decisions.
 UPDATE interactions i
 SET status = 'completed', output = v.output, output_chars = v.output_chars, ended_at = now(),
-    failure_class = NULL, failure_message = NULL, failure_detail = NULL, cached_from = v.cached_from
+    failure_class = NULL, failure_message = NULL, failure_detail = NULL, cached_from = v.cached_from,
+    cache_digest = v.cache_digest
 FROM unnest(%(id)s::bigint[], %(attempt)s::integer[], %(output)s::jsonb[], %(output_chars)s::integer[],
-            %(cached_from)s::bigint[])
-     AS v (id, attempt, output, output_chars, cached_from)
+            %(cached_from)s::bigint[], %(cache_digest)s::text[])
+     AS v (id, attempt, output, output_chars, cached_from, cache_digest)
 WHERE i.id = v.id AND i.status = %(from_status)s AND i.attempt = v.attempt
 RETURNING i.id, i.run_id, i.batch_id, i.step, i.visit, i.status, i.attempt, i.max_attempts, i.busy_retries,
           i.dispatched_at, i.output
@@ -811,11 +824,6 @@ DELETE FROM events WHERE batch_id = %(batch_id)s AND run_id IS NULL
 -- name: purge_attempts
 DELETE FROM attempts WHERE interaction_id IN (SELECT id FROM interactions WHERE batch_id = %(batch_id)s)
 
--- name: purge_cache_entries
--- The cache's answers from the batch go with it (a hit elsewhere keeps its own copy of
--- the output, and its cached_from names an interaction that is gone).
-DELETE FROM cache_entries WHERE interaction_id IN (SELECT id FROM interactions WHERE batch_id = %(batch_id)s)
-
 -- name: purge_interactions
 DELETE FROM interactions WHERE batch_id = %(batch_id)s
 
@@ -850,10 +858,10 @@ WHERE w.kind = 'ai' AND w.last_seen > now() - make_interval(secs => %(stale_s)s)
 GROUP BY 1
 
 -- name: cache_hits
--- Which claimed interactions the cache answers: an entry with the same prompt digest
--- from a model digest served today (%(digests)s: model -> digests), whose interaction is
--- not of the same run (a loop that asks again means to sample again) unless a rerun
--- superseded it. Each hit is counted on its entry.
+-- Which claimed interactions the cache answers: a completed interaction that asked the
+-- same (cache_key) of a model build served today (cache_digest among %(digests)s, model ->
+-- digests), not of the same run (a loop that asks again means to sample again) unless a
+-- rerun superseded it. The oldest such answer: every hit of a question reuses one.
 WITH wanted AS (
     SELECT c.id, c.attempt, c.run_id, c.key, d.digests
     FROM jsonb_to_recordset(%(claimed)s::jsonb) AS c (id bigint, attempt integer, run_id bigint, key text, actor text)
@@ -861,43 +869,48 @@ WITH wanted AS (
           FROM jsonb_each(%(digests)s::jsonb) AS m (name, list)
           CROSS JOIN LATERAL jsonb_array_elements_text(m.list) AS x (digest)
           GROUP BY 1) d ON d.model = wavefarm_model(c.actor)
-), found AS (
-    SELECT w.id, w.attempt, s.key, s.digest, s.source, s.output
-    FROM wanted w CROSS JOIN LATERAL (
-        SELECT e.key, e.digest, i.id AS source, i.output
-        FROM cache_entries e JOIN interactions i ON i.id = e.interaction_id
-        WHERE e.key = w.key AND e.digest = ANY (w.digests) AND i.status = 'completed'
-          AND (i.run_id <> w.run_id OR i.superseded)
-        ORDER BY e.created_at DESC
-        LIMIT 1) s
-), counted AS (
-    UPDATE cache_entries e SET hits = e.hits + f.n, last_hit_at = now()
-    FROM (SELECT key, digest, count(*) AS n FROM found GROUP BY key, digest) f
-    WHERE e.key = f.key AND e.digest = f.digest
 )
-SELECT id, attempt, source, output FROM found
+SELECT w.id, w.attempt, s.id AS source, s.output
+FROM wanted w CROSS JOIN LATERAL (
+    SELECT i.id, i.output FROM interactions i
+    WHERE i.cache_key = w.key AND i.cache_digest = ANY (w.digests) AND i.status = 'completed'
+      AND (i.run_id <> w.run_id OR i.superseded)
+    ORDER BY i.id
+    LIMIT 1) s
 
 -- name: cache_stats
--- The cache per model: entries, hits served, and the tokens and cost of the calls the
--- hits did not make (each hit's source attempt, at the prices it was paid at).
-SELECT e.model, count(*)::int AS entries, coalesce(sum(e.hits), 0)::bigint AS hits,
-       min(e.created_at) AS oldest, max(e.last_hit_at) AS last_hit,
-       coalesce(sum(e.hits * s.prompt_tokens), 0)::bigint AS saved_prompt_tokens,
-       coalesce(sum(e.hits * s.output_tokens), 0)::bigint AS saved_output_tokens,
-       coalesce(sum(e.hits * s.cost), 0)::numeric AS saved_cost
-FROM cache_entries e
-LEFT JOIN LATERAL (SELECT t.prompt_tokens, t.output_tokens, t.cost FROM attempts t
-                   WHERE t.interaction_id = e.interaction_id AND t.outcome = 'completed'
-                   ORDER BY t.id DESC LIMIT 1) s ON true
-GROUP BY e.model ORDER BY e.model
+-- The cache per model: answers kept (entries), hits served (interactions answered from
+-- it), the oldest entry and the last hit, and the tokens and cost of the calls the hits
+-- did not make (each hit's source attempt, at the prices it was paid at).
+WITH entries AS (
+    SELECT wavefarm_model(actor) AS model, count(*)::int AS entries, min(ended_at) AS oldest
+    FROM interactions WHERE cache_digest IS NOT NULL GROUP BY 1
+), hits AS (
+    SELECT wavefarm_model(h.actor) AS model, count(*)::bigint AS hits, max(h.ended_at) AS last_hit,
+           coalesce(sum(s.prompt_tokens), 0)::bigint AS saved_prompt_tokens,
+           coalesce(sum(s.output_tokens), 0)::bigint AS saved_output_tokens,
+           coalesce(sum(s.cost), 0)::numeric AS saved_cost
+    FROM interactions h
+    LEFT JOIN LATERAL (SELECT t.prompt_tokens, t.output_tokens, t.cost FROM attempts t
+                       WHERE t.interaction_id = h.cached_from AND t.outcome = 'completed'
+                       ORDER BY t.id DESC LIMIT 1) s ON true
+    WHERE h.cached_from IS NOT NULL AND h.status = 'completed'
+    GROUP BY 1
+)
+SELECT coalesce(e.model, h.model) AS model, coalesce(e.entries, 0) AS entries, coalesce(h.hits, 0) AS hits,
+       e.oldest, h.last_hit, coalesce(h.saved_prompt_tokens, 0) AS saved_prompt_tokens,
+       coalesce(h.saved_output_tokens, 0) AS saved_output_tokens, coalesce(h.saved_cost, 0) AS saved_cost
+FROM entries e FULL JOIN hits h ON h.model = e.model
+ORDER BY 1
 
 -- name: cache_clear
--- Forget entries (the interactions and their outputs stay): of one model, older than a
+-- Forget answers (the interactions and their outputs stay): of one model, older than a
 -- number of days, or all.
-DELETE FROM cache_entries
-WHERE (%(model)s::text IS NULL OR model = wavefarm_model(%(model)s::text))
+UPDATE interactions SET cache_digest = NULL
+WHERE cache_digest IS NOT NULL
+  AND (%(model)s::text IS NULL OR wavefarm_model(actor) = wavefarm_model(%(model)s::text))
   AND (%(older_than_days)s::float8 IS NULL
-       OR created_at < now() - make_interval(secs => %(older_than_days)s::float8 * 86400))
+       OR ended_at < now() - make_interval(secs => %(older_than_days)s::float8 * 86400))
 
 -- name: batches_over_budget
 -- Of these batches, those whose spend reached their credit limit and that are still

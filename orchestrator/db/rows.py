@@ -162,15 +162,6 @@ class NewInteraction:
 
 
 @dataclass(frozen=True, slots=True)
-class CacheEntry:
-    """A completed answer that may be reused: the interaction and the digest of the model
-    that gave it (the prompt's digest is the interaction's cache_key)."""
-
-    interaction_id: int
-    digest: str
-
-
-@dataclass(frozen=True, slots=True)
 class Claimed:
     """pending -> dispatched: what a worker's task is built from."""
 
@@ -248,6 +239,7 @@ class Completion(Guard):
     output: Any = jsonb()
     output_chars: int
     cached_from: int | None = None  # a cache hit: the interaction whose answer this is
+    cache_digest: str | None = None  # a model's answer: the digest of the model that gave it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -391,8 +383,20 @@ class ProblemEvent:
 
 @dataclass(frozen=True, slots=True)
 class OpenCount:
-    run_id: int
-    open: int
+    """A row of store_decisions: a run and what it has open, or (run_id None) a batch whose
+    spend reached its credit limit."""
+
+    run_id: int | None
+    open: int | None
+    over_budget: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What store_decisions says back: what each run has open, the batches over budget."""
+
+    open: dict[int, int]
+    over_budget: list[int]
 
 
 # -- dispatch and workers -----------------------------------------------------------------

@@ -108,16 +108,23 @@ CREATE TABLE interactions (
     -- loop bounds nor for fan-in, and its output is no step's latest.
     superseded       boolean NOT NULL DEFAULT false,
     -- The digest of what the model is asked (system, prompt, options, format), on every
-    -- AI interaction; with the answering model's digest, the key of its answer in
-    -- cache_entries. use_cache: its step has `cache: true`, so it looks there before it
-    -- is sent. cached_from: the interaction whose output a cache hit reused (no foreign
-    -- key: purging that batch must not touch this one).
+    -- AI interaction. cache_digest: the digest of the model that answered it, set when it
+    -- completes (NULL again after `cache clear`): with cache_key, its answer's key in the
+    -- cache. use_cache: its step has `cache: true`, so it looks there before it is sent.
+    -- cached_from: the interaction whose output a cache hit reused (no foreign key:
+    -- purging that batch must not touch this one).
     cache_key        text,
     use_cache        boolean NOT NULL DEFAULT false,
     cached_from      bigint,
+    cache_digest     text,
     UNIQUE (run_id, step, visit)
 );
 CREATE INDEX interactions_cached ON interactions (batch_id) WHERE cached_from IS NOT NULL;
+-- The interaction cache: the answers a later identical call may reuse, by what was asked
+-- and the build of the model that answered. An entry is a column of the interaction, set
+-- by the transition that completes it: no statement of its own in serve's turn, and a
+-- purged batch takes its entries with it.
+CREATE INDEX interactions_cache ON interactions (cache_key, cache_digest) WHERE cache_digest IS NOT NULL;
 -- The dispatcher takes the oldest pending work; the sweeper scans in-flight deadlines.
 CREATE INDEX interactions_pending ON interactions (id) WHERE status = 'pending';
 CREATE INDEX interactions_deadline ON interactions (deadline) WHERE status = 'dispatched';
@@ -151,7 +158,7 @@ CREATE TABLE attempts (
     call_s           double precision,
     metrics          jsonb,
     model            text,     -- wavefarm_model(actor) of an AI step's attempt
-    cost             numeric   -- wavefarm_cost when it was recorded; NULL: unpriced (or a script)
+    cost             numeric   -- at the prices in force when it was recorded; NULL: unpriced (or a script)
 );
 CREATE INDEX attempts_interaction ON attempts (interaction_id, attempt);
 
@@ -318,35 +325,22 @@ CREATE TABLE prices (
 );
 CREATE INDEX prices_model ON prices (model, id DESC);
 
--- What an attempt cost: its tokens at the token prices plus its call time at the hourly
--- price, at the prices in force when it was recorded. NULL when its model has no price
--- (it costs 0, and `status` says it is unpriced); scripts have no model and no cost.
-CREATE FUNCTION wavefarm_cost(model text, prompt_tokens integer, output_tokens integer, call_s double precision)
-RETURNS numeric LANGUAGE sql STABLE AS $$
-    SELECT coalesce(p.input_per_1m, 0) * coalesce(prompt_tokens, 0) / 1000000
-         + coalesce(p.output_per_1m, 0) * coalesce(output_tokens, 0) / 1000000
-         + coalesce(p.per_hour, 0) * coalesce(call_s, 0)::numeric / 3600
-    FROM (SELECT * FROM prices WHERE prices.model = wavefarm_model($1) ORDER BY id DESC LIMIT 1) p
+-- What an attempt costs at a price row: its tokens at the token prices plus its call time
+-- at the hourly price (a price field not set counts 0). A plain expression, so that the
+-- planner inlines it into store_decisions, whose price lookup is a join of its own.
+CREATE FUNCTION wavefarm_cost(input_per_1m numeric, output_per_1m numeric, per_hour numeric,
+                              prompt_tokens integer, output_tokens integer, call_s double precision)
+RETURNS numeric LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(input_per_1m, 0) * coalesce(prompt_tokens, 0) / 1000000
+         + coalesce(output_per_1m, 0) * coalesce(output_tokens, 0) / 1000000
+         + coalesce(per_hour, 0) * coalesce(call_s, 0)::numeric / 3600
 $$;
 
 
--- The interaction cache: one completed answer per (prompt digest, model digest).
-CREATE TABLE cache_entries (
-    key             text NOT NULL,
-    digest          text NOT NULL,
-    model           text NOT NULL,
-    interaction_id  bigint NOT NULL REFERENCES interactions (id),
-    run_id          bigint NOT NULL,
-    created_at      timestamptz NOT NULL DEFAULT now(),
-    hits            bigint NOT NULL DEFAULT 0,
-    last_hit_at     timestamptz,
-    PRIMARY KEY (key, digest)
-);
-CREATE INDEX cache_entries_interaction ON cache_entries (interaction_id);
-CREATE INDEX cache_entries_model ON cache_entries (model, created_at);
-
--- What the farm's models used and cost, per batch and model, kept by a trigger on every
--- insert into attempts: Prometheus's counters are sums over these rows (a few per batch),
+-- What the farm's models used and cost, per batch and model, kept by store_decisions as it
+-- records attempts (the one place they are written, in the same statement: a trigger
+-- cost every turn a planning and a transition table): Prometheus's counters are sums
+-- over these rows (a few per batch),
 -- not over the attempts table, so a scrape costs the same however long its history. No
 -- foreign key: a purge leaves them, and the counters never go down.
 CREATE TABLE usage_totals (
@@ -360,23 +354,3 @@ CREATE TABLE usage_totals (
     cache_hits     bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (batch_id, model)
 );
-
-CREATE FUNCTION wavefarm_count_usage() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO usage_totals AS u (batch_id, model, attempts, prompt_tokens, output_tokens, call_s, cost, cache_hits)
-    SELECT batch_id, model, count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(output_tokens), 0),
-           coalesce(sum(call_s), 0), coalesce(sum(cost), 0),
-           count(*) FILTER (WHERE worker = 'cache' AND outcome = 'completed')
-    FROM new_attempts WHERE model IS NOT NULL
-    GROUP BY batch_id, model ORDER BY batch_id, model  -- one lock order for concurrent appliers
-    ON CONFLICT (batch_id, model) DO UPDATE SET
-        attempts = u.attempts + excluded.attempts, prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
-        output_tokens = u.output_tokens + excluded.output_tokens, call_s = u.call_s + excluded.call_s,
-        cost = u.cost + excluded.cost, cache_hits = u.cache_hits + excluded.cache_hits;
-    RETURN NULL;
-END $$;
-
-CREATE TRIGGER attempts_usage AFTER INSERT ON attempts
-    REFERENCING NEW TABLE AS new_attempts
-    FOR EACH STATEMENT EXECUTE FUNCTION wavefarm_count_usage();

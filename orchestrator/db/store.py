@@ -340,15 +340,16 @@ class Store:
         return self.all("problem_events", {"run_ids": list(run_ids), "kinds": list(kinds)}, rows.ProblemEvent)
 
     def store_decisions(self, *, attempts: Sequence[rows.AttemptRecord], events: Sequence[rows.Event],
-                        children: Sequence[rows.NewInteraction], runs: Sequence[int],
-                        entries: Sequence[rows.CacheEntry] = ()) -> dict[int, int]:
-        """Attempt records (costed, the batches' spend grown by them), events, children
-        and cache entries in one statement; returns how much each run of `runs` has open
-        (pending or dispatched) afterwards."""
+                        children: Sequence[rows.NewInteraction], runs: Sequence[int]) -> rows.Stored:
+        """Attempt records (costed, the batches' spend and usage totals grown by them),
+        events and children in one statement; returns how much each run of
+        `runs` has open (pending or dispatched) afterwards, and the batches whose spend
+        reached their credit limit."""
         params = {"attempts": records(attempts, rows.AttemptRecord), "events": records(events, rows.Event),
-                  "children": records(children, rows.NewInteraction), "runs": list(runs),
-                  "entries": records(entries, rows.CacheEntry)}
-        return {r.run_id: r.open for r in self.all("store_decisions", params, rows.OpenCount)}
+                  "children": records(children, rows.NewInteraction), "runs": list(runs)}
+        found = self.all("store_decisions", params, rows.OpenCount)
+        return rows.Stored(open={r.run_id: r.open for r in found if r.run_id is not None},
+                           over_budget=[r.over_budget for r in found if r.over_budget is not None])
 
     # -- dispatch and workers -----------------------------------------------------------------
     def dispatch_view(self) -> list[rows.DispatchRow]:

@@ -185,16 +185,17 @@ def test_retry_from_a_step_whose_prompt_changed_pays_only_for_it_and_what_follow
 
 
 class MeteredModel:
-    """A model that answers after a failure that still used tokens: the first attempt of
-    every interaction returns text where JSON was asked (the model did the work), the
-    second a proper answer."""
+    """A model whose every call uses 1M prompt tokens, 100k output tokens and half an hour;
+    the first attempt of every `fail_every`-th interaction answers text where JSON was
+    asked (a failure that still used the model), its second a proper answer."""
 
-    def __init__(self) -> None:
+    def __init__(self, fail_every: int = 1) -> None:
         self.seen: set[int] = set()
+        self.fail_every = fail_every
 
     def complete(self, task: AiTask) -> TaskResult:
         now = utcnow()
-        if task.interaction_id not in self.seen:
+        if task.interaction_id % self.fail_every == 0 and task.interaction_id not in self.seen:
             self.seen.add(task.interaction_id)
             return TaskResult(interaction_id=task.interaction_id, attempt=task.attempt, worker="metered",
                               failure=Failure(failure_class=FailureClass.INVALID_OUTPUT, message="not JSON"),
@@ -211,6 +212,18 @@ class MeteredModel:
 def set_price(conn, model: str, input_per_1m: str, output_per_1m: str, per_hour: str) -> None:
     conn.execute("INSERT INTO prices (model, input_per_1m, output_per_1m, per_hour) VALUES (wavefarm_model(%s), %s, %s, %s)",
                  (model, Decimal(input_per_1m), Decimal(output_per_1m), Decimal(per_hour)))
+
+
+@pytest.mark.parametrize(("prices", "usage", "cost"), [
+    # 1,000,000 prompt tokens at 0.5 + 200,000 output at 1.5 + an hour at 2.0/hour
+    (("0.5", "1.5", "2.0"), (1_000_000, 200_000, 3600.0), Decimal("2.8")),
+    ((None, "1", None), (5, None, None), Decimal(0)),
+    (("3", None, None), (1, 9, 99.0), Decimal("0.000003")),
+])
+def test_the_cost_of_an_attempt_is_its_tokens_and_call_time_at_the_prices(conn, prices, usage, cost):
+    got = conn.execute("SELECT wavefarm_cost(%s, %s, %s, %s, %s, %s) AS c",
+                       (*(None if p is None else Decimal(p) for p in prices), *usage)).fetchone()["c"]
+    assert got == cost
 
 
 ONE_STEP = """
@@ -245,7 +258,8 @@ def test_a_credit_limit_pauses_the_batch_and_a_plain_resume_is_refused(conn, db_
     batch_id = submit(conn, tmp_path, ONE_STEP, [str(i) for i in range(20)], credit_limit=Decimal("5"))
     # The executor waits for a paused batch to be resumed, as `submit --local` does.
     worker_conn = connect(db_url)
-    executor = LocalExecutor(Store(worker_conn), ai=MeteredModel(), scripts_dir=None, concurrency=1,
+    # Every third interaction fails once: fewer failures in a row than escalate a step.
+    executor = LocalExecutor(Store(worker_conn), ai=MeteredModel(fail_every=3), scripts_dir=None, concurrency=1,
                              idle_poll_s=0.01, policy=QUICK_RETRIES)
     thread = threading.Thread(target=executor.run, args=(batch_id,), daemon=True)
     thread.start()
@@ -256,8 +270,9 @@ def test_a_credit_limit_pauses_the_batch_and_a_plain_resume_is_refused(conn, db_
             time.sleep(0.05)
         batch = Store(conn).batch(batch_id)
         assert (batch.pause_reason, batch.credit_limit) == ("budget_exceeded", Decimal("5"))
-        # One thread, two claimed at a time: the limit plus at most what was in flight.
-        assert Decimal("5") <= batch.spent <= Decimal("5") + 2 * Decimal("1.65")
+        # The limit plus at most what was in flight (here one call: the credit left paid for
+        # no more).
+        assert Decimal("5") <= batch.spent <= Decimal("5") + Decimal("1.65")
         with pytest.raises(ControlRefused, match="--credit-limit"):
             controls.resume(Store(conn), batch_id)
         with pytest.raises(ControlRefused, match="spent"):

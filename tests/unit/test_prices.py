@@ -1,4 +1,5 @@
-"""Prices as typed, and the arithmetic of a cost (orchestrator/prices.py)."""
+"""Prices as typed, and amounts as shown (orchestrator/prices.py); the arithmetic of a cost
+is the database's (tests/integration/test_cost_and_cache.py)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from orchestrator.prices import MAX_PRICE, Price, PriceError, check_model, cost, parse_amount, plain
-
-
-def price(i: str | None, o: str | None, h: str | None) -> Price:
-    return Price("m:latest", *(None if v is None else Decimal(v) for v in (i, o, h)), datetime.now(timezone.utc))
-
-
-def test_tokens_and_call_time_add_up():
-    # 1,000,000 prompt tokens at 0.5 + 200,000 output at 1.5 + an hour at 2.0/hour
-    got = cost(price("0.5", "1.5", "2.0"), prompt_tokens=1_000_000, output_tokens=200_000, call_s=3600.0)
-    assert got == Decimal("2.8")  # 0.5 + 0.3 + 2.0
-
-
-def test_missing_fields_and_usage_cost_nothing_and_no_price_is_unpriced():
-    assert cost(price(None, "1", None), prompt_tokens=5, output_tokens=None, call_s=None) == 0
-    assert cost(price("3", None, None), prompt_tokens=1, output_tokens=9, call_s=99.0) == Decimal("0.000003")
-    assert cost(None, prompt_tokens=10, output_tokens=10, call_s=1.0) is None
+from orchestrator.prices import MAX_PRICE, PriceError, check_model, parse_amount, plain
 
 
 @pytest.mark.parametrize("text", ["0", "0.5", " 2.25 ", "1e3", str(MAX_PRICE)])

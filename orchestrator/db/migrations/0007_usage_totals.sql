@@ -1,7 +1,9 @@
 -- 0007: usage totals per batch and model, for Prometheus's counters (orchestrator/metrics.py).
 
--- What the farm's models used and cost, per batch and model, kept by a trigger on every
--- insert into attempts: Prometheus's counters are sums over these rows (a few per batch),
+-- What the farm's models used and cost, per batch and model, kept by store_decisions as it
+-- records attempts (the one place they are written, in the same statement: a trigger
+-- cost every turn a planning and a transition table): Prometheus's counters are sums
+-- over these rows (a few per batch),
 -- not over the attempts table, so a scrape costs the same however long its history. No
 -- foreign key: a purge leaves them, and the counters never go down.
 CREATE TABLE usage_totals (
@@ -16,25 +18,6 @@ CREATE TABLE usage_totals (
     PRIMARY KEY (batch_id, model)
 );
 
-CREATE FUNCTION wavefarm_count_usage() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO usage_totals AS u (batch_id, model, attempts, prompt_tokens, output_tokens, call_s, cost, cache_hits)
-    SELECT batch_id, model, count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(output_tokens), 0),
-           coalesce(sum(call_s), 0), coalesce(sum(cost), 0),
-           count(*) FILTER (WHERE worker = 'cache' AND outcome = 'completed')
-    FROM new_attempts WHERE model IS NOT NULL
-    GROUP BY batch_id, model ORDER BY batch_id, model  -- one lock order for concurrent appliers
-    ON CONFLICT (batch_id, model) DO UPDATE SET
-        attempts = u.attempts + excluded.attempts, prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
-        output_tokens = u.output_tokens + excluded.output_tokens, call_s = u.call_s + excluded.call_s,
-        cost = u.cost + excluded.cost, cache_hits = u.cache_hits + excluded.cache_hits;
-    RETURN NULL;
-END $$;
-
-CREATE TRIGGER attempts_usage AFTER INSERT ON attempts
-    REFERENCING NEW TABLE AS new_attempts
-    FOR EACH STATEMENT EXECUTE FUNCTION wavefarm_count_usage();
 
 -- What was recorded before this migration.
 INSERT INTO usage_totals (batch_id, model, attempts, prompt_tokens, output_tokens, call_s, cost, cache_hits)
