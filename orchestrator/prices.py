@@ -53,7 +53,7 @@ def parse_amount(text: str | None, option: str, *, maximum: Decimal = MAX_PRICE)
     if not value.is_finite():
         raise PriceError(f"{text!r} is not a finite number", option)
     if value < 0:
-        raise PriceError(f"{text!r} is negative: a price is 0 or more", option)
+        raise PriceError(f"{text!r} is negative: it must be 0 or more", option)
     if value > maximum:
         raise PriceError(f"{text!r} is past {maximum:,} (no amount is that high: a typo?)", option)
     return value
