@@ -4,7 +4,8 @@
 
 Fills the tables directly in SQL: INTERACTIONS / 5 runs of five interactions each, in
 two batches of equal size (batch 1, the one asked about, and a second batch around
-it), then prints the plans of the two counting queries and times the whole command
+it), one attempt of every interaction that ended (with usage and a cost), then prints the
+plans of the two counting queries and of the cost query and times the whole command
 three times (the first after the fill, with what it left in Postgres's cache).
 """
 
@@ -40,6 +41,12 @@ FILL = [
        CROSS JOIN (VALUES (1, 'extract', 'ai', 'gemma3:1b'), (2, 'grade', 'ai', 'qwen2.5:7b'),
                           (3, 'skills', 'ai', 'gemma3:1b'), (4, 'improve', 'ai', 'qwen2.5:7b'),
                           (5, 'record', 'script', 'assemble_record.py')) AS s(n, step, kind, actor)""",
+    # One attempt of every interaction that ended, with usage and a cost (status's cost section).
+    """INSERT INTO attempts (interaction_id, batch_id, attempt, outcome, worker, prompt_tokens, output_tokens, call_s,
+                            model, cost)
+       SELECT id, batch_id, 1, 'completed', 'gpu', 300, 50, 0.5, CASE WHEN kind = 'ai' THEN actor END,
+              CASE WHEN kind = 'ai' THEN 0.0001 END
+       FROM interactions WHERE status = 'completed'""",
     "VACUUM ANALYZE",
 ]
 
@@ -61,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         n = conn.execute("SELECT count(*) AS n FROM interactions").fetchone()["n"]
         in_batch = conn.execute("SELECT count(*) AS n FROM interactions WHERE batch_id = 1").fetchone()["n"]
         print(f"filled {n:,} interactions ({in_batch:,} in batch 1) in {time.perf_counter() - t0:.1f} s")
-        for name in ("batch_interaction_counts", "batch_run_counts"):
+        for name in ("batch_interaction_counts", "batch_run_counts", "batch_cost"):
             plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + Q[name], {"batch_id": 1}).fetchall()
             print(f"\n-- {name}")
             print("\n".join(r["QUERY PLAN"] for r in plan))

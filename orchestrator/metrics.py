@@ -12,9 +12,9 @@ go); a purged batch has none. deploy/prometheus/alerts.yml alerts on these.
 
 Per model, counters of what the farm's models used since it began: tokens (prompt and
 output), model seconds (call time), cost (at the prices in force when each attempt was
-recorded; unpriced counts 0) and cache hits. They are sums over usage_totals, which a
-trigger keeps per batch and model as attempts are recorded: a scrape reads a few rows
-per batch, never the attempts table, and a purge does not make them go down.
+recorded; unpriced counts 0) and cache hits. They are sums over usage_totals, which
+store_decisions keeps per batch, step and model as it records attempts: a scrape reads a
+few rows per batch, never the attempts table, and a purge does not make them go down.
 """
 
 from __future__ import annotations

@@ -120,19 +120,22 @@ WITH recorded AS (
                         FROM interactions i WHERE i.id = a.interaction_id) m
     -- The prices in force: the model's latest row.
     LEFT JOIN LATERAL (SELECT * FROM prices p WHERE p.model = m.model ORDER BY p.id DESC LIMIT 1) p ON true
-    RETURNING batch_id, model, cost, prompt_tokens, output_tokens, call_s, worker, outcome
+    RETURNING interaction_id, batch_id, model, cost, prompt_tokens, output_tokens, call_s, worker, outcome
 ), used AS (
-    -- Prometheus's counters (usage_totals), one lock order for concurrent appliers.
-    INSERT INTO usage_totals AS u (batch_id, model, attempts, prompt_tokens, output_tokens, call_s, cost, cache_hits)
-    SELECT batch_id, model, count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(output_tokens), 0),
-           coalesce(sum(call_s), 0), coalesce(sum(cost), 0),
-           count(*) FILTER (WHERE worker = 'cache' AND outcome = 'completed')
-    FROM recorded WHERE model IS NOT NULL
-    GROUP BY batch_id, model ORDER BY batch_id, model
-    ON CONFLICT (batch_id, model) DO UPDATE SET
+    -- What status and Prometheus read (usage_totals), in one lock order for concurrent appliers.
+    INSERT INTO usage_totals AS u (batch_id, step, model, attempts, prompt_tokens, output_tokens, call_s, cost,
+                                   unpriced, cache_hits)
+    SELECT r.batch_id, i.step, coalesce(r.model, ''), count(*), coalesce(sum(r.prompt_tokens), 0),
+           coalesce(sum(r.output_tokens), 0), coalesce(sum(r.call_s), 0), coalesce(sum(r.cost), 0),
+           count(*) FILTER (WHERE r.model IS NOT NULL AND r.cost IS NULL),
+           count(*) FILTER (WHERE r.worker = 'cache' AND r.outcome = 'completed')
+    FROM recorded r JOIN interactions i ON i.id = r.interaction_id
+    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (batch_id, step, model) DO UPDATE SET
         attempts = u.attempts + excluded.attempts, prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
         output_tokens = u.output_tokens + excluded.output_tokens, call_s = u.call_s + excluded.call_s,
-        cost = u.cost + excluded.cost, cache_hits = u.cache_hits + excluded.cache_hits
+        cost = u.cost + excluded.cost, unpriced = u.unpriced + excluded.unpriced,
+        cache_hits = u.cache_hits + excluded.cache_hits
 ), spent AS (
     UPDATE batches b SET spent = b.spent + s.cost
     FROM (SELECT batch_id, sum(cost) AS cost FROM recorded GROUP BY batch_id HAVING sum(cost) > 0) s
@@ -976,34 +979,35 @@ FROM prices ORDER BY model, id DESC
 SELECT spent, credit_limit FROM batches WHERE id = %(batch_id)s
 
 -- name: batch_cost
--- What a batch's attempts used and cost, per step and model (NULL: a script): every
--- attempt row counts (retries, failures, late and duplicate results recorded as
--- ignored: the model did that work), so the tokens are what the model servers counted.
--- Unpriced: AI attempts whose model had no price when they were recorded (cost NULL,
--- counted as 0). A cache hit is an attempt of worker 'cache' with no usage of its own;
--- what it saved is its source interaction's completed attempt (metrics.cached_from), at
--- the cost that one was paid at (nothing known when that batch was purged).
-SELECT i.step, i.kind, a.model,
-       count(*)::int AS attempts,
-       coalesce(sum(a.prompt_tokens), 0)::bigint AS prompt_tokens,
-       coalesce(sum(a.output_tokens), 0)::bigint AS output_tokens,
-       coalesce(sum(a.call_s), 0)::float8 AS model_s,
-       coalesce(sum(a.cost), 0)::numeric AS cost,
-       count(*) FILTER (WHERE a.model IS NOT NULL AND a.cost IS NULL)::int AS unpriced,
-       count(*) FILTER (WHERE a.worker = 'cache' AND a.outcome = 'completed')::int AS cache_hits,
-       coalesce(sum(s.prompt_tokens), 0)::bigint AS saved_prompt_tokens,
-       coalesce(sum(s.output_tokens), 0)::bigint AS saved_output_tokens,
-       coalesce(sum(s.cost), 0)::numeric AS saved_cost
-FROM attempts a
-JOIN interactions i ON i.id = a.interaction_id
-LEFT JOIN LATERAL (
-    SELECT t.prompt_tokens, t.output_tokens, t.cost FROM attempts t
-    WHERE a.worker = 'cache' AND a.outcome = 'completed'
-      AND t.interaction_id = (a.metrics ->> 'cached_from')::bigint AND t.outcome = 'completed'
-    ORDER BY t.id DESC LIMIT 1) s ON true
-WHERE a.batch_id = %(batch_id)s
-GROUP BY i.step, i.kind, a.model
-ORDER BY i.step, a.model NULLS LAST
+-- What a batch's attempts used and cost, per step and model (NULL: a script), from the
+-- totals store_decisions keeps: every attempt counts (retries, failures, late and
+-- duplicate results recorded as ignored: the model did that work), so the tokens are
+-- what the model servers counted. Unpriced: AI attempts whose model had no price when
+-- they were recorded (counted as 0). A cache hit is an attempt of worker 'cache' with no
+-- usage of its own; what it saved is its source's completed attempt, at the cost that
+-- one was paid at (nothing known when that batch was purged), found from the hits alone
+-- (interactions_cached).
+WITH saved AS (
+    SELECT h.step, wavefarm_model(h.actor) AS model,
+           coalesce(sum(s.prompt_tokens), 0)::bigint AS saved_prompt_tokens,
+           coalesce(sum(s.output_tokens), 0)::bigint AS saved_output_tokens,
+           coalesce(sum(s.cost), 0)::numeric AS saved_cost
+    FROM interactions h
+    LEFT JOIN LATERAL (
+        SELECT t.prompt_tokens, t.output_tokens, t.cost FROM attempts t
+        WHERE t.interaction_id = h.cached_from AND t.outcome = 'completed'
+        ORDER BY t.id DESC LIMIT 1) s ON true
+    WHERE h.batch_id = %(batch_id)s AND h.cached_from IS NOT NULL AND h.status = 'completed'
+    GROUP BY 1, 2
+)
+SELECT u.step, CASE WHEN u.model = '' THEN 'script' ELSE 'ai' END AS kind, nullif(u.model, '') AS model,
+       u.attempts::int, u.prompt_tokens, u.output_tokens, u.call_s AS model_s, u.cost, u.unpriced::int,
+       u.cache_hits::int, coalesce(s.saved_prompt_tokens, 0) AS saved_prompt_tokens,
+       coalesce(s.saved_output_tokens, 0) AS saved_output_tokens, coalesce(s.saved_cost, 0) AS saved_cost
+FROM usage_totals u
+LEFT JOIN saved s ON s.step = u.step AND s.model = u.model
+WHERE u.batch_id = %(batch_id)s
+ORDER BY u.step, u.model = '', u.model
 
 -- name: export_batch_cost
 -- export --cost: export_batch's record and each run's cost (its interactions' attempts'
@@ -1028,4 +1032,4 @@ WHERE r.batch_id = %(batch_id)s ORDER BY r.id
 SELECT model, sum(attempts)::bigint AS attempts, sum(prompt_tokens)::bigint AS prompt_tokens,
        sum(output_tokens)::bigint AS output_tokens, sum(call_s)::float8 AS call_s, sum(cost)::numeric AS cost,
        sum(cache_hits)::bigint AS cache_hits
-FROM usage_totals GROUP BY model ORDER BY model
+FROM usage_totals WHERE model <> '' GROUP BY model ORDER BY model

@@ -337,20 +337,22 @@ RETURNS numeric LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 
--- What the farm's models used and cost, per batch and model, kept by store_decisions as it
--- records attempts (the one place they are written, in the same statement: a trigger
--- cost every turn a planning and a transition table): Prometheus's counters are sums
--- over these rows (a few per batch),
--- not over the attempts table, so a scrape costs the same however long its history. No
--- foreign key: a purge leaves them, and the counters never go down.
+-- What a batch's attempts used and cost, per step and model ('' for a script), kept by
+-- store_decisions as it records attempts (the one place they are written, in the same
+-- statement). `status` reads a few rows per batch instead of a million attempts joined
+-- with their interactions (5 s on a batch of 1,000,000: bench.status_1m), and a scrape
+-- a few rows per batch. No foreign key: a purge leaves them, and the counters never go
+-- down.
 CREATE TABLE usage_totals (
     batch_id       bigint NOT NULL,
-    model          text NOT NULL,
+    step           text NOT NULL,
+    model          text NOT NULL,   -- wavefarm_model of the step's model; '' for a script
     attempts       bigint NOT NULL DEFAULT 0,
     prompt_tokens  bigint NOT NULL DEFAULT 0,
     output_tokens  bigint NOT NULL DEFAULT 0,
     call_s         double precision NOT NULL DEFAULT 0,
     cost           numeric NOT NULL DEFAULT 0,
+    unpriced       bigint NOT NULL DEFAULT 0,   -- AI attempts recorded when their model had no price
     cache_hits     bigint NOT NULL DEFAULT 0,
-    PRIMARY KEY (batch_id, model)
+    PRIMARY KEY (batch_id, step, model)
 );
