@@ -1,7 +1,8 @@
 """What a batch cost, as `status` shows it: per model and per step, the total, the cost
 per completed run, the cache's savings and the credit left. Plain data (numbers as JSON
-numbers) for the table and for --json alike; the sums come from one query over the
-batch's attempts (views.batch_cost), every attempt row counted."""
+numbers) for the table and for --json alike; the sums come from the batch's usage
+totals (views.batch_cost: every attempt counted, kept by store_decisions), the spend
+and the limit from the batch's own row."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from orchestrator.db import views
+from orchestrator.db.rows import Batch
 from orchestrator.db.store import Store
 from orchestrator.prices import number
 
@@ -37,8 +39,8 @@ def _shown(sums: dict[str, Any]) -> dict[str, Any]:
             "unpriced_attempts": sums["unpriced"]}
 
 
-def batch_cost(store: Store, batch_id: int, *, completed_runs: int, pause_reason: str | None) -> dict[str, Any]:
-    rows = views.batch_cost(store, batch_id)
+def batch_cost(store: Store, batch: Batch, *, completed_runs: int, pause_reason: str | None) -> dict[str, Any]:
+    rows = views.batch_cost(store, batch.id)
     models: dict[str, list[views.CostRow]] = {}
     steps: dict[str, list[views.CostRow]] = {}
     for r in rows:
@@ -46,9 +48,7 @@ def batch_cost(store: Store, batch_id: int, *, completed_runs: int, pause_reason
             models.setdefault(r.model, []).append(r)
         steps.setdefault(r.step, []).append(r)
     total = _sum(rows)
-    spend = views.batch_spend(store, batch_id)
-    spent = spend.spent if spend else Decimal(0)
-    limit = spend.credit_limit if spend else None
+    spent, limit = batch.spent, batch.credit_limit
     per_run = total["cost"] / completed_runs if completed_runs else None
     return {
         "models": [{"model": m, **_shown(_sum(rs))} for m, rs in sorted(models.items())],

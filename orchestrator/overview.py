@@ -117,7 +117,7 @@ def batch_status(store: Store, batch_id: int, *, rejects_limit: int = 20) -> dic
     runs = {r.status: r.n for r in views.run_counts(store, batch_id)}
     steps: dict[tuple, dict] = {}
     models: dict[str, dict] = defaultdict(lambda: dict.fromkeys(STATUSES, 0))
-    spend = cost.batch_cost(store, batch_id, completed_runs=pace.completed,
+    spend = cost.batch_cost(store, batch, completed_runs=pace.completed,
                             pause_reason=batch.pause_reason if state.state == "paused" else None)
     for r in views.step_counts(store, batch_id):
         row = steps.setdefault(
@@ -146,7 +146,7 @@ def batch_status(store: Store, batch_id: int, *, rejects_limit: int = 20) -> dic
         "progress": {"ended": pace.ended, "total": pace.runs},
         "rate_per_min": pace.rate_per_min,
         "eta_s": held_eta(pace.eta_s, state=state.state, stuck=waits_for_a_person(store, batch_id, state)),
-        "forecast": cost_forecast(store, batch_id, pace).as_dict(),
+        "forecast": cost_forecast(batch, pace).as_dict(),
         # Every attempt's usage, retries and ignored ones included: what the model servers counted.
         "usage": {k: spend["total"][k] for k in ("attempts", "prompt_tokens", "output_tokens", "model_s")},
         "cost": spend,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from orchestrator.db import views
+from orchestrator.db.rows import Batch
 from orchestrator.db.store import Store
 
 
@@ -98,9 +99,6 @@ def cost_to_go(spent: Decimal, *, ended: int, runs: int) -> Decimal | None:
     return spent / ended * remaining
 
 
-def cost_forecast(store: Store, batch_id: int, pace: Pace) -> CostForecast:
-    """The batch's spend (batches.spent: one row, cheap at every refresh) and its forecast."""
-    spend = views.batch_spend(store, batch_id)
-    spent = spend.spent if spend else Decimal(0)
-    return CostForecast(spent, cost_to_go(spent, ended=pace.ended, runs=pace.runs),
-                        spend.credit_limit if spend else None)
+def cost_forecast(batch: Batch, pace: Pace) -> CostForecast:
+    """The batch's spend (batches.spent, read with the batch) and its forecast."""
+    return CostForecast(batch.spent, cost_to_go(batch.spent, ended=pace.ended, runs=pace.runs), batch.credit_limit)

@@ -105,7 +105,7 @@ def snapshot(store: Store, batch_id: int) -> Snapshot:
                               cancelled=pace.cancelled,
                               outcomes={o.outcome: o.n for o in views.outcome_counts(store, batch_id)}),
         rate_per_min=pace.rate_per_min, eta_s=held_eta(pace.eta_s, state=state.state, stuck=stuck),
-        cost=CostProgress(**cost_forecast(store, batch_id, pace).as_dict()),
+        cost=CostProgress(**cost_forecast(batch, pace).as_dict()),
         steps=sorted(steps.values(), key=lambda s: (s.step, s.actor)),
         models=sorted(models.values(), key=lambda m: m.model),
         failures=dict(failures.most_common()),

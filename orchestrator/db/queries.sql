@@ -973,11 +973,6 @@ RETURNING model, input_per_1m, output_per_1m, per_hour, set_at
 SELECT DISTINCT ON (model) model, input_per_1m, output_per_1m, per_hour, set_at
 FROM prices ORDER BY model, id DESC
 
--- name: batch_spend
--- A batch's spend so far (kept by store_decisions) and its credit limit: cheap enough
--- for every refresh of a watch.
-SELECT spent, credit_limit FROM batches WHERE id = %(batch_id)s
-
 -- name: batch_cost
 -- What a batch's attempts used and cost, per step and model (NULL: a script), from the
 -- totals store_decisions keeps: every attempt counts (retries, failures, late and

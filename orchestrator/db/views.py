@@ -278,12 +278,6 @@ def batch_gauges(store: Store, shown: list[int]) -> list[BatchGauge]:
 
 # -- cost (orchestrator/cost.py) -----------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class BatchSpend:
-    spent: Decimal
-    credit_limit: Decimal | None
-
-
-@dataclass(frozen=True, slots=True)
 class CostRow:
     """What the attempts of one (step, model) of a batch used and cost; model None: a script."""
 
@@ -300,10 +294,6 @@ class CostRow:
     saved_prompt_tokens: int
     saved_output_tokens: int
     saved_cost: Decimal
-
-
-def batch_spend(store: Store, batch_id: int) -> BatchSpend | None:
-    return store.one("batch_spend", {"batch_id": batch_id}, BatchSpend)
 
 
 def batch_cost(store: Store, batch_id: int) -> list[CostRow]:
