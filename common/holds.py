@@ -88,12 +88,17 @@ def hand_back_if_held(app: Celery, board: HoldBoard, task: TaskBase, *, worker: 
     reason = board.reason(task)
     if reason is None:
         return False
+    hand_back(app, task, worker=worker, reason=reason)
+    return True
+
+
+def hand_back(app: Celery, task: TaskBase, *, worker: str, reason: str) -> None:
+    """Give `task` back unstarted: serve makes it pending again without using its attempt."""
     log.info("interaction %s attempt %s not started (%s): handed back", task.interaction_id, task.attempt, reason,
              extra={"interaction_id": task.interaction_id, "run_id": task.run_id, "batch_id": task.batch_id,
                     "step": task.step, "attempt": task.attempt})
     publish_hand_back(app, HandBack(interaction_id=task.interaction_id, attempt=task.attempt, worker=worker,
                                     reason=reason))
-    return True
 
 
 @control_command(args=[("holds", dict)], signature="<holds>")

@@ -140,6 +140,15 @@ class TaskResult(_Message):
         return self.failure is None
 
 
+class Resident(_Message):
+    """A model loaded in a host's memory, as its server's /api/ps lists it."""
+
+    model: str
+    size: int | None = None
+    expires_at: datetime | None = None
+    context_length: int | None = None
+
+
 class WorkerStatus(_Message):
     """A worker's heartbeat: what it consumes and how much it can take at once.
 
@@ -157,6 +166,13 @@ class WorkerStatus(_Message):
     circuit: Literal["closed", "open"] = "closed"
     stopping: bool = False
     heard_holds: bool = False       # whether serve's word on held work reached it (common/holds.py)
+    # Residency (orchestrator/placement.py): the host is (machine, server); it holds at
+    # most max_loaded models, these are loaded now, and serve placed these on it (None:
+    # not placed by serve: residency off, an OpenAI-compatible server, or no word yet).
+    machine: str | None = None
+    max_loaded: int | None = Field(None, ge=1)
+    resident: list[Resident] = Field(default_factory=list)
+    placed: list[str] | None = None
     at: datetime = Field(default_factory=utcnow)
 
 
@@ -171,6 +187,25 @@ class Holds(_Message):
     steps: list[tuple[int, str]] = Field(default_factory=list)
     # The database's time of the reading: two messages can cross (serve's periodic word
     # and a command's), and a worker keeps the newer reading.
+    at: datetime | None = None
+
+
+class HostPlacement(_Message):
+    """The models one host consumes, and the context each is loaded with (None: the
+    server's default), for as long as they stay placed there."""
+
+    machine: str
+    server: str
+    models: list[str]
+    num_ctx: dict[str, int] = Field(default_factory=dict)
+
+
+class Placement(_Message):
+    """serve's word on which host holds which models (orchestrator/placement.py), said to
+    every GPU worker when it changes and every few seconds; a worker takes its host's
+    entry (common/placement.py). `at` orders two readings, as for Holds."""
+
+    hosts: list[HostPlacement] = Field(default_factory=list)
     at: datetime | None = None
 
 

@@ -22,6 +22,15 @@ def model_queue(model: str) -> str:
     return "ai." + _UNSAFE.sub("-", model)
 
 
+def queue_names(model: str) -> set[str]:
+    """The queues of a model as a server lists it: Ollama treats `gemma3` and
+    `gemma3:latest` as one model, so a host serves both spellings."""
+    names = {model_queue(model)}
+    if model.endswith(":latest"):
+        names.add(model_queue(model.removesuffix(":latest")))
+    return names
+
+
 def queue_for(kind: str, actor: str) -> str:
     return model_queue(actor) if kind == "ai" else SCRIPT_QUEUE
 

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     # What one rendered prompt (with its system prompt) or script input may hold; past it
     # the interaction fails as render_error instead of sending megabytes.
     max_rendered_chars: int = Field(1_000_000, ge=1_000, le=100_000_000)
+    # Residency (orchestrator/placement.py): a model with work and no host waits at most
+    # about this long for one (it takes a spot after half of it, the rest is the drain and
+    # the load); a placed model with no work is let go (unloaded) after residency_idle_s.
+    residency_wait_s: float = Field(60.0, ge=2, le=24 * 3600)
+    residency_idle_s: float = Field(300.0, ge=0, le=7 * 24 * 3600)
 
     def database_url_for_scripts(self, fallback: str | None) -> tuple[str | None, bool]:
         """The URL scripts get, and whether it is the orchestrator's own (`fallback`:

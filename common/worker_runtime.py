@@ -22,6 +22,7 @@ from celery import Celery, bootsteps
 from celery.signals import worker_shutting_down
 from prometheus_client import Gauge, start_http_server
 
+from common import placement  # noqa: F401  (registers serve's placement command on every worker)
 from common.holds import HoldBoard
 from common.leases import Lease, LeaseKeeper, NameTaken
 from common.messages import WorkerStatus
@@ -63,8 +64,10 @@ class WorkerRuntime:
     def heartbeat(self, app: Celery, *, force: bool = False) -> None:
         """Publish a status when it changed or every HEARTBEAT_S; never blocks on a broker that is away."""
         status = self.status()
+        # Not the resident models' expiry: every call moves it, and it says nothing new.
         key = (tuple(status.queues), status.circuit, tuple(status.models), tuple(sorted(status.digests.items())),
-               status.stopping, status.heard_holds)
+               status.stopping, status.heard_holds, tuple((r.model, r.context_length) for r in status.resident),
+               None if status.placed is None else tuple(status.placed))
         now = time.monotonic()
         with self._lock:
             if not force and key == self._last_sent and now - self._last_sent_at < HEARTBEAT_S:

@@ -11,26 +11,20 @@ from __future__ import annotations
 import logging
 import threading
 
-from common.queues import model_queue
+from common.queues import queue_names
 from gpu_worker.backends.base import BackendError, ModelBackend, identity_of, model_identities
 from gpu_worker.breaker import CircuitBreaker
+from gpu_worker.residency import Residency
 
 log = logging.getLogger(__name__)
 
 
-def queue_names(model: str) -> set[str]:
-    """Ollama treats `gemma3` and `gemma3:latest` as one model: serve both spellings."""
-    names = {model_queue(model)}
-    if model.endswith(":latest"):
-        names.add(model_queue(model.removesuffix(":latest")))
-    return names
-
-
 class ServerWatch:
     def __init__(self, backend: ModelBackend, breaker: CircuitBreaker, *, wanted: list[str] | None,
-                 interval_s: float = 5.0, open_interval_s: float = 1.0) -> None:
+                 interval_s: float = 5.0, open_interval_s: float = 1.0, residency: Residency | None = None) -> None:
         self.backend = backend
         self.breaker = breaker
+        self.residency = residency
         self.wanted = wanted  # None: whatever the server has ("auto")
         self.interval_s = interval_s
         self.open_interval_s = open_interval_s
@@ -68,7 +62,8 @@ class ServerWatch:
     def desired_queues(self) -> set[str]:
         if not self.probed or not self.breaker.allow():
             return set()
-        return set().union(*(queue_names(m) for m in self.models()))
+        models = self.models() if self.residency is None else self.residency.allowed(self.models())
+        return set().union(*(queue_names(m) for m in models))
 
     def probe(self) -> None:
         try:
@@ -90,6 +85,22 @@ class ServerWatch:
         self.probed = True
         if self.breaker.reset():
             log.info("model server answers again: taking work")
+        if self.residency is not None:
+            self._residency()
+
+    def _residency(self) -> None:
+        """What the host has loaded (/api/ps), and the models no longer placed here unloaded."""
+        running = getattr(self.backend, "running", None)
+        if running is None:
+            return  # an OpenAI-compatible server: it holds what it was started with
+        try:
+            self.residency.resident = running()
+            for model in self.residency.to_release():
+                self.backend.unload(model)
+                self.residency.released(model)
+                log.info("unloaded %s: placed on other hosts now", model)
+        except BackendError as exc:
+            log.warning("could not read or change what the model server has loaded: %s", exc)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

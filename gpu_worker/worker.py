@@ -19,7 +19,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from common.messages import AiTask, FailureClass, TaskResult
 from common.queues import AI_TASK
-from common.holds import hand_back_if_held
+from common.holds import hand_back, hand_back_if_held
 from common.intake import admit
 from common.reporting import publish_result
 from common.retries import handed_back
@@ -27,6 +27,7 @@ from common.worker_runtime import WorkerRuntime
 from gpu_worker.backends.base import ModelBackend
 from gpu_worker.breaker import CircuitBreaker
 from gpu_worker.discovery import ServerWatch
+from gpu_worker.residency import Residency
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,14 @@ IN_PROGRESS = Gauge("wavefarm_worker_in_progress", "Model calls in progress", ["
 
 class GpuWorker:
     def __init__(self, app: Celery, backend: ModelBackend, *, server: str, wanted: list[str] | None,
-                 concurrency: int, name: str, probe_interval_s: float = 5.0) -> None:
+                 concurrency: int, name: str, probe_interval_s: float = 5.0,
+                 residency: Residency | None = None) -> None:
         self.app = app
         self.backend = backend
+        # Off unless given: a test double of a backend, or an OpenAI-compatible server,
+        # has nothing to place.
+        self.residency = residency or Residency(enabled=False, max_loaded=1, machine="", server=server)
+        app.wavefarm_placement = self.residency.board
         # The pool has twice as many threads as the server has slots, and this gate lets
         # `concurrency` of them call the model: each slot has its next task already
         # here, so a slot never idles while a finished call publishes its result and
@@ -51,11 +57,13 @@ class GpuWorker:
         self.pool_size = 2 * concurrency
         self._slots = threading.BoundedSemaphore(concurrency)
         self.breaker = CircuitBreaker(server)
-        self.watch = ServerWatch(backend, self.breaker, wanted=wanted, interval_s=probe_interval_s)
+        self.watch = ServerWatch(backend, self.breaker, wanted=wanted, interval_s=probe_interval_s,
+                                 residency=self.residency)
+        self.residency.board.on_change.append(self.watch.poke)  # what was placed elsewhere is unloaded at once
         self.runtime = WorkerRuntime(
             name=name, kind="ai", concurrency=concurrency, desired=self.watch.desired_queues,
             describe=lambda: {"server": server, "models": list(self.watch.available), "digests": self.watch.digests(),
-                              "circuit": self.breaker.state},
+                              "circuit": self.breaker.state, **self.residency.describe()},
         )
         app.task(name=AI_TASK)(self._task)
 
@@ -84,13 +92,26 @@ class GpuWorker:
             if hand_back_if_held(self.app, self.runtime.holds, task, worker=self.runtime.name):
                 TASKS.labels(task.model, "held").inc()
                 return None
+            elsewhere = self.residency.elsewhere(task)
+            if elsewhere is not None:
+                # Prefetched before the model moved: the host it is on now runs it, at once.
+                hand_back(self.app, task, worker=self.runtime.name, reason=elsewhere)
+                TASKS.labels(task.model, "placed_elsewhere").inc()
+                return None
+            sent = self.residency.prepare(task)
             IN_PROGRESS.labels(task.model).inc()
+            self.residency.started(task.model)
             t0 = time.perf_counter()
             try:
-                result = self.backend.complete(task)
+                result = self.backend.complete(sent)
             finally:
                 IN_PROGRESS.labels(task.model).dec()
+                if self.residency.ended(task.model):
+                    self.watch.poke()  # its last call here ended: unload it now
         CALL_SECONDS.labels(task.model).observe(time.perf_counter() - t0)
+        if sent.options != task.options:
+            # The cache key keeps what the step asked; the attempt says what ran.
+            result = result.model_copy(update={"metrics": {**result.metrics, "options": sent.options}})
         if result.failure is None:
             result = result.model_copy(update={"model_digest": self.watch.digest_of(task.model)})
             self.breaker.record_success()

@@ -581,6 +581,17 @@ def _print_farm_status(data: dict) -> None:
             if q["problem"]:
                 out.print(styled((q["queue"], "red"), f": {q['problem']} ({', '.join(q['actors'])}): "
                                                       f"{q['pending']} waiting"))
+            elif q["placing"]:
+                out.print(styled((q["queue"], "yellow"), f": no host consumes it now; placement gives it one "
+                                                         f"({q['pending']} waiting)"))
+    if data["hosts"]:
+        table = _table("host", "holds", "loaded", "placed", "consuming", title="GPU hosts")
+        for h in data["hosts"]:
+            placed = "not placed by serve" if h["max_loaded"] is None else (
+                "no word yet" if h["placed"] is None else ", ".join(h["placed"]) or "nothing (no work)")
+            table.add_row(f"{h['machine']} {h['server']}", str(h["max_loaded"] or "-"), ", ".join(h["resident"]),
+                          placed, ", ".join(h["queues"]))
+        out.print(table)
     if data["workers"]:
         table = _table("worker", "kind", "consuming", "slots", "server", "circuit", "last seen", title="workers")
         for w in data["workers"]:

@@ -43,9 +43,9 @@ from common.messages import Task, TaskResult
 from common.queues import queue_for, task_name
 from orchestrator import cache, locks
 from orchestrator.budget import Budget, over_budget
-from orchestrator.db.rows import Claimed, DispatchRow
+from orchestrator.db.rows import Claimed, DispatchRow, Guard
 from orchestrator.db.store import Store
-from orchestrator.states import claim_for_dispatch
+from orchestrator.states import Status, claim_cache_answered, claim_for_dispatch, transition_many
 from orchestrator.tasks import task_or_failure
 from orchestrator.workers import STALE_S
 
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 DISPATCHED = Counter("wavefarm_dispatched_total", "Task messages published", ["queue"])
 DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+UNHOSTED_ANSWERS = 500  # cache answers per batch and model per second while the model has no host
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Dispatcher:
         self._digests: dict[str, list[str]] = {}  # model -> the digests live hosts serve (the cache's)
         self._slots_read_at = float("-inf")
         self._declared: set[str] = set()  # queues declared on the broker by this process
+        self._unhosted_at: dict[str, float] = {}  # actor -> when its cache answers were last looked for
 
     def dispatch(self, store: Store, *, isolate: bool = False) -> DispatchTurn:
         """Publish what the queues have room for, in a transaction of its own."""
@@ -132,12 +134,15 @@ class Dispatcher:
         with self.app.producer_or_acquire() as producer:
             transactional: bool | None = None  # decided at the first message of the turn
             try:
-                for (kind, actor), batches in groupby(pending, key=lambda r: (r.kind, r.actor)):
+                for (kind, actor), group in groupby(pending, key=lambda r: (r.kind, r.actor)):
+                    batches = list(group)
                     queue = queue_for(kind, actor)
                     free = math.ceil(self.window_factor * slots.get(queue, 0)) - used[queue]
                     if free <= 0:
+                        if kind == "ai" and not slots.get(queue):
+                            self._answer_unhosted(store, actor, batches, turn)
                         continue
-                    rows = self._claim_fairly(store, kind, actor, list(batches), free, isolate, budget, turn)
+                    rows = self._claim_fairly(store, kind, actor, batches, free, isolate, budget, turn)
                     tasks = []
                     for row in rows:
                         made = task_or_failure(row)
@@ -179,6 +184,26 @@ class Dispatcher:
             log.exception("cannot claim the pending work of %s %s in batch %s: skipped this turn, the rest goes on",
                           kind, actor, batch_id)
             return None
+
+    def _answer_unhosted(self, store: Store, actor: str, batches: list[DispatchRow], turn: DispatchTurn) -> None:
+        """No host consumes this model now (placement put it elsewhere, or nowhere yet):
+        what the cache answers needs no host, and is answered now, once a second per
+        model (placement leaves it out of the backlog, so nothing else would)."""
+        now = time.monotonic()
+        if now - self._unhosted_at.get(actor, float("-inf")) < self.slots_ttl_s:
+            return
+        self._unhosted_at[actor] = now
+        digests = sorted({d for ds in self._digests.values() for d in ds})
+        if not digests:
+            return
+        for b in batches:
+            rows = claim_cache_answered(store, actor=actor, batch_id=b.batch_id, digests=digests,
+                                        limit=UNHOSTED_ANSWERS)
+            hits, unanswered = cache.answer(store, rows, self._digests)
+            turn.cached += hits
+            if unanswered:  # its entry went in the meantime: it waits for a host like the rest
+                transition_many(store, [Guard(id=c.id, attempt=c.attempt) for c in unanswered],
+                                from_=Status.DISPATCHED, to=Status.PENDING)
 
     def _live_slots(self, store: Store) -> dict[str, int]:
         now = time.monotonic()

@@ -24,6 +24,7 @@ from kombu import Connection
 
 from common.holds import BROADCAST
 from common.messages import HandBack, Holds, WorkerStatus
+from orchestrator.broadcast import Broadcaster
 from orchestrator.db.rows import Guard, Moved
 from orchestrator.db.store import Store
 from orchestrator.states import Status, transition_many
@@ -74,10 +75,10 @@ def take_back(store: Store, hand_backs: Sequence[HandBack]) -> list[Moved]:
 class Announcer:
     """Says the holds to every worker when they may have changed, and now and then."""
 
-    def __init__(self, app: Celery, *, repeat_s: float = REPEAT_S) -> None:
+    def __init__(self, app: Celery, *, repeat_s: float = REPEAT_S, broadcaster: Broadcaster | None = None) -> None:
         self.app = app
         self.repeat_s = repeat_s
-        self._conn: Connection | None = None
+        self.broadcaster = broadcaster or Broadcaster(app)
         self._said_at = float("-inf")
         self._due = True
         self.last: Holds | None = None
@@ -96,31 +97,17 @@ class Announcer:
         with store.transaction():
             holds = current(store)
         try:
-            self._say(holds)
+            self.broadcaster.say(BROADCAST, {"holds": holds.model_dump(mode="json")})
         except Exception as exc:  # the broker is away: the next turn tries again
             log.warning("could not tell the workers what is held (%s); trying again", type(exc).__name__)
-            self.close()
             return
         if self.last is None or _key(holds) != _key(self.last):
             log.info("held now: %d batch(es), %d run(s), %d step(s)", len(holds.batches), len(holds.runs),
                      len(holds.steps))
         self.last, self._due, self._said_at = holds, False, time.monotonic()
 
-    def _say(self, holds: Holds) -> None:
-        # Its own connection: the dispatcher's channel is in transaction mode, and a
-        # broadcast must not wait for (or join) a dispatch turn's commit.
-        if self._conn is None:
-            self._conn = self.app.connection_for_write()
-            self._conn.ensure_connection(max_retries=1)
-        tell_workers(self.app, holds, connection=self._conn)
-
     def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            try:
-                conn.release()
-            except Exception:
-                pass
+        self.broadcaster.close()
 
 
 def _key(holds: Holds) -> tuple:

@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from common.errors import NotFound
-from common.queues import queue_for
+from common.queues import queue_for, queue_names
 from orchestrator.db import views
-from orchestrator.db.rows import Batch, Escalation
+from orchestrator.db.rows import Batch, Escalation, WorkerRow
 from orchestrator.db.store import Store
 from orchestrator import cost
 from orchestrator.pace import batch_pace, cost_forecast, held_eta
@@ -47,19 +47,49 @@ def farm_status(store: Store, *, stale_s: float) -> dict[str, Any]:
     for r in store.live_capacity(stale_s):
         q = queue(r.queue)
         q["slots"], q["workers"] = r.slots, r.workers
+    workers = store.workers(stale_s)
+    placeable = _placeable(workers)
     for q in queues.values():
-        q["problem"] = ("no live worker consumes this queue" if q["pending"] + q["dispatched"] and not q["workers"]
-                        else None)
+        waiting = q["pending"] + q["dispatched"] and not q["workers"]
+        # A model that a host serve places models on has: placement gives it one.
+        q["placing"] = bool(waiting and q["queue"] in placeable)
+        q["problem"] = "no live worker consumes this queue" if waiting and not q["placing"] else None
     return {
         "queues": sorted(queues.values(), key=lambda q: q["queue"]),
-        "workers": [asdict(w) for w in store.workers(stale_s)],
+        "hosts": hosts(workers),
+        "workers": [asdict(w) for w in workers],
     }
+
+
+def hosts(workers: list[WorkerRow]) -> list[dict[str, Any]]:
+    """The live GPU hosts, (machine, server): how many models each holds, which are loaded,
+    which serve placed there, and the queues its workers consume."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for w in workers:
+        if w.kind != "ai" or not w.live:
+            continue
+        h = found.setdefault((w.machine or w.name, w.server or ""), {
+            "machine": w.machine or w.name, "server": w.server or "", "max_loaded": w.max_loaded, "workers": [],
+            "resident": [], "placed": None, "queues": []})
+        h["workers"].append(w.name)
+        h["resident"] = sorted({*h["resident"], *(r.get("model", "?") for r in w.resident)})
+        if w.placed is not None:
+            h["placed"] = sorted({*(h["placed"] or []), *w.placed})
+        h["queues"] = sorted({*h["queues"], *w.queues})
+    return [found[k] for k in sorted(found)]
+
+
+def _placeable(workers: list[WorkerRow]) -> set[str]:
+    """The queues of the models that live hosts serve places models on have."""
+    return {q for w in workers if w.kind == "ai" and w.live and w.max_loaded is not None
+            for m in w.models for q in queue_names(m)}
 
 
 def unserved(store: Store, workflow: Workflow, *, stale_s: float) -> list[tuple[str, str, str]]:
     """(kind, actor, queue) of each step actor of `workflow` that no live worker
-    consumes right now: its work would wait until one does."""
-    live = {r.queue for r in store.live_capacity(stale_s)}
+    consumes right now, nor would once placement gives it a host: its work would wait
+    until one does."""
+    live = {r.queue for r in store.live_capacity(stale_s)} | _placeable(store.workers(stale_s))
     actors = sorted({(s.kind, s.actor) for s in workflow.steps})
     return [(kind, actor, queue_for(kind, actor)) for kind, actor in actors if queue_for(kind, actor) not in live]
 

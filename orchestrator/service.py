@@ -24,7 +24,9 @@ from orchestrator import workers
 from orchestrator.catalog import WorkflowCache
 from orchestrator.db.store import CONTROLS, Store
 from orchestrator.dispatch import Dispatcher, DispatchTurn
+from orchestrator.broadcast import Broadcaster
 from orchestrator.holds import Announcer, take_back
+from orchestrator.residency import Placer
 from orchestrator.inbox import Delivery, Inbox
 from orchestrator.metrics import APPLY_SECONDS, RESULTS
 from orchestrator.results import Applied, apply_in, log_applied, outcome_counts, whole_or_isolated
@@ -45,7 +47,9 @@ class Service:
         self.app = app
         self.inbox = Inbox(app, prefetch=batch_size * 2)
         self.dispatcher = Dispatcher(app, window_factor=window_factor)
-        self.holds = Announcer(app)
+        self.broadcaster = Broadcaster(app)
+        self.holds = Announcer(app, broadcaster=self.broadcaster)
+        self.placer = Placer(self.broadcaster)
         self.cache = WorkflowCache()
         self.policy = RetryPolicy.from_settings()
         self.batch_size = batch_size
@@ -92,6 +96,7 @@ class Service:
         # Before dispatching: after a resume, the workers must have heard it before the
         # work it released reaches them, or they would hand it back.
         self.holds.announce_if_due(self._connection())
+        self._place()
         if deliveries or notes or self._again or now - self._last_dispatch >= self.dispatch_every_s:
             self._again = False
             self.apply_and_dispatch(deliveries)
@@ -117,6 +122,7 @@ class Service:
         statuses = [d.report.status for d in deliveries if isinstance(d.report, WorkerReport)]
         hand_backs = [d.report.hand_back for d in deliveries if isinstance(d.report, HandBackReport)]
         self.holds.heard_from(statuses)
+        self.placer.heard_from(statuses)
         t0 = time.perf_counter()
         applied, broker_error = whole_or_isolated(
             lambda isolate: self._turn_transaction(statuses, results, hand_backs, isolate=isolate), len(results))
@@ -158,6 +164,16 @@ class Service:
                     raise
                 broker_error = exc
         return applied, broker_error
+
+    def _place(self) -> None:
+        """Placement's round, when due. A bug in it must not stop the turn: the hosts keep
+        the last placement they heard, and the work goes on."""
+        try:
+            self.placer.place_if_due(self._connection())
+        except (*DB_ERRORS, BrokerError):
+            raise
+        except Exception:
+            log.exception("placement failed; the hosts keep the placement they have")
 
     def _dispatch(self, store: Store) -> DispatchTurn:
         """The turn's dispatch, in a savepoint: a broker that refuses costs only the

@@ -5,7 +5,9 @@ Interactions: the allowed transitions, the statements production runs for each
 
     pending    -> dispatched   claim_for_dispatch (serve's dispatcher) or claim_pending
                                (the local executor): oldest ready work, SKIP LOCKED;
-                               the deadline is set here (wavefarm_dispatch_deadline)
+                               the deadline is set here (wavefarm_dispatch_deadline);
+                               claim_cache_answered: what the cache answers of a model
+                               no host consumes now (it needs none)
     dispatched -> completed    mark_completed: the worker's result for the current attempt
     dispatched -> failed       mark_failed: the worker reported a failure, or the deadline
                                passed with no result (the sweeper reports worker_lost)
@@ -83,9 +85,10 @@ class Change:
 
 CLAIM_FOR_DISPATCH = Change("claim_for_dispatch")
 CLAIM_PENDING = Change("claim_pending")
+CLAIM_CACHE_ANSWERED = Change("claim_cache_answered")
 
 TRANSITIONS: dict[tuple[Status, Status], tuple[Change, ...]] = {
-    (Status.PENDING, Status.DISPATCHED): (CLAIM_FOR_DISPATCH, CLAIM_PENDING),
+    (Status.PENDING, Status.DISPATCHED): (CLAIM_FOR_DISPATCH, CLAIM_PENDING, CLAIM_CACHE_ANSWERED),
     (Status.DISPATCHED, Status.COMPLETED): (Change("mark_completed", Completion),),
     (Status.DISPATCHED, Status.FAILED): (Change("mark_failed", FailureRecord),),
     (Status.FAILED, Status.PENDING): (Change("requeue", Requeue), Change("rerun_failed", Rerun)),
@@ -135,6 +138,12 @@ def transition(store: Store, item: Guard, *, from_: Status, to: Status) -> Moved
 def claim_for_dispatch(store: Store, *, kind: str, actor: str, batch_id: int, limit: int) -> list[Claimed]:
     """pending -> dispatched for one queue's actor in one batch, earliest runs first."""
     return store.claim_for_dispatch(kind=kind, actor=actor, batch_id=batch_id, limit=limit)
+
+
+def claim_cache_answered(store: Store, *, actor: str, batch_id: int, digests: Sequence[str],
+                         limit: int) -> list[Claimed]:
+    """pending -> dispatched for an AI actor's work in one batch that the cache answers."""
+    return store.claim_cache_answered(actor=actor, batch_id=batch_id, digests=digests, limit=limit)
 
 
 def claim_pending(store: Store, *, limit: int, batch_id: int | None = None) -> list[Claimed]:

@@ -13,4 +13,6 @@ STALE_S = 30.0
 
 def record(store: Store, statuses: list[WorkerStatus]) -> None:
     with store.transaction():
-        store.record_workers([{**s.model_dump(exclude={"v"}), "digests": Jsonb(s.digests)} for s in statuses])
+        store.record_workers([{**s.model_dump(exclude={"v"}), "digests": Jsonb(s.digests),
+                               "resident": Jsonb([r.model_dump(mode="json") for r in s.resident])}
+                              for s in statuses])

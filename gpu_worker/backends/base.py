@@ -422,16 +422,26 @@ class HttpBackend(ABC):
     def list_models(self) -> list[str]:
         return list(self.model_identities())
 
+    def _ask(self, method: str, path: str, *, model: str | None = None, **kwargs: Any) -> requests.Response:
+        """A call that is not a task's (a listing, an unload); raises BackendError when it fails."""
+        try:
+            response = self.session.request(method, self.base_url + path, timeout=(CONNECT_TIMEOUT_S, LIST_TIMEOUT_S),
+                                            **kwargs)
+        except requests.RequestException as exc:
+            raise BackendError(failure_from_exception(exc, model=model, server=self.server)) from None
+        if response.status_code >= 400:
+            text = scrub(error_text(response), self._secrets)
+            raise BackendError(failure_from_status(response.status_code, text, model=model, server=self.server))
+        return response
+
+    def unexpected(self, path: str) -> BackendError:
+        return BackendError(Failure(failure_class=FailureClass.SERVER_ERROR,
+                                    message=f"{self.server} answered {path} with an unexpected body"))
+
     def model_identities(self) -> dict[str, str]:
         """The models the server has, each with what identifies that build of it (the
         cache's model identity); raises BackendError when it cannot be asked."""
-        try:
-            response = self.session.get(self.base_url + self.models_path, timeout=(CONNECT_TIMEOUT_S, LIST_TIMEOUT_S))
-        except requests.RequestException as exc:
-            raise BackendError(failure_from_exception(exc, model=None, server=self.server)) from None
-        if response.status_code >= 400:
-            text = scrub(error_text(response), self._secrets)
-            raise BackendError(failure_from_status(response.status_code, text, model=None, server=self.server))
+        response = self._ask("GET", self.models_path)
         try:
             found = self._model_identities(response.json())
             if not all(isinstance(n, str) and isinstance(d, str) for n, d in found.items()):
@@ -439,5 +449,4 @@ class HttpBackend(ABC):
             # A NUL cannot be stored (nor is it a model's name): such an entry is not a model.
             return {n: d[:200] for n, d in found.items() if "\0" not in n and "\0" not in d}
         except (ValueError, KeyError, TypeError, AttributeError, IndexError):
-            raise BackendError(Failure(failure_class=FailureClass.SERVER_ERROR,
-                                       message=f"{self.server} answered {self.models_path} with an unexpected body")) from None
+            raise self.unexpected(self.models_path) from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.messages import AiTask, Failure, FailureClass
+from common.messages import AiTask, Failure, FailureClass, Resident
 from gpu_worker.backends.base import Answer, HttpBackend
 
 METRIC_KEYS = ("prompt_eval_count", "eval_count", "total_duration", "load_duration",
@@ -54,3 +54,18 @@ class OllamaBackend(HttpBackend):
             name = m.get("name") or m["model"]
             found[name] = m.get("digest") or name
         return found
+
+    def running(self) -> list[Resident]:
+        """The models loaded now (/api/ps), with their size, expiry and context length;
+        raises BackendError when the server cannot be asked."""
+        try:
+            listed = self._ask("GET", "/api/ps").json()["models"]
+            return [Resident(model=m.get("name") or m["model"], size=m.get("size_vram") or m.get("size"),
+                             expires_at=m.get("expires_at"), context_length=m.get("context_length"))
+                    for m in listed if "\0" not in (m.get("name") or m["model"])]
+        except (ValueError, KeyError, TypeError, AttributeError):  # a pydantic ValidationError is a ValueError
+            raise self.unexpected("/api/ps") from None
+
+    def unload(self, model: str) -> None:
+        """Ollama's unload: a request with no prompt and keep_alive 0 (once the model's calls end)."""
+        self._ask("POST", "/api/generate", model=model, json={"model": model, "keep_alive": 0})

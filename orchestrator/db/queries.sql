@@ -217,6 +217,30 @@ WHERE i.id = claimed.id
 RETURNING i.id, i.run_id, i.batch_id, i.step, i.kind, i.actor, i.attempt, i.timeout_s, i.deadline, i.input,
           CASE WHEN i.use_cache THEN i.cache_key END AS cache_key
 
+-- name: claim_cache_answered
+-- The same transition, for the pending work of one AI actor in one batch that the cache
+-- answers (cache_hits' rule, among the digests %(digests)s live hosts serve): serve claims
+-- it even while no host consumes the model, since it needs none (placement leaves it out
+-- of the backlog: model_backlog).
+UPDATE interactions i
+SET status = 'dispatched', dispatched_at = now(), deadline = wavefarm_dispatch_deadline(i.timeout_s)
+FROM (
+    SELECT id FROM interactions p
+    WHERE status = 'pending' AND use_cache AND actor = %(actor)s AND batch_id = %(batch_id)s
+      AND (not_before IS NULL OR not_before <= now())
+      AND NOT EXISTS (SELECT 1 FROM escalations e WHERE e.batch_id = %(batch_id)s AND e.step = p.step
+                                                    AND e.lifted_at IS NULL)
+      AND EXISTS (SELECT 1 FROM interactions c
+                  WHERE c.cache_key = p.cache_key AND c.cache_digest = ANY (%(digests)s::text[])
+                    AND c.status = 'completed' AND (c.run_id <> p.run_id OR c.superseded))
+    ORDER BY run_id, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) claimed
+WHERE i.id = claimed.id
+RETURNING i.id, i.run_id, i.batch_id, i.step, i.kind, i.actor, i.attempt, i.timeout_s, i.deadline, i.input,
+          i.cache_key
+
 -- name: dispatch_view
 -- What a dispatch turn needs in one round trip, as rows of two kinds:
 -- 'pending': every (kind, actor, batch) with pending work, the batch's priority and
@@ -265,19 +289,22 @@ WHERE w.last_seen > now() - make_interval(secs => %(stale_s)s) AND NOT w.stoppin
 GROUP BY q.queue
 
 -- name: upsert_worker
-INSERT INTO workers (name, kind, queues, concurrency, server, models, digests, circuit, stopping, last_seen)
+INSERT INTO workers (name, kind, queues, concurrency, server, models, digests, circuit, stopping, last_seen,
+                     machine, max_loaded, resident, placed)
 VALUES (%(name)s, %(kind)s, %(queues)s, %(concurrency)s, %(server)s, %(models)s, %(digests)s, %(circuit)s,
-        %(stopping)s, %(at)s)
+        %(stopping)s, %(at)s, %(machine)s, %(max_loaded)s, %(resident)s, %(placed)s)
 ON CONFLICT (name) DO UPDATE SET
     kind = excluded.kind, queues = excluded.queues, concurrency = excluded.concurrency, server = excluded.server,
     models = excluded.models, digests = excluded.digests, circuit = excluded.circuit, stopping = excluded.stopping,
-    last_seen = greatest(workers.last_seen, excluded.last_seen)
+    last_seen = greatest(workers.last_seen, excluded.last_seen), machine = excluded.machine,
+    max_loaded = excluded.max_loaded, resident = excluded.resident, placed = excluded.placed
 -- A heartbeat delayed in the broker must not overwrite a newer one.
 WHERE workers.last_seen <= excluded.last_seen
 
 -- name: list_workers
 SELECT name, kind, queues, concurrency, server, models, circuit, stopping, first_seen, last_seen,
-       last_seen > now() - make_interval(secs => %(stale_s)s) AND NOT stopping AS live
+       last_seen > now() - make_interval(secs => %(stale_s)s) AND NOT stopping AS live,
+       machine, max_loaded, resident, placed
 FROM workers ORDER BY kind, name
 
 -- name: mark_completed
@@ -1028,3 +1055,56 @@ SELECT model, sum(attempts)::bigint AS attempts, sum(prompt_tokens)::bigint AS p
        sum(output_tokens)::bigint AS output_tokens, sum(call_s)::float8 AS call_s, sum(cost)::numeric AS cost,
        sum(cache_hits)::bigint AS cache_hits
 FROM usage_totals WHERE model <> '' GROUP BY model ORDER BY model
+
+-- == residency (orchestrator/residency.py) ================================================
+
+-- name: model_backlog
+-- What placement weighs (orchestrator/placement.py), per AI actor and batch: the work
+-- ready to go, leaving out what no host may start (a paused batch's, an escalated
+-- step's) and what the cache answers (cache_hits' rule, among the digests %(digests)s
+-- that live hosts serve); the work dispatched (in queues, prefetch buffers and calls);
+-- the batch's priority and workflow (whose steps say the context they ask for). Counted
+-- from the partial indexes: no pending row's input is read.
+WITH pending AS (
+    SELECT actor, batch_id, count(*) AS n FROM interactions WHERE status = 'pending' AND kind = 'ai'
+    GROUP BY actor, batch_id
+), escalated AS (
+    SELECT i.actor, i.batch_id, count(*) AS n
+    FROM escalations e JOIN interactions i ON i.batch_id = e.batch_id AND i.step = e.step
+    WHERE e.lifted_at IS NULL AND i.status = 'pending' AND i.kind = 'ai'
+    GROUP BY 1, 2
+), hits AS (
+    SELECT i.actor, i.batch_id, count(*) AS n FROM interactions i
+    WHERE i.status = 'pending' AND i.use_cache AND EXISTS (
+        SELECT 1 FROM interactions c
+        WHERE c.cache_key = i.cache_key AND c.cache_digest = ANY (%(digests)s::text[]) AND c.status = 'completed'
+          AND (c.run_id <> i.run_id OR c.superseded))
+    GROUP BY 1, 2
+), in_flight AS (
+    SELECT actor, batch_id, count(*) AS n FROM interactions WHERE status = 'dispatched' AND kind = 'ai'
+    GROUP BY actor, batch_id
+)
+SELECT k.actor, wavefarm_model(k.actor) AS model, k.batch_id, b.workflow_id, b.priority,
+       CASE WHEN b.paused_at IS NOT NULL THEN 0
+            ELSE greatest(coalesce(p.n, 0) - coalesce(e.n, 0) - coalesce(h.n, 0), 0) END::int AS waiting,
+       coalesce(f.n, 0)::int AS in_flight
+FROM (SELECT actor, batch_id FROM pending UNION SELECT actor, batch_id FROM in_flight) k
+JOIN batches b ON b.id = k.batch_id
+LEFT JOIN pending p ON p.actor = k.actor AND p.batch_id = k.batch_id
+LEFT JOIN escalated e ON e.actor = k.actor AND e.batch_id = k.batch_id
+LEFT JOIN hits h ON h.actor = k.actor AND h.batch_id = k.batch_id
+LEFT JOIN in_flight f ON f.actor = k.actor AND f.batch_id = k.batch_id
+
+-- name: placement_hosts
+-- The live GPU workers as placement sees them, model names as the hosts resolve them
+-- (wavefarm_model): the host (machine, server), how many models it holds (NULL: serve
+-- does not place models on it), what it has, what is loaded, and its slots.
+SELECT w.name, coalesce(w.machine, w.name) AS machine, coalesce(w.server, '') AS server, w.max_loaded,
+       w.concurrency, w.placed,
+       ARRAY(SELECT wavefarm_model(m) FROM unnest(w.models) AS m) AS models,
+       ARRAY(SELECT wavefarm_model(r ->> 'model') FROM jsonb_array_elements(w.resident) AS r
+             WHERE r ->> 'model' IS NOT NULL) AS resident
+FROM workers w
+WHERE w.kind = 'ai' AND w.last_seen > now() - make_interval(secs => %(stale_s)s) AND NOT w.stopping
+  AND w.circuit = 'closed'  -- a host whose server is down holds nothing for the farm
+ORDER BY w.name

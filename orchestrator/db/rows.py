@@ -434,3 +434,7 @@ class WorkerRow:
     first_seen: datetime
     last_seen: datetime
     live: bool
+    machine: str | None = None
+    max_loaded: int | None = None
+    resident: list[dict] = field(default_factory=list)  # common.messages.Resident, as JSON
+    placed: list[str] | None = None

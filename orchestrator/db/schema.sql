@@ -294,13 +294,24 @@ CREATE TABLE workers (
     digests      jsonb NOT NULL DEFAULT '{}',
     stopping     boolean NOT NULL DEFAULT false,
     first_seen   timestamptz NOT NULL DEFAULT now(),
-    last_seen    timestamptz NOT NULL DEFAULT now()
+    last_seen    timestamptz NOT NULL DEFAULT now(),
+    -- Residency (orchestrator/placement.py): the host is (machine, server); it holds at most
+    -- max_loaded models (NULL: serve does not place models on it), `resident` are loaded now
+    -- (/api/ps), `placed` are what serve placed on it, as the worker last heard.
+    machine      text,
+    max_loaded   integer,
+    resident     jsonb NOT NULL DEFAULT '[]',
+    placed       text[]
 );
 
 -- Dispatch: which actors have pending work, which batches, and the next runs' work.
 CREATE INDEX interactions_dispatch ON interactions (kind, actor, batch_id, run_id, id) WHERE status = 'pending';
 -- Admission control: how many are in flight per actor.
 CREATE INDEX interactions_in_flight ON interactions (kind, actor) WHERE status = 'dispatched';
+-- Placement counts, per model, the pending work the cache answers (it needs no host): the
+-- cached pending rows alone, with the columns the lookup needs.
+CREATE INDEX interactions_pending_cached ON interactions (actor, batch_id) INCLUDE (cache_key, run_id)
+    WHERE status = 'pending' AND use_cache;
 
 
 -- A model is named as the hosts resolve it: Ollama reads `gemma2` as `gemma2:latest`,

@@ -313,6 +313,11 @@ class Store:
         return self.all("claim_for_dispatch", {"kind": kind, "actor": actor, "batch_id": batch_id, "limit": limit},
                         rows.Claimed)
 
+    def claim_cache_answered(self, *, actor: str, batch_id: int, digests: Sequence[str], limit: int
+                             ) -> list[rows.Claimed]:
+        return self.all("claim_cache_answered", {"actor": actor, "batch_id": batch_id, "digests": list(digests),
+                                                 "limit": limit}, rows.Claimed)
+
     def lock_open_interactions(self, run_ids: Sequence[int]) -> list[rows.OpenInteraction]:
         return self.all("lock_open_interactions", {"run_ids": list(run_ids)}, rows.OpenInteraction)
 

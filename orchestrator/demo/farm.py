@@ -32,7 +32,10 @@ def start_farm(supervisor: Supervisor, example: Example, server: ModelServer, db
     supervisor.start("gpu-worker", [*_command("gpu-worker", "gpu_worker.cli"), f"--{server.api}-url", server.url,
                                     "--models", "auto", "--name", "demo-gpu",
                                     "--concurrency", "1" if server.builtin else "4",
-                                    "--probe-interval", "2"], env=env)
+                                    "--probe-interval", "2",
+                                    # One host: nothing to place, and the demo knows not how
+                                    # many models the user's Ollama holds.
+                                    "--residency", "off"], env=env)
 
 
 def _command(name: str, module: str) -> list[str]:

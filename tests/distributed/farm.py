@@ -117,6 +117,11 @@ def postings(path: Path, n: int, first: int = 0) -> Path:
     return path
 
 
+# A worker ready for work: one that consumes, or a GPU worker that heard serve's placement
+# (it consumes nothing until there is work for its host's models).
+READY = "(cardinality(queues) > 0 OR placed IS NOT NULL)"
+
+
 class Farm:
     def __init__(self, db_url: str, broker_url: str, logs: Path) -> None:
         self.db_url = db_url
@@ -153,13 +158,18 @@ class Farm:
 
     # `named=False` starts a worker as SPEC.md shows, without --name: it takes its default
     # name, and `name` only labels the process and its log here.
+    # `max_loaded`: what the host's Ollama holds at once (--max-loaded); unset, the worker's
+    # default (1, with a warning), as a user who did not say gets.
     def gpu(self, name: str, server_url: str, *, concurrency: int = 4, models: str = "auto",
-            metrics_port: int | None = None, api: str = "ollama", named: bool = True) -> subprocess.Popen:
-        metrics = ["--metrics-port", str(metrics_port)] if metrics_port else []
+            metrics_port: int | None = None, api: str = "ollama", named: bool = True,
+            max_loaded: int | None = None, residency: str | None = None) -> subprocess.Popen:
+        extra = ["--metrics-port", str(metrics_port)] if metrics_port else []
+        extra += ["--max-loaded", str(max_loaded)] if max_loaded else []
+        extra += ["--residency", residency] if residency else []
         # No database URL: a GPU host has the broker only.
         return self.start(name, [str(BIN / "gpu-worker"), f"--{api}-url", server_url,
                                  *(["--name", name] if named else []), "--concurrency", str(concurrency),
-                                 "--models", models, "--probe-interval", "1", *metrics], self.env())
+                                 "--models", models, "--probe-interval", "1", *extra], self.env())
 
     def scripts(self, name: str = "scripts", directory: Path = SCRIPTS, *, database: bool = False,
                 named: bool = True) -> subprocess.Popen:
@@ -203,10 +213,10 @@ class Farm:
 
     def wait_workers(self, *names: str) -> None:
         def ready() -> bool:
-            rows = self.db.execute("SELECT name FROM workers WHERE cardinality(queues) > 0 AND NOT stopping").fetchall()
+            rows = self.db.execute(f"SELECT name FROM workers WHERE {READY} AND NOT stopping").fetchall()
             return set(names) <= {r["name"] for r in rows}
 
-        self.wait_for(f"workers {', '.join(names)} to consume", ready)
+        self.wait_for(f"workers {', '.join(names)} to be ready", ready)
 
     def completed_count(self, batch_id: int) -> int:
         return self.db.execute("SELECT count(*) AS n FROM interactions WHERE batch_id = %s AND status = 'completed'",

@@ -10,7 +10,7 @@ import time
 from decimal import Decimal
 
 from tests.distributed.conftest import GEMMA
-from tests.distributed.farm import HERE, SCRIPTS, postings
+from tests.distributed.farm import HERE, READY, SCRIPTS, postings
 from tests.model_server import ModelServer
 
 CHAIN = HERE / "workflows" / "chain.yaml"
@@ -31,7 +31,7 @@ def start(farm, server_url: str) -> None:
     farm.scripts(named=False)
     farm.wait_for("two GPU workers and a script worker", lambda: farm.db.execute(
         "SELECT count(*) FILTER (WHERE kind = 'ai') AS ai, count(*) FILTER (WHERE kind = 'script') AS s"
-        " FROM workers WHERE cardinality(queues) > 0").fetchone() == {"ai": 2, "s": 1})
+        f" FROM workers WHERE {READY}").fetchone() == {"ai": 2, "s": 1})
 
 
 def test_tokens_match_the_server_and_a_second_identical_batch_calls_no_model(farm, tmp_path):

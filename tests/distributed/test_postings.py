@@ -27,8 +27,8 @@ def test_the_posting_pipeline_saves_every_field_of_every_valid_posting(farm):
     with ModelServer(models=["gemma3:1b", "phi3"], latency=0.02, slots=4) as a, \
             ModelServer(models=["qwen2.5:7b", "gemma2"], latency=0.02, slots=4) as b:
         farm.serve()
-        farm.gpu("gpu-a", a.url)
-        farm.gpu("gpu-b", b.url)
+        farm.gpu("gpu-a", a.url, max_loaded=2)  # each host holds both its models
+        farm.gpu("gpu-b", b.url, max_loaded=2)
         farm.scripts(directory=POSTINGS / "scripts", database=True)
         farm.wait_workers("gpu-a", "gpu-b", "scripts")
         batch = farm.submit(POSTINGS / "postings.csv", POSTINGS / "workflow.yaml", POSTINGS / "scripts", key="source_id")

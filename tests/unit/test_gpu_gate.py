@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from gpu_worker.backends.ollama import OllamaBackend
 from gpu_worker.breaker import CircuitBreaker
-from gpu_worker.discovery import ServerWatch, queue_names
+from common.queues import queue_names
+from gpu_worker.discovery import ServerWatch
 from tests.model_server import ModelServer
 from tests.net import free_port
 
