@@ -2,7 +2,8 @@
 
 Serves Ollama's API and the OpenAI-compatible one (/v1) until interrupted (Ctrl-C or
 SIGTERM); `--api-key KEY` makes /v1 ask for `Authorization: Bearer KEY`, as vLLM does. Faults: `--fault MODEL=KIND:RATE`,
-repeatable, MODEL "*" for every model, e.g. `--fault '*=error:0.05'`.
+repeatable, MODEL "*" for every model, e.g. `--fault '*=error:0.05'`. `--max-loaded N` holds at most N models
+at once (OLLAMA_MAX_LOADED_MODELS), each load taking `--load` seconds, one at a time.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-token", type=float, default=0.0, help="seconds per output token")
     p.add_argument("--slots", type=int, default=4, help="parallel requests per model (OLLAMA_NUM_PARALLEL)")
     p.add_argument("--load", type=float, default=0.0, help="seconds to load a model that is not resident")
+    p.add_argument("--max-loaded", type=int, default=None, metavar="N",
+                   help="models resident at once (OLLAMA_MAX_LOADED_MODELS); the least recently used idle one "
+                        "is evicted to make room (default: no limit)")
     p.add_argument("--fault", type=_fault, action="append", default=[], metavar="MODEL=KIND:RATE")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--api-key", default=None, help="bearer token the /v1 routes require")
@@ -44,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     server = ModelServer([m.strip() for m in args.models.split(",") if m.strip()], host=args.host, port=args.port,
                          latency=args.latency, per_token=args.per_token, slots=args.slots, load_s=args.load,
-                         seed=args.seed, verbose=args.verbose, api_key=args.api_key)
+                         seed=args.seed, verbose=args.verbose, api_key=args.api_key, max_loaded=args.max_loaded)
     for model, kind, rate in args.fault:
         server.set_fault(model, kind, rate)  # type: ignore[arg-type]
 

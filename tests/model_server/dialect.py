@@ -17,6 +17,12 @@ from typing import Any, Protocol
 
 DEFAULT_KEEP_ALIVE_S = 300.0  # Ollama's default: a model stays loaded 5 minutes after use
 FOREVER = datetime(2318, 1, 1, tzinfo=timezone.utc)  # how Ollama shows keep_alive < 0
+DEFAULT_NUM_CTX = 4096  # the server's context length when a call names none
+# The options a model is loaded with (Ollama's api.Runner): a call that asks for other
+# values than the resident copy's makes the server reload the model.
+RUNNER_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
+Runner = tuple[tuple[str, Any], ...]  # (option, value) pairs in RUNNER_OPTIONS order: hashable, comparable
+DEFAULT_RUNNER: Runner = (("num_ctx", DEFAULT_NUM_CTX),)
 
 
 def now() -> datetime:
@@ -35,6 +41,13 @@ def canonical(name: str) -> str:
 def messages_text(messages: list[dict[str, Any]]) -> str:
     """All the text a chat model reads: answers are a function of this, whichever API asked."""
     return "\n".join(m["content"] for m in messages if isinstance(m.get("content"), str))
+
+
+def runner_options(options: dict[str, Any]) -> Runner:
+    """The runner options a call's `options` ask for: num_ctx defaults to the server's
+    (DEFAULT_NUM_CTX), the others are left out unless given (null counts as not given)."""
+    given = {"num_ctx": DEFAULT_NUM_CTX, **{k: v for k, v in options.items() if k in RUNNER_OPTIONS and v is not None}}
+    return tuple((k, given[k]) for k in RUNNER_OPTIONS if k in given)
 
 
 class ApiError(Exception):
@@ -56,6 +69,7 @@ class Call:
     keep_alive_s: float | None = DEFAULT_KEEP_ALIVE_S  # None: forever
     load_only: bool = False            # Ollama: an empty prompt only loads (or unloads) the model
     include_usage: bool = False        # OpenAI: stream_options.include_usage
+    runner: Runner = DEFAULT_RUNNER    # Ollama: the runner options it asks for (OpenAI: none, the defaults)
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
     created: int = field(default_factory=lambda: int(time.time()))
 

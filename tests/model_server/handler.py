@@ -22,7 +22,7 @@ from tests.model_server.ollama_api import VERSION, OllamaDialect
 from tests.model_server.openai_api import OpenAIDialect, model_list
 
 if TYPE_CHECKING:
-    from tests.model_server.server import ModelServer
+    from tests.model_server.server import ModelServer, _Lease
 
 _TOKEN = re.compile(r"\S+\s*|\s+")  # a "token" is a word and its trailing space: joins back exactly
 OLLAMA_CHAT = OllamaDialect(chat=True)
@@ -145,9 +145,15 @@ class Handler(BaseHTTPRequestHandler):
             self._json(err.status, dialect.error(err))
             return
         if call.load_only:  # Ollama's way to load (or, with keep_alive 0, unload) a model
-            load_s = self.owner._load(call.model)
-            self.owner._keep(call.model, call.keep_alive_s)
-            self._json(200, dialect.loaded(call, load_s))
+            if call.keep_alive_s == 0:
+                self.owner._unload(call.model)  # loads nothing: unloads now, or once its calls end
+                self._json(200, dialect.loaded(call, 0.0))
+                return
+            lease = self.owner._use(call)
+            if lease is None:
+                raise _Gone
+            self.owner._end(lease)
+            self._json(200, dialect.loaded(call, lease.load_s))
             return
 
         fault = self.owner._draw_fault(call.model)
@@ -167,18 +173,26 @@ class Handler(BaseHTTPRequestHandler):
         if fault == "garbage":
             self._send(200, b"<html><body>upstream hiccup</body></html>", "text/html")
             return
-        if not self.owner._acquire(call.model):
+        # As in Ollama, a call first gets its model resident (loading it, perhaps after an
+        # eviction, or waiting), then waits for one of the model's slots.
+        lease = self.owner._use(call)
+        if lease is None:
             raise _Gone
         try:
-            if fault == "hang":
-                self._hang()
-            self._generate(call, dialect, arrived=arrived, nonsense=fault == "nonsense")
+            if not self.owner._acquire(call.model):
+                raise _Gone
+            try:
+                if fault == "hang":
+                    self._hang()
+                self._generate(call, dialect, lease, arrived=arrived, nonsense=fault == "nonsense")
+            finally:
+                self.owner._release(call.model)
         finally:
-            self.owner._release(call.model)
+            self.owner._end(lease)  # nothing when _generate ended it already
 
-    def _generate(self, call: Call, dialect: Dialect, *, arrived: float, nonsense: bool) -> None:
+    def _generate(self, call: Call, dialect: Dialect, lease: _Lease, *, arrived: float, nonsense: bool) -> None:
         owner = self.owner
-        load_s = owner._load(call.model)
+        load_s = lease.load_s
         if nonsense:
             content = f"Sure! Happy to help. {gist(call.prompt, 4, 4)}"
         elif call.fmt is not None:
@@ -208,8 +222,8 @@ class Handler(BaseHTTPRequestHandler):
                       finish_reason=finish, total_s=time.monotonic() - arrived, load_s=load_s,
                       prompt_s=owner.latency, eval_s=time.monotonic() - gen_start)
         # Book-keeping before the last write: a client that reads /api/ps or the counters
-        # right after its answer must see this call's effects.
-        owner._keep(call.model, call.keep_alive_s)
+        # right after its answer must see this call's effects (keep_alive 0: unloaded).
+        owner._end(lease)
         owner._count_served(call.model, usage.prompt_tokens, usage.completion_tokens)
         if call.stream:
             self._chunk(dialect.end(call, usage))

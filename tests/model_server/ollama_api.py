@@ -11,7 +11,8 @@ import json
 import re
 from typing import Any
 
-from tests.model_server.dialect import DEFAULT_KEEP_ALIVE_S, ApiError, Call, Usage, canonical, messages_text, now, timestamp
+from tests.model_server.dialect import (DEFAULT_KEEP_ALIVE_S, ApiError, Call, Usage, canonical, messages_text, now,
+                                        runner_options, timestamp)
 
 VERSION = "0.9.0"  # what /api/version reports: recent enough for clients that check it
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
@@ -97,7 +98,8 @@ class OllamaDialect:
         num_predict = options.get("num_predict")
         return Call(name=name, model=canonical(name), prompt=prompt, fmt=body.get("format") or None,
                     max_tokens=num_predict if isinstance(num_predict, int) and num_predict > 0 else None,
-                    stream=body.get("stream", True) is not False, keep_alive_s=keep, load_only=not prompt)
+                    stream=body.get("stream", True) is not False, keep_alive_s=keep, load_only=not prompt,
+                    runner=runner_options(options))
 
     def model_missing(self, name: str) -> ApiError:
         return ApiError(404, f'model "{name}" not found, try pulling it first')

@@ -6,6 +6,11 @@ Stdlib only, so it runs wherever the tests run. What it imitates, and why:
   concurrency and a model's capacity can be told apart in tests and benchmarks.
 - latency = base seconds (prompt evaluation) + seconds per output token; a model's
   first request (or the first after its keep_alive ran out) also pays `load_s`.
+- residency, as Ollama's scheduler (server/sched.go) keeps it, so tests and benchmarks
+  can count model swaps: at most `max_loaded` models resident (OLLAMA_MAX_LOADED_MODELS),
+  loads one at a time server-wide, the least recently used idle model evicted to make
+  room (a call waits while every resident model is busy), a reload when a call asks for
+  other runner options (num_ctx, num_batch, ...), unload on keep_alive 0 or its expiry.
 - faults per model, drawn from a seeded RNG: "error" (HTTP 500, like a crashed
   runner), "busy" (Ollama's 503 past its queue; 429 with Retry-After on /v1), "hang" (holds its slot and never answers until the client gives up),
   "garbage" (HTTP 200 with a body that is not JSON, like a broken proxy) and
@@ -21,18 +26,50 @@ import hashlib
 import random
 import socket
 import threading
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from http.server import ThreadingHTTPServer
 from typing import Any, Literal
 
-from tests.model_server.dialect import DEFAULT_KEEP_ALIVE_S, FOREVER, canonical, now, timestamp
+from tests.model_server.dialect import DEFAULT_NUM_CTX, FOREVER, Call, Runner, canonical, now, timestamp
 from tests.model_server.handler import Handler
 from tests.model_server.ollama_api import model_entry
 
 FaultKind = Literal["error", "busy", "hang", "garbage", "nonsense"]
 FAULT_KINDS: tuple[str, ...] = ("error", "busy", "hang", "garbage", "nonsense")
+_WAIT_S = 0.05  # how often a waiting call looks again (and notices that the server stops)
+
+
+@dataclass(eq=False)
+class _Copy:
+    """A model's resident copy, like a runner in Ollama's scheduler."""
+
+    runner: Runner                     # the options it was loaded with
+    keep_alive_s: float | None         # of the latest call given this copy (None: forever)
+    loading: bool = True
+    refs: int = 0                      # calls in progress on it (a copy with none is idle)
+    last_used: float = field(default_factory=time.monotonic)
+    expires_at: datetime = FOREVER     # once idle
+    draining: bool = False             # the next load waits for it to go idle: no new calls join it
+
+    def expires(self, current: datetime) -> datetime:
+        """What /api/ps shows: a busy copy's clock starts when its calls end."""
+        if not self.refs:
+            return self.expires_at
+        return FOREVER if self.keep_alive_s is None else current + timedelta(seconds=self.keep_alive_s)
+
+
+@dataclass(eq=False)
+class _Lease:
+    """A call's hold on a resident copy: the copy stays (is not evicted or reloaded) until end()."""
+
+    model: str
+    copy: _Copy
+    load_s: float  # seconds this call spent loading the model (0.0 when it was resident)
+    ended: bool = False
 
 
 class ModelServer:
@@ -40,23 +77,38 @@ class ModelServer:
 
     Counters (per canonical model name; read them after the requests ended):
     `requests` every completion call (either API) for a known model, `served` answered normally,
-    `faults` injected, `max_concurrent` most calls generating at once.
+    `faults` injected, `max_concurrent` most calls generating at once, `loads` every load
+    (first, after an expiry, an eviction or an unload, and reloads for other runner options),
+    `evictions` times a model was unloaded to make room for another; `load_log` holds
+    (time.monotonic() when the load began, model, runner options) per load.
+
+    `max_loaded` (None: no limit) caps the models resident at once, as
+    OLLAMA_MAX_LOADED_MODELS does.
     """
 
     def __init__(self, models: Iterable[str] = ("gemma3:1b",), *, host: str = "127.0.0.1", port: int = 0,
                  latency: float = 0.0, per_token: float = 0.0, slots: int = 4, load_s: float = 0.0,
-                 hang_s: float = 300.0, seed: int = 0, verbose: bool = False, api_key: str | None = None) -> None:
+                 hang_s: float = 300.0, seed: int = 0, verbose: bool = False, api_key: str | None = None,
+                 max_loaded: int | None = None) -> None:
+        if max_loaded is not None and max_loaded < 1:
+            raise ValueError(f"max_loaded must be at least 1 (or None for no limit), not {max_loaded}")
         self.latency, self.per_token, self.load_s, self.hang_s = latency, per_token, load_s, hang_s
         self.api_key = api_key
         self.slots = slots
+        self.max_loaded = max_loaded
         self.verbose = verbose
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
         self._models: dict[str, dict[str, Any]] = {}
         self._revisions: dict[str, int] = {}
         self._slots: dict[str, threading.BoundedSemaphore] = {}
-        self._loading: dict[str, threading.Lock] = {}
-        self._loaded: dict[str, datetime] = {}  # model -> expires_at
+        # Residency (see _use): the resident copies in load order, one condition every
+        # change wakes, the server-wide load lock (a flag under the condition) and the
+        # queue of calls waiting to load, served first come first served.
+        self._resident: dict[str, _Copy] = {}
+        self._changed = threading.Condition(self._lock)
+        self._load_busy = False
+        self._load_queue: deque[object] = deque()
         self._faults: dict[str, tuple[str, float]] = {}
         self._active: Counter[str] = Counter()
         self._stop = threading.Event()
@@ -70,6 +122,9 @@ class ModelServer:
         self.output_tokens: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.max_concurrent: Counter[str] = Counter()
+        self.loads: Counter[str] = Counter()
+        self.evictions: Counter[str] = Counter()
+        self.load_log: list[tuple[float, str, dict[str, Any]]] = []
         for name in models:
             self.add_model(name)
         self._httpd = _HTTPServer((host, port), self)
@@ -138,7 +193,6 @@ class ModelServer:
             name = canonical(name)
             self._models[name] = model_entry(name)
             self._slots.setdefault(name, threading.BoundedSemaphore(self.slots))
-            self._loading.setdefault(name, threading.Lock())
 
     def repull(self, name: str) -> str:
         """Like `ollama pull` of a newer build under the same name: /api/tags lists another
@@ -154,7 +208,8 @@ class ModelServer:
         """Like `ollama rm`: later calls get 404 model not found."""
         with self._lock:
             self._models.pop(canonical(name), None)
-            self._loaded.pop(canonical(name), None)
+            self._resident.pop(canonical(name), None)
+            self._changed.notify_all()
 
     def set_fault(self, model: str, kind: FaultKind | Literal["none"], rate: float = 1.0) -> None:
         """From now on, `rate` of the calls to `model` ("*": every model) fail as `kind`."""
@@ -173,20 +228,24 @@ class ModelServer:
 
     def reset_stats(self) -> None:
         with self._lock:
-            for counter in (self.requests, self.served, self.faults, self.max_concurrent):
+            for counter in (self.requests, self.served, self.faults, self.max_concurrent, self.loads, self.evictions):
                 counter.clear()
+            self.load_log.clear()
+
+    @property
+    def loads_total(self) -> int:
+        with self._lock:
+            return sum(self.loads.values())
 
     def in_flight(self, model: str | None = None) -> int:
         with self._lock:
             return sum(self._active.values()) if model is None else self._active[canonical(model)]
 
     def loaded(self) -> list[str]:
-        current = now()
+        """The resident models (loaded, not still loading), in the order they were loaded."""
         with self._lock:
-            for name, expires in list(self._loaded.items()):
-                if expires <= current:
-                    del self._loaded[name]
-            return list(self._loaded)
+            self._expire()
+            return [name for name, copy in self._resident.items() if not copy.loading]
 
     # -- used by the handler ---------------------------------------------------------
     def _track(self, conn: socket.socket) -> None:
@@ -236,31 +295,144 @@ class ModelServer:
             self._active[model] -= 1
         self._slots[model].release()
 
-    def _load(self, model: str) -> float:
-        """Seconds spent loading: `load_s` unless the model is still resident."""
-        with self._loading[model]:  # concurrent first calls share one load, as Ollama's scheduler does
-            if model in self.loaded():
-                return 0.0
-            self._pause(self.load_s)
-            self._keep(model, DEFAULT_KEEP_ALIVE_S)  # resident (and in /api/ps) while it generates
-            return self.load_s
+    # -- residency (Ollama's scheduler) ---------------------------------------------------
+    def _use(self, call: Call) -> _Lease | None:
+        """Hold the call's model resident with the call's runner options, loading it when it is
+        not; None when the server stops first. end() the lease once the call is done.
 
-    def _keep(self, model: str, keep_alive_s: float | None) -> None:
-        with self._lock:
-            if keep_alive_s == 0:
-                self._loaded.pop(model, None)  # keep_alive 0 unloads right after the call
-            else:
-                self._loaded[model] = FOREVER if keep_alive_s is None else now() + timedelta(seconds=keep_alive_s)
+        A resident copy with the same options is shared at once. Otherwise the call joins the
+        load queue; the call at its head, once no load is in progress, reloads the model
+        when its copy is idle (or waits, no new calls joining that copy, until it is), else
+        loads it where there is room, evicting the least recently used idle model when
+        `max_loaded` are resident (or waiting, the least recently used busy one taking no
+        new calls, until one is idle). Loads take `load_s` each, one at a time."""
+        ticket = object()
+        with self._changed:
+            try:
+                while not self._stop.is_set():
+                    self._expire()
+                    head = bool(self._load_queue) and self._load_queue[0] is ticket
+                    if head:  # only the head holds copies for itself: let go of any, choose again
+                        for other in self._resident.values():
+                            other.draining = False
+                    copy = self._resident.get(call.model)
+                    if copy is not None and not copy.loading and not copy.draining and copy.runner == call.runner:
+                        return self._lease(call, copy, 0.0)
+                    if copy is not None and copy.loading:
+                        self._changed.wait(_WAIT_S)  # its load ends soon: share it if the options match
+                        continue
+                    if ticket not in self._load_queue:
+                        self._load_queue.append(ticket)
+                        head = self._load_queue[0] is ticket
+                    if not head or self._load_busy:
+                        self._changed.wait(_WAIT_S)
+                        continue
+                    if copy is not None:  # other runner options: reload once its calls end
+                        if copy.refs:
+                            copy.draining = True
+                            self._changed.wait(_WAIT_S)
+                            continue
+                        del self._resident[call.model]
+                    elif self.max_loaded is not None and len(self._resident) >= self.max_loaded:
+                        idle = [c for c in self._resident.items() if not c[1].refs]
+                        if not idle:
+                            min(self._resident.values(), key=lambda c: c.last_used).draining = True
+                            self._changed.wait(_WAIT_S)
+                            continue
+                        victim = min(idle, key=lambda c: c[1].last_used)[0]
+                        del self._resident[victim]
+                        self.evictions[victim] += 1
+                    self._load_queue.popleft()  # this call: the next in line may plan its load meanwhile
+                    return self._load_locked(call)
+                return None
+            finally:
+                if ticket in self._load_queue:
+                    if self._load_queue[0] is ticket:
+                        for other in self._resident.values():
+                            other.draining = False
+                    self._load_queue.remove(ticket)
+                self._changed.notify_all()
+
+    def _load_locked(self, call: Call) -> _Lease | None:
+        """Load the call's model (the lock held; released while loading, like the load lock)."""
+        copy = _Copy(runner=call.runner, keep_alive_s=call.keep_alive_s)
+        self._resident[call.model] = copy
+        self._load_busy = True
+        self.loads[call.model] += 1
+        self.load_log.append((time.monotonic(), call.model, dict(call.runner)))
+        lease = self._lease(call, copy, self.load_s)
+        self._changed.release()
+        try:
+            ok = self._pause(self.load_s)
+        finally:
+            self._changed.acquire()
+            self._load_busy = False
+            copy.loading = False
+            copy.last_used = time.monotonic()
+        if not ok:
+            self._end_locked(lease)
+            return None
+        return lease
+
+    def _lease(self, call: Call, copy: _Copy, load_s: float) -> _Lease:
+        copy.refs += 1
+        copy.keep_alive_s = call.keep_alive_s  # as Ollama's runner takes the latest request's
+        copy.last_used = time.monotonic()
+        return _Lease(call.model, copy, load_s)
+
+    def _end(self, lease: _Lease) -> None:
+        """The call is done with its copy (again: nothing). The last call to end starts the
+        copy's keep_alive clock; keep_alive 0 unloads it now."""
+        with self._changed:
+            self._end_locked(lease)
+            self._changed.notify_all()
+
+    def _end_locked(self, lease: _Lease) -> None:
+        if lease.ended:
+            return
+        lease.ended = True
+        copy = lease.copy
+        copy.refs -= 1
+        copy.last_used = time.monotonic()
+        if copy.refs:
+            return
+        if copy.keep_alive_s == 0:
+            if self._resident.get(lease.model) is copy:
+                del self._resident[lease.model]
+        else:
+            copy.expires_at = FOREVER if copy.keep_alive_s is None else now() + timedelta(seconds=copy.keep_alive_s)
+
+    def _unload(self, model: str) -> None:
+        """keep_alive 0 with no prompt: unload now if idle, else once its calls end."""
+        with self._changed:
+            copy = self._resident.get(model)
+            if copy is None:
+                return
+            copy.keep_alive_s = 0
+            if not copy.refs:
+                del self._resident[model]
+                self._changed.notify_all()
+
+    def _expire(self) -> None:
+        """Drop idle copies whose keep_alive ran out (the lock held)."""
+        current = now()
+        for name, copy in list(self._resident.items()):
+            if not copy.refs and not copy.loading and copy.expires_at <= current:
+                del self._resident[name]
 
     def _ps(self) -> list[dict[str, Any]]:
+        current = now()
+        with self._lock:
+            self._expire()
+            copies = [(name, copy.expires(current), dict(copy.runner).get("num_ctx", DEFAULT_NUM_CTX))
+                      for name, copy in self._resident.items() if not copy.loading]
         out = []
-        for name in self.loaded():
+        for name, expires, num_ctx in copies:
             entry = self._entry(name)
             if entry is None:
                 continue
-            with self._lock:
-                expires = self._loaded.get(name, now())
-            out.append({**entry, "expires_at": timestamp(expires), "size_vram": entry["size"], "context_length": 4096})
+            out.append({**entry, "expires_at": timestamp(expires), "size_vram": entry["size"],
+                        "context_length": num_ctx})
         return out
 
 
