@@ -24,7 +24,7 @@ from kombu import Connection
 
 from common.holds import BROADCAST
 from common.messages import HandBack, Holds, WorkerStatus
-from orchestrator.broadcast import Broadcaster
+from orchestrator.broadcast import Broadcaster, broadcast
 from orchestrator.db.rows import Guard, Moved
 from orchestrator.db.store import Store
 from orchestrator.states import Status, transition_many
@@ -49,10 +49,13 @@ def tell_workers(app: Celery, holds: Holds, *, expect: int = 0, timeout_s: float
                  connection: Connection | None = None) -> int:
     """Say `holds` to every worker; with `expect`, wait (up to `timeout_s`) until that
     many have answered that they heard it. Returns how many answered."""
-    replies = app.control.broadcast(BROADCAST, arguments={"holds": holds.model_dump(mode="json")},
-                                    connection=connection, reply=expect > 0, timeout=timeout_s,
-                                    limit=expect or None)
-    return len(replies or [])
+    arguments = {"holds": holds.model_dump(mode="json")}
+    if connection is not None:
+        return len(broadcast(app, connection, BROADCAST, arguments, reply=expect > 0, timeout_s=timeout_s,
+                             limit=expect or None))
+    with app.connection_for_write() as conn:
+        return len(broadcast(app, conn, BROADCAST, arguments, reply=expect > 0, timeout_s=timeout_s,
+                             limit=expect or None))
 
 
 def tell_now(store: Store, app: Celery) -> tuple[int, int]:

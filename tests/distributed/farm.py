@@ -151,10 +151,10 @@ class Farm:
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
         return self.supervisor.start(name, argv, env=env).popen
 
-    def serve(self, name: str = "serve", *, metrics_port: int | None = None) -> subprocess.Popen:
+    def serve(self, name: str = "serve", *, metrics_port: int | None = None, **env: str) -> subprocess.Popen:
         metrics = ["--metrics-port", str(metrics_port)] if metrics_port else []
         return self.start(name, [str(BIN / "orchestrator"), "serve", *metrics],
-                          self.env(WAVEFARM_DATABASE_URL=self.db_url))
+                          self.env(WAVEFARM_DATABASE_URL=self.db_url, **env))
 
     # `named=False` starts a worker as SPEC.md shows, without --name: it takes its default
     # name, and `name` only labels the process and its log here.
@@ -162,14 +162,14 @@ class Farm:
     # default (1, with a warning), as a user who did not say gets.
     def gpu(self, name: str, server_url: str, *, concurrency: int = 4, models: str = "auto",
             metrics_port: int | None = None, api: str = "ollama", named: bool = True,
-            max_loaded: int | None = None, residency: str | None = None) -> subprocess.Popen:
+            max_loaded: int | None = None, residency: str | None = None, **env: str) -> subprocess.Popen:
         extra = ["--metrics-port", str(metrics_port)] if metrics_port else []
         extra += ["--max-loaded", str(max_loaded)] if max_loaded else []
         extra += ["--residency", residency] if residency else []
         # No database URL: a GPU host has the broker only.
         return self.start(name, [str(BIN / "gpu-worker"), f"--{api}-url", server_url,
                                  *(["--name", name] if named else []), "--concurrency", str(concurrency),
-                                 "--models", models, "--probe-interval", "1", *extra], self.env())
+                                 "--models", models, "--probe-interval", "1", *extra], self.env(**env))
 
     def scripts(self, name: str = "scripts", directory: Path = SCRIPTS, *, database: bool = False,
                 named: bool = True) -> subprocess.Popen:
