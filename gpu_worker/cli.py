@@ -20,7 +20,7 @@ from common.settings import get_settings
 from common.worker_runtime import run_worker
 from gpu_worker.backends.base import ModelBackend, normalize_base_url, server_label
 from gpu_worker.backends.ollama import OllamaBackend
-from gpu_worker.residency import DEFAULT_KEEP_ALIVE, Residency, max_loaded_default
+from gpu_worker.residency import DEFAULT_KEEP_ALIVE, MAX_LOADED, Residency, max_loaded_default
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def run(
     probe_interval: Annotated[float, typer.Option("--probe-interval", help="Seconds between asking the server what it has.")] = 5.0,
     check: Annotated[bool, typer.Option("--check", help="List what the server has and exit.")] = False,
     residency: Annotated[Residency_, typer.Option("--residency", help="on: consume the models serve places on this host, keep them loaded while placed, unload them when placed elsewhere. off: consume every model the server has (Ollama swaps them as calls come).")] = Residency_.on,
-    max_loaded: Annotated[Optional[int], typer.Option("--max-loaded", min=1, max=1000, help="Models the server holds at once (default: OLLAMA_MAX_LOADED_MODELS in this environment, else 1).", show_default=False)] = None,
+    max_loaded: Annotated[Optional[int], typer.Option("--max-loaded", min=1, max=MAX_LOADED, help="Models the server holds at once (default: OLLAMA_MAX_LOADED_MODELS in this environment, else 1).", show_default=False)] = None,
     keep_alive: Annotated[str, typer.Option("--keep-alive", help="How long a placed model stays loaded after its last call (an Ollama duration; renewed by every call).")] = DEFAULT_KEEP_ALIVE,
 ) -> None:
     settings = get_settings()

@@ -31,6 +31,7 @@ from common.placement import PlacementBoard, covers
 
 log = logging.getLogger(__name__)
 
+MAX_LOADED = 1000   # more models than any host holds: a bigger number is a typo
 FIRST_WORD_S = 6.0   # serve says the placement every few seconds, at once to a new host
 DEFAULT_KEEP_ALIVE = "30m"  # renewed by every call; a worker killed without unloading frees memory in 30 min
 # Ollama reloads a model whose runner options differ from the loaded copy's (server/sched.go).
@@ -49,6 +50,8 @@ def max_loaded_default(given: int | None) -> tuple[int, str | None]:
             value = int(text)
         except ValueError:
             value = 0
+        if value > MAX_LOADED:
+            return MAX_LOADED, f"OLLAMA_MAX_LOADED_MODELS={text[:20]!r} is more than any host holds: taking {MAX_LOADED}"
         if value >= 1:
             return value, None
         return 1, f"OLLAMA_MAX_LOADED_MODELS={text[:20]!r} is not a number of models: taking 1; say --max-loaded N"
