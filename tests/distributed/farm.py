@@ -178,12 +178,13 @@ class Farm:
         return self.start(name, [str(BIN / "script-worker"), "--scripts-dir", str(directory),
                                  *(["--name", name] if named else []), "--concurrency", "2"], env)
 
-    def start_standard(self, host_a: str, host_b: str, *, serves: tuple[str, ...] = ("serve",)) -> None:
-        """serve, a GPU worker on each of two hosts, a script worker; returns once all consume."""
+    def start_standard(self, host_a: str, host_b: str, *, serves: tuple[str, ...] = ("serve",),
+                       residency: str | None = None) -> None:
+        """serve, a GPU worker on each of two hosts, a script worker; returns once all are ready."""
         for name in serves:
             self.serve(name)
-        self.gpu("gpu-a", host_a)
-        self.gpu("gpu-b", host_b)
+        self.gpu("gpu-a", host_a, residency=residency)
+        self.gpu("gpu-b", host_b, residency=residency)
         self.scripts()
         self.wait_workers("gpu-a", "gpu-b", "scripts")
 

@@ -15,7 +15,9 @@ def test_flower_lists_the_workers_the_model_queues_and_the_tasks(farm, hosts, br
     if not listening(15672):  # Flower reads queue lengths through it (.ci/run enables it)
         pytest.skip("RabbitMQ's management API is not on 127.0.0.1:15672: rabbitmq-plugins enable rabbitmq_management")
     a, b = hosts
-    farm.start_standard(a.url, b.url)
+    # Residency off: every worker consumes its models' queues from the start, so Flower has
+    # them to show before any work (with it on, a host consumes a model once there is work).
+    farm.start_standard(a.url, b.url, residency="off")
     port = free_port()
     vhost = broker_url.rsplit("/", 1)[1]
     farm.start("flower", [str(BIN / "celery"), "--broker", broker_url, "flower", f"--port={port}",

@@ -12,14 +12,16 @@ import pytest
 
 from common import worker_names
 from tests.distributed.conftest import assert_matches_oracle
-from tests.distributed.farm import BIN, SCRIPTS, Farm, close_connections
+from tests.distributed.farm import BIN, READY, SCRIPTS, Farm, close_connections
 
 
 def live_workers(farm: Farm, since: float = 0.0) -> dict[str, list[str]]:
-    """Name -> queues of the workers that consume and sent a heartbeat after `since` (epoch seconds)."""
-    rows = farm.db.execute("SELECT name, queues FROM workers WHERE cardinality(queues) > 0 AND NOT stopping "
+    """Name -> what each ready worker that sent a heartbeat after `since` (epoch seconds)
+    serves: a script worker's queues, a GPU worker's models (it consumes their queues
+    once serve places work for them on its host)."""
+    rows = farm.db.execute(f"SELECT name, kind, queues, models FROM workers WHERE {READY} AND NOT stopping "
                            "AND last_seen > to_timestamp(%s)", (since,)).fetchall()
-    return {r["name"]: r["queues"] for r in rows}
+    return {r["name"]: r["queues"] if r["kind"] == "script" else r["models"] for r in rows}
 
 
 def start_named(farm: Farm, name: str) -> subprocess.CompletedProcess:
@@ -42,7 +44,7 @@ def test_two_workers_of_each_kind_on_one_machine_without_names_all_work(farm, ho
     farm.scripts("scripts-2", named=False)
 
     machine = worker_names.machine()
-    expected = {f"gpu@{machine}:{a.port}": ["ai.gemma3-1b"], f"gpu@{machine}:{b.port}": ["ai.qwen2.5-7b"],
+    expected = {f"gpu@{machine}:{a.port}": ["gemma3:1b"], f"gpu@{machine}:{b.port}": ["qwen2.5:7b"],
                 f"script@{machine}": ["script"], f"script-2@{machine}": ["script"]}
     assert farm.wait_for("four workers under four names to consume", lambda: live_workers(farm) == expected or None)
     batch_id = farm.submit(csv_path)
