@@ -161,7 +161,7 @@ class WorkerStatus(_Message):
     queues: list[str]               # consuming now (after the readiness gate and breaker)
     concurrency: int = Field(ge=1)
     server: str | None = None       # host:port of the model server, never a URL with credentials
-    models: list[str] = Field(default_factory=list)  # what the server has
+    models: list[str] = Field(default_factory=list)  # what it serves: the server's (with --models, of those)
     digests: dict[str, str] = Field(default_factory=dict)  # model -> its digest there (the cache's model identity)
     circuit: Literal["closed", "open"] = "closed"
     stopping: bool = False

@@ -62,7 +62,9 @@ class GpuWorker:
         self.residency.board.on_change.append(self.watch.poke)  # what was placed elsewhere is unloaded at once
         self.runtime = WorkerRuntime(
             name=name, kind="ai", concurrency=concurrency, desired=self.watch.desired_queues,
-            describe=lambda: {"server": server, "models": list(self.watch.available), "digests": self.watch.digests(),
+            # The models this worker serves (with --models, those of the list the server
+            # has): what placement may put on its host.
+            describe=lambda: {"server": server, "models": self.watch.models(), "digests": self.watch.digests(),
                               "circuit": self.breaker.state, **self.residency.describe()},
         )
         app.task(name=AI_TASK)(self._task)
