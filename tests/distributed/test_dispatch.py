@@ -174,3 +174,31 @@ def test_an_interaction_no_task_can_be_made_of_fails_alone_with_the_reason(conn,
                        "WHERE i.id = %s", (bad["id"],)).fetchone()
     assert run["status"] == "failed" and "undeliverable" in run["end_reason"]
     assert dispatched_per_batch(conn) == {batch: 2} and queued(amqp_url, QUEUE) == 2
+
+
+def test_what_the_cache_answers_needs_no_host_and_placement_does_not_wait_for_it(conn, app, tmp_path):
+    """Residency: the model's host is placed elsewhere (it consumes nothing), yet the work
+    the cache answers is answered, and placement's backlog leaves it out."""
+    from orchestrator.residency import _Backlog
+
+    def cached(name: str) -> str:
+        text = ONE_STEP.replace("name: one_step", f"name: {name}\ndefaults: {{cache: true}}")
+        catalog.store(Store(conn), load_text(text), text)
+        return name
+
+    first = batches.submit(Store(conn), postings(tmp_path / "a.csv", 3), cached("first")).batch_id
+    conn.execute("UPDATE interactions SET status = 'completed', output = '\"an answer\"', cache_digest = 'd1' "
+                 "WHERE batch_id = %s", (first,))
+    second = batches.submit(Store(conn), postings(tmp_path / "b.csv", 3), cached("second")).batch_id
+    workers.record(Store(conn), [WorkerStatus(name="gpu-1", kind="ai", queues=[], concurrency=2, models=["m:1"],
+                                              digests={"m:1": "d1"}, max_loaded=1, placed=[])])
+    backlog = Store(conn).all("model_backlog", {"digests": ["d1"]}, _Backlog)
+    assert [(b.batch_id, b.waiting) for b in backlog] == [(second, 0)]
+    turn = Dispatcher(app, slots_ttl_s=0).dispatch(Store(conn))
+    assert turn.sent == 0
+    assert sorted(r.cached_from for r in turn.cached) == [r["id"] for r in conn.execute(
+        "SELECT id FROM interactions WHERE batch_id = %s ORDER BY id", (first,))]
+    # What the cache does not answer (other prompts) waits for a host like any other work.
+    third = batches.submit(Store(conn), postings(tmp_path / "c.csv", 2, 50), cached("third")).batch_id
+    backlog = Store(conn).all("model_backlog", {"digests": ["d1"]}, _Backlog)
+    assert (third, 2) in [(b.batch_id, b.waiting) for b in backlog]
