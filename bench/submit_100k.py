@@ -4,7 +4,8 @@
 
 Each size is a fresh CSV (bench.common.write_postings, about 340 bytes a row) submitted
 to one scratch database for the small pipeline of tests/acceptance/pipeline; the whole
-`orchestrator submit` process is timed from outside.
+`orchestrator submit` process is timed from outside. Then, over all that pending work,
+the query serve's placement runs each second (model_backlog).
 """
 
 from __future__ import annotations
@@ -23,6 +24,23 @@ from orchestrator.db import connect
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 WORKFLOW = ROOT / "tests/acceptance/pipeline/posting_pipeline.yaml"
+
+
+def backlog_ms(conn) -> None:
+    """What placement (orchestrator/residency.py) reads each second, over every pending
+    interaction the batches made: the median of five readings."""
+    from orchestrator.db.store import Store
+    from orchestrator.residency import _Backlog
+
+    store = Store(conn)
+    pending = conn.execute("SELECT count(*) AS n FROM interactions WHERE status = 'pending'").fetchone()["n"]
+    conn.execute("VACUUM ANALYZE interactions")  # as autovacuum leaves a table that stopped growing
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        store.all("model_backlog", {"digests": []}, _Backlog)
+        times.append((time.perf_counter() - t0) * 1000)
+    print(f"placement's backlog over {pending} pending interactions: {sorted(times)[2]:.1f} ms", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"submit {rows:>7} rows ({size_mb:6.1f} MB): {took:6.2f} s, "
                   f"{rows / took:8.0f} rows/s, peak RSS {max(peak, before) / 1024:.0f} MiB", flush=True)
         with connect(url) as conn:
+            backlog_ms(conn)
             conditions.print(postgres=conn)
     return 0
 
