@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import signal
 
+import pytest
+
 from tests.distributed.farm import HERE, completions_per_interaction, postings
 from tests.model_server import ModelServer
 
@@ -36,7 +38,13 @@ def all_done_once(farm, batch_id: int, runs: int) -> None:
     assert done and set(done.values()) == {1}, "an interaction was completed twice"
 
 
-def test_two_hosts_holding_two_models_each_settle_and_a_host_killed_mid_switch_loses_nothing(farm, tmp_path):
+@pytest.mark.parametrize("broker_url", ["amqp", "redis", "filesystem"], indirect=True)
+def test_two_hosts_holding_two_models_each_settle_and_a_host_killed_mid_switch_loses_nothing(farm, tmp_path, request):
+    # The kill on RabbitMQ only: it gives a killed worker's unacknowledged messages back at
+    # once. Redis keeps them for its visibility timeout and the local broker has taken
+    # them, so there they come back at the step's deadline (docs/operations.md): right,
+    # but minutes later.
+    kill = request.node.callspec.params["broker_url"] == "amqp"
     servers = [ModelServer(models=FOUR, latency=0.02, slots=4, load_s=0.5, max_loaded=2) for _ in range(2)]
     with servers[0], servers[1]:
         farm.serve()
@@ -49,8 +57,9 @@ def test_two_hosts_holding_two_models_each_settle_and_a_host_killed_mid_switch_l
         # work for the model it lost is being handed back), and start it again as a
         # supervisor would.
         farm.wait_for("serve to move a model", lambda: "instead of" in farm.log("serve"), timeout=120)
-        farm.kill("gpu-b", signal.SIGKILL)
-        farm.gpu("gpu-b", servers[1].url, named=False, max_loaded=2)
+        if kill:
+            farm.kill("gpu-b", signal.SIGKILL)
+            farm.gpu("gpu-b", servers[1].url, named=False, max_loaded=2)
         farm.wait_batch(batch_id)
         loads = [s.loads_total for s in servers]
         shown = farm.cli("status").stdout
