@@ -115,6 +115,10 @@ class Placer:
         self._said_at = float("-inf")
         self._due = False
 
+    def wake(self) -> None:
+        """Look again at the next turn (new work was submitted)."""
+        self._due = True
+
     def heard_from(self, statuses: Sequence[WorkerStatus]) -> None:
         """A placed host whose worker has not heard its placement (it just started) hears it now."""
         if self.last is None:
@@ -129,7 +133,7 @@ class Placer:
         now = time.monotonic()
         if now - self._looked_at < self.every_s and not self._due:
             return
-        self._looked_at = now
+        self._looked_at, due, self._due = now, self._due, False
         with store.transaction():
             workers = store.all("placement_hosts", {"stale_s": STALE_S}, _Worker)
             hosts, by_key = hosts_of(workers)
@@ -149,14 +153,13 @@ class Placer:
                                                    num_ctx={m: p.num_ctx for m, p in spots.items()
                                                             if p.num_ctx is not None})
                                      for key, spots in sorted(self.state.hosts.items())], at=utcnow())
-        if (self._due or self.last is None or _key(placement) != _key(self.last)
-                or now - self._said_at >= self.repeat_s):
+        if due or self.last is None or _key(placement) != _key(self.last) or now - self._said_at >= self.repeat_s:
             try:
                 self.broadcaster.say(BROADCAST, {"placement": placement.model_dump(mode="json")})
             except Exception as exc:  # the broker is away: the next round says it
                 log.warning("could not tell the GPU workers the placement (%s); trying again", type(exc).__name__)
                 return
-            self.last, self._due, self._said_at = placement, False, now
+            self.last, self._said_at = placement, now
 
     def _resume_from(self, hosts: Sequence[Host], by_key: dict[HostKey, list[_Worker]]) -> None:
         """A host this serve has not placed yet keeps what its workers say serve placed on

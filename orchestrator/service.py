@@ -93,6 +93,8 @@ class Service:
         notes = self._notifications()
         if CONTROLS in notes:
             self.holds.changed()
+        if any(n != CONTROLS for n in notes):
+            self.placer.wake()  # a new batch: its models get hosts now, not at the next round
         # Before dispatching: after a resume, the workers must have heard it before the
         # work it released reaches them, or they would hand it back.
         self.holds.announce_if_due(self._connection())
