@@ -20,9 +20,11 @@ The rules, in the order of the aims:
    (the worker unloads it, and the memory is free for the next batch).
 3. A switch goes where it costs least: a host that has the model loaded already, then
    a free spot, then the cheapest eviction (rule 1's order).
-4. Free spots take more copies of a model whose waiting work is more than its hosts
-   take at once (EXTRA_BACKLOG per slot): a long step spreads over the fleet, and a
-   model with a few calls waiting does not cost another host a load.
+4. Free spots take more copies of a model whose waiting work would take its hosts
+   longer than COPY_LOADS loads of it (from the calls and loads its batches' attempts
+   recorded; before any is known, more than EXTRA_BACKLOG calls waiting per slot): a
+   long step spreads over the fleet, and a model with a few calls waiting does not cost
+   another host a load.
 With hosts that together hold every model that has work, no rule ever evicts a model
 with work from its last host: each model settles, and the swaps stop.
 
@@ -37,7 +39,10 @@ from dataclasses import dataclass, field, replace
 
 HostKey = tuple[str, str]  # (machine, model server as host:port)
 
-# A model gets another host while more than this many calls per slot of its hosts wait.
+# A model gets another host while its backlog would take its hosts longer than this many
+# of its loads; while its call and load times are unknown, while more than EXTRA_BACKLOG
+# calls per slot of its hosts wait.
+COPY_LOADS = 2.0
 EXTRA_BACKLOG = 2
 
 
@@ -50,10 +55,18 @@ class Demand:
     in_flight: int = 0        # dispatched: in a queue, a prefetch buffer or a call
     priority: int = 0         # the highest priority among its batches
     num_ctx: int | None = None  # the largest context its work asks for (None: the default)
+    call_s: float | None = None   # what a call takes, loads left out (None: not known yet)
+    load_s: float | None = None   # what a load takes (None: not known yet)
 
     @property
     def work(self) -> int:
         return self.waiting + self.in_flight
+
+    def worth_a_copy(self, slots: int) -> bool:
+        """Whether another host should load this model, its hosts having `slots` slots."""
+        if self.call_s is not None and self.load_s is not None:
+            return self.waiting * self.call_s / slots > COPY_LOADS * self.load_s
+        return self.waiting > EXTRA_BACKLOG * slots
 
 
 @dataclass(frozen=True)
@@ -157,7 +170,7 @@ def plan(demands: Mapping[str, Demand], hosts: Sequence[Host], state: PlacementS
                 if model in placed[h.key] or model not in h.models:
                     continue
                 have = slots(model)
-                if have and d.waiting <= EXTRA_BACKLOG * have:
+                if have and not d.worth_a_copy(have):
                     continue
                 score = (have == 0, d.priority, d.waiting / max(have, 1), model in h.resident, h.slots)
                 if choice is None or score > choice[0]:

@@ -74,17 +74,31 @@ def hosts_of(workers: Sequence[_Worker]) -> tuple[list[Host], dict[HostKey, list
     return hosts, by_key
 
 
+@dataclass(frozen=True, slots=True)
+class _Timing:
+    model: str
+    call_s: float | None
+    load_s: float | None
+
+
 def demands_of(store: Store, rows: Sequence[_Backlog], workflows: WorkflowCache) -> dict[str, Demand]:
-    """Per model: the backlog summed over batches, the highest priority with work, and the
-    largest context its batches' steps on that model ask for."""
+    """Per model: the backlog summed over batches, the highest priority with work, the
+    largest context its batches' steps on that model ask for, and what its calls and
+    loads took (a model not loaded yet is taken to load as the others did)."""
+    timings = {t.model: t for t in store.all("model_timing", {"batch_ids": sorted({r.batch_id for r in rows})},
+                                              _Timing)}
+    loads = [t.load_s for t in timings.values() if t.load_s is not None]
+    any_load = sum(loads) / len(loads) if loads else None
     out: dict[str, Demand] = {}
     for r in rows:
         num_ctx = _num_ctx(store, workflows, r.workflow_id, r.actor)
         d = out.get(r.model) or Demand(r.model)
         priority = max(d.priority, r.priority) if d.work else r.priority
         ctx = d.num_ctx if num_ctx is None else num_ctx if d.num_ctx is None else max(d.num_ctx, num_ctx)
+        t = timings.get(r.model)
         out[r.model] = Demand(r.model, waiting=d.waiting + r.waiting, in_flight=d.in_flight + r.in_flight,
-                              priority=priority, num_ctx=ctx)
+                              priority=priority, num_ctx=ctx, call_s=t.call_s if t else None,
+                              load_s=t.load_s if t and t.load_s is not None else any_load)
     return out
 
 

@@ -1108,3 +1108,17 @@ FROM workers w
 WHERE w.kind = 'ai' AND w.last_seen > now() - make_interval(secs => %(stale_s)s) AND NOT w.stopping
   AND w.circuit = 'closed'  -- a host whose server is down holds nothing for the farm
 ORDER BY w.name
+
+-- name: model_timing
+-- What a call and a load of each model take, from the latest attempts of the batches
+-- %(batch_ids)s (placement: a second copy of a model costs a load, worth it only for a
+-- backlog that would take longer than that on the hosts it has). A load is counted where
+-- the call paid one (Ollama's load_duration; a resident model's is a few ms).
+SELECT a.model, avg(a.call_s - coalesce(a.load_s, 0)) FILTER (WHERE a.call_s IS NOT NULL) AS call_s,
+       avg(a.load_s) FILTER (WHERE a.load_s > 0.1) AS load_s
+FROM unnest(%(batch_ids)s::bigint[]) AS b (id)
+CROSS JOIN LATERAL (
+    SELECT model, call_s, load_s FROM attempts
+    WHERE batch_id = b.id AND model IS NOT NULL AND model <> '' AND worker <> 'cache'
+    ORDER BY id DESC LIMIT 500) a
+GROUP BY a.model

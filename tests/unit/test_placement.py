@@ -176,3 +176,16 @@ def test_a_fleet_at_scale_covers_every_model_and_spreads_by_backlog():
     assert copies[models[-1]] > copies[models[0]]
     state, again = step(demands, hosts, state, now=1)
     assert again == []
+
+
+def test_a_second_copy_only_when_the_backlog_outlasts_its_loads():
+    """Once calls and loads are known: 300 calls of 50 ms on 4 slots drain in 3.75 s,
+    less than two loads of 3 s: no second host loads it. Of 2 s calls, they would take
+    150 s: it spreads."""
+    hosts = [host("h1"), host("h2")]
+    quick = {A: Demand(A, waiting=300, call_s=0.05, load_s=3.0)}
+    state, _ = step(quick, hosts)
+    assert sum(A in spots for spots in state.hosts.values()) == 1
+    slow = {A: Demand(A, waiting=300, call_s=2.0, load_s=3.0)}
+    state, _ = step(slow, hosts)
+    assert sum(A in spots for spots in state.hosts.values()) == 2
