@@ -20,7 +20,8 @@ The rules, in the order of the aims:
    (the worker unloads it, and the memory is free for the next batch).
 3. A switch goes where it costs least: a host that has the model loaded already, then
    a free spot, then the cheapest eviction (rule 1's order).
-4. Free spots take more copies of a model whose waiting work would take its hosts
+4. Free spots, and spots of models out of work for IDLE_GRACE_S, take more copies of a
+   model whose waiting work would take its hosts
    longer than COPY_LOADS loads of it (from the calls and loads its batches' attempts
    recorded; before any is known, more than EXTRA_BACKLOG calls waiting per slot): a
    long step spreads over the fleet, and a model with a few calls waiting does not cost
@@ -44,6 +45,9 @@ HostKey = tuple[str, str]  # (machine, model server as host:port)
 # calls per slot of its hosts wait.
 COPY_LOADS = 2.0
 EXTRA_BACKLOG = 2
+# A model out of work this long gives its spot to another copy of one that has work (at
+# once to a model with no host): a step between two of its calls is not out of work.
+IDLE_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -160,11 +164,21 @@ def plan(demands: Mapping[str, Demand], hosts: Sequence[Host], state: PlacementS
         if best is not None:
             put(best[1], model, best[2], best[3])
 
-    # Rule 4: free spots take the models that want another host most.
+    def spare(host: Host) -> tuple[bool, str | None] | None:
+        """Whether `host` has a spot for another copy: (free, the idle model to let go)."""
+        if len(placed[host.key]) < host.capacity:
+            return True, None
+        idle = [(m in host.resident, p.idle_since, m) for m, p in placed[host.key].items()
+                if m not in work and p.idle_since is not None and now - p.idle_since >= IDLE_GRACE_S]
+        return (False, min(idle)[2]) if idle else None
+
+    # Rule 4: free spots, and those of models idle a while, take the models that want
+    # another host most.
     while True:
         choice: tuple | None = None
         for h in planned:
-            if len(placed[h.key]) >= h.capacity:
+            room = spare(h)
+            if room is None:
                 continue
             for model, d in work.items():
                 if model in placed[h.key] or model not in h.models:
@@ -172,12 +186,12 @@ def plan(demands: Mapping[str, Demand], hosts: Sequence[Host], state: PlacementS
                 have = slots(model)
                 if have and not d.worth_a_copy(have):
                     continue
-                score = (have == 0, d.priority, d.waiting / max(have, 1), model in h.resident, h.slots)
+                score = (have == 0, d.priority, d.waiting / max(have, 1), model in h.resident, room[0], h.slots)
                 if choice is None or score > choice[0]:
-                    choice = (score, h, model)
+                    choice = (score, h, model, room[1])
         if choice is None:
             break
-        put(choice[1], choice[2], None, "free")
+        put(choice[1], choice[2], choice[3], "free" if choice[3] is None else "idle")
 
     # A context only grows while the model stays placed: a step that asks for less runs
     # under the larger one instead of forcing a reload.

@@ -189,3 +189,20 @@ def test_a_second_copy_only_when_the_backlog_outlasts_its_loads():
     slow = {A: Demand(A, waiting=300, call_s=2.0, load_s=3.0)}
     state, _ = step(slow, hosts)
     assert sum(A in spots for spots in state.hosts.values()) == 2
+
+
+def test_models_out_of_work_give_their_spots_to_a_backlog_after_a_grace():
+    """The fleet is full of models whose step ended; a later step's model, with work for
+    many hosts, takes their spots (not only its first host's) once they have been out of
+    work a few seconds."""
+    hosts = [host(f"h{i}", capacity=1) for i in range(4)]
+    state, _ = step({A: Demand(A, waiting=400, call_s=2.0, load_s=3.0)}, hosts, now=0)
+    assert sum(A in placed(state, f"h{i}") for i in range(4)) == 4
+    later = {B: Demand(B, waiting=400, call_s=2.0, load_s=3.0)}
+    state, _ = step(later, hosts, state, now=10)  # a is out of work: b gets one host at once
+    assert sum(B in placed(state, f"h{i}") for i in range(4)) == 1
+    state, _ = step(later, hosts, state, now=12)
+    assert sum(B in placed(state, f"h{i}") for i in range(4)) == 1  # the others are in their grace
+    state, switches = step(later, hosts, state, now=16)
+    assert sum(B in placed(state, f"h{i}") for i in range(4)) == 4
+    assert {s.reason for s in switches} == {"idle"}
