@@ -94,6 +94,7 @@ class Result:
     records: int
     makespan: float | None = None  # None: did not end within the timeout
     calls: int = 0
+    expected: int = 0  # the calls the batches make once done
     loads: list[int] = field(default_factory=list)
     evictions: int = 0
     switches: int | None = None
@@ -109,14 +110,18 @@ class Result:
 
     @property
     def ideal(self) -> float:
-        return self.calls * self.latency / (self.hosts * self.slots) + self.load_s * math.ceil(self.models / self.hosts)
+        calls = max(self.calls, self.expected)
+        return calls * self.latency / (self.hosts * self.slots) + self.load_s * math.ceil(self.models / self.hosts)
 
     def line(self) -> str:
-        span = f"makespan {self.makespan:.1f} s" if self.makespan is not None else "DID NOT END"
+        span = (f"makespan {self.makespan:.1f} s" if self.makespan is not None else
+                f"DID NOT END ({self.calls / self.extra['waited_s']:.1f} calls/s while it ran)"
+                if self.extra.get("waited_s") else "DID NOT END")
         util = f", utilisation {self.utilisation:.3f}" if self.utilisation is not None else ""
         loads = "/".join(map(str, self.loads))
         sw = f", placement switches {self.switches}" if self.switches is not None else ""
-        return (f"{self.scenario:<5} residency {self.mode:<3}: {self.records} records, {self.calls} calls, "
+        calls = f"{self.calls} calls" if self.makespan is not None else f"{self.calls} of {self.expected} calls answered"
+        return (f"{self.scenario:<5} residency {self.mode:<3}: {self.records} records, {calls}, "
                 f"{span} (no-swap ideal {self.ideal:.1f} s){util}; loads per host {loads} "
                 f"(total {sum(self.loads)}), evictions {self.evictions}{sw}"
                 f"{'' if self.ok else '  (NOT ALL OK: ' + self.note + ')'}")
@@ -303,6 +308,8 @@ class Rig:
         done, n = self.completed(batch_id)
         if ended:
             r.makespan = self.end_of(batch_id) - t0
+        else:
+            r.extra["waited_s"] = time.time() - t0
         r.ok = ended and done == n == records
         if not r.ok:
             r.note = f"{done} of {records} records completed" + ("" if ended else f"; {self.stalled}")
@@ -326,7 +333,9 @@ def workflow_run(args, tmp: Path, logs: Path, scenario: str, mode: str, hosts: i
         rig.reset()
         batch_id, t0 = rig.submit(models, args.records)
         ended = rig.wait_end([batch_id], t0 + args.timeout)
-        return rig.result(scenario, args.records, batch_id, t0, ended, len(models))
+        r = rig.result(scenario, args.records, batch_id, t0, ended, len(models))
+        r.expected = args.records * len(models)
+        return r
 
 
 def late_run(args, tmp: Path, logs: Path, mode: str) -> Result:
@@ -358,6 +367,7 @@ def late_run(args, tmp: Path, logs: Path, mode: str) -> Result:
                        first_answered=(first["e"] - t1) if first and first["e"] is not None else None,
                        late_records=args.late_batch)
         r.models = 3
+        r.expected = 2 * args.late_records + args.late_batch
         return r
 
 
@@ -383,6 +393,7 @@ def fleet_run(args, tmp: Path, logs: Path, mode: str) -> Result:
             batch_id, t0 = rig.submit(models, args.fleet_records)
             ended = rig.wait_end([batch_id], t0 + args.fleet_timeout)
         r = rig.result("fleet", args.fleet_records, batch_id, t0, ended, len(models))
+        r.expected = args.fleet_records * len(models)
         r.extra.update(cpu=meter.seconds, worker_mib=rig.worker_mib, worker_mib_range=getattr(rig, "extra_mem", None),
                        asked_hosts=args.fleet_hosts, mem_note=rig.note,
                        capacities=rig.capacities, idle_hosts=sum(1 for s in rig.servers if not sum(s.served.values())))
@@ -426,7 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fleet-latency", type=float, default=2.0)
     p.add_argument("--fleet-off", action="store_true", help="also run the fleet with residency off (long)")
     p.add_argument("--modes", nargs="+", choices=["on", "off"], default=["on", "off"])
-    p.add_argument("--timeout", type=float, default=240.0, help="s a batch of 2x2, 1x2 or late may take")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="s a batch of 2x2, 1x2 or late may take (residency off swaps: it may not end in time; "
+                        "what it did by then is printed)")
     p.add_argument("--fleet-timeout", type=float, default=600.0)
     p.add_argument("--logs", type=Path, default=None, help="keep the processes' logs here")
     args = p.parse_args(argv)
@@ -471,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
                     for line in fleet_lines(r):
                         print(line, flush=True)
     conditions.print(f"slots {args.slots}, load {args.load:g} s, WAVEFARM_RESIDENCY_WAIT_S {args.wait:g} s")
-    return 0 if all(r.ok for r in results) else 1
+    # Residency off may not end in time (that is its figure); residency on must.
+    return 0 if all(r.ok for r in results if r.mode == "on") else 1
 
 
 if __name__ == "__main__":
