@@ -19,6 +19,8 @@ every host serves) and, on the same broker (a fresh RabbitMQ vhost or Redis db):
 Measured: throughput at L (records/s, AI calls/s, utilisation = calls/s / (K*S/L)),
 throughput at L=0, and one record through a `--chain-steps` sequential chain at L=0
 (per-step overhead = wall / steps). Each system gets a small warm-up batch first.
+Each wavefarm batch also says the model loads the fake servers made during it (their
+`loads_total`): with one model that every host serves, one per host at most, 0 once warm.
 
 `--only` picks parts: `farm` (wavefarm throughput), `celery` (baseline throughput),
 `chain40` (the long chain, both systems); repeatable; default all.
@@ -114,8 +116,9 @@ class Measure:
 
     def line(self) -> str:
         u = f", utilisation {self.utilisation:.3f}" if self.utilisation is not None else ""
+        loaded = f", model loads {self.extra['loads']}" if "loads" in self.extra else ""
         return (f"{self.system:>8} {self.label:<9} {self.records} x {self.steps} steps, L={self.latency * 1000:g} ms: "
-                f"{self.wall_s:.2f} s, {self.records_per_s:.1f} records/s, {self.calls_per_s:.1f} calls/s{u}"
+                f"{self.wall_s:.2f} s, {self.records_per_s:.1f} records/s, {self.calls_per_s:.1f} calls/s{u}{loaded}"
                 f"{'' if self.ok else '  (NOT ALL OK: ' + self.note + ')'}")
 
 
@@ -190,7 +193,14 @@ def farm_batch(farm: Farm, servers: list[ModelServer], tmp: Path, *, tag: str, r
                           "per_apply": b["n"] / max(1, tx["applies"]),
                           "per_dispatch": b["n"] / max(1, tx["dispatches"]),
                           "max_concurrent": [s.max_concurrent[MODEL] for s in servers],
-                          "served": [sum(s.served.values()) for s in servers], "cpu": meter.seconds})
+                          "served": [sum(s.served.values()) for s in servers], "cpu": meter.seconds,
+                          "loads": loads(servers)})
+
+
+def loads(servers: list[ModelServer]) -> int:
+    """Model loads the fake servers made since their stats were reset (set_latency): one
+    model that every host serves never needs a swap, so one per host at most, 0 once warm."""
+    return sum(s.loads_total for s in servers)
 
 
 def cpu_meter(farm: Farm) -> CpuMeter:
@@ -431,12 +441,14 @@ def table(results: list[Measure]) -> str:
             ("slot idle per call ms", lambda m: f"{m.idle_per_call_ms:.1f}"),
             ("calls per host", lambda m: "/".join(map(str, m.extra["served"]))),
             ("max concurrent per host", lambda m: "/".join(map(str, m.extra["max_concurrent"]))),
+            ("model loads per batch", lambda m: str(m.extra["loads"]) if "loads" in m.extra else "-"),
         ]),
         ("throughput at L=0", "thr0", [
             ("wall s", lambda m: f"{m.wall_s:.2f}"),
             ("records/s", lambda m: f"{m.records_per_s:.1f}"),
             ("AI calls/s", lambda m: f"{m.calls_per_s:.1f}"),
             ("calls per host", lambda m: "/".join(map(str, m.extra["served"]))),
+            ("model loads per batch", lambda m: str(m.extra["loads"]) if "loads" in m.extra else "-"),
             *CPU_ROWS,
         ]),
         ("sequential chain at L=0", "chain", [

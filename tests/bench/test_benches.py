@@ -93,3 +93,15 @@ def test_real_model_prints_direct_and_farm_speed_and_their_ratio():
     for label in ("direct", "farm", "direct-2"):
         assert re.search(rf"^{label} +2 calls, {NUMBER} tokens in +{NUMBER} s: +{NUMBER} tok/s", out, re.M), out
     assert re.search(rf"overhead ratio \(direct tok/s / farm tok/s\): {NUMBER}", out), out
+
+
+def test_residency_prints_loads_makespan_and_utilisation_with_residency_on_and_off():
+    needs("rabbitmq")
+    out = bench("residency", "--only", "2x2", "--records", "12", "--load", "0.3")
+    # How utilisation and the ideal are defined, then one line per mode.
+    assert "utilisation = busy model-call seconds" in out, out
+    for mode in ("on ", "off"):
+        assert re.search(rf"^2x2 +residency {mode}: 12 records, {NUMBER} calls, makespan {NUMBER} s "
+                         rf"\(no-swap ideal {NUMBER} s\), utilisation {NUMBER}; loads per host {NUMBER}/{NUMBER} "
+                         rf"\(total {NUMBER}\), evictions {NUMBER}", out, re.M), f"residency {mode} missing:\n{out}"
+    assert re.search(rf"^2x2 +residency on : .*placement switches {NUMBER}$", out, re.M), out
