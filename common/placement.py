@@ -12,22 +12,24 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from celery.worker.control import control_command
 
 from common.messages import HostPlacement, Placement
+from common.queues import spellings
 
 log = logging.getLogger(__name__)
 
 BROADCAST = "wavefarm_placement"  # the remote-control command's name
 
 
-def covers(models: frozenset[str] | set[str], model: str) -> bool:
-    """Whether `model` is among `models` (canonical names): Ollama reads `gemma3` as
-    `gemma3:latest`."""
-    return model in models or (":" not in model.rsplit("/", 1)[-1] and f"{model}:latest" in models)
+def covers(models: Collection[str], model: str) -> bool:
+    """Whether `model` is among `models` (as a server lists them): Ollama reads `gemma3`
+    as `gemma3:latest`."""
+    return any(name in models for name in spellings(model))
 
 
 @dataclass
@@ -63,8 +65,7 @@ class PlacementBoard:
         mine = self._mine
         if mine is None:
             return None
-        found = mine.num_ctx.get(model)
-        return found if found is not None or ":" in model else mine.num_ctx.get(f"{model}:latest")
+        return next((mine.num_ctx[name] for name in spellings(model) if name in mine.num_ctx), None)
 
 
 @control_command(args=[("placement", dict)], signature="<placement>")

@@ -22,6 +22,12 @@ def model_queue(model: str) -> str:
     return "ai." + _UNSAFE.sub("-", model)
 
 
+def spellings(model: str) -> tuple[str, ...]:
+    """The names a server may list `model` under: Ollama reads a name whose last part has
+    no tag (`gemma3`, `hf.co/org/repo`) as `NAME:latest`."""
+    return (model,) if ":" in model.rsplit("/", 1)[-1] else (model, f"{model}:latest")
+
+
 def queue_names(model: str) -> set[str]:
     """The queues of a model as a server lists it: Ollama treats `gemma3` and
     `gemma3:latest` as one model, so a host serves both spellings."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from common.placement import covers
 from common.queues import queue_names
 from gpu_worker.backends.base import BackendError, ModelBackend, identity_of, model_identities
 from gpu_worker.breaker import CircuitBreaker
@@ -50,7 +51,7 @@ class ServerWatch:
     def models(self) -> list[str]:
         if self.wanted is None:
             return list(self.available)
-        return [m for m in self.wanted if m in self.available or f"{m}:latest" in self.available]
+        return [m for m in self.wanted if covers(self.available, m)]
 
     def digests(self) -> dict[str, str]:
         """The digest of each model this host serves: the cache's model identity."""
@@ -77,7 +78,7 @@ class ServerWatch:
         if set(models) != set(self.available):
             log.info("model server has: %s", ", ".join(models) or "no models")
             if self.wanted is not None:
-                missing = [m for m in self.wanted if m not in models and f"{m}:latest" not in models]
+                missing = [m for m in self.wanted if not covers(models, m)]
                 if missing:
                     log.warning("not on the model server (not consumed until it has them): %s", ", ".join(missing))
         self.available = models

@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 MAX_LOADED = 1000   # more models than any host holds: a bigger number is a typo
 FIRST_WORD_S = 6.0   # serve says the placement every few seconds, at once to a new host
 DEFAULT_KEEP_ALIVE = "30m"  # renewed by every call; a worker killed without unloading frees memory in 30 min
-# Ollama reloads a model whose runner options differ from the loaded copy's (server/sched.go).
-LOAD_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
 
 
 def max_loaded_default(given: int | None) -> tuple[int, str | None]:

@@ -205,6 +205,11 @@ class Dispatcher:
                 transition_many(store, [Guard(id=c.id, attempt=c.attempt) for c in unanswered],
                                 from_=Status.DISPATCHED, to=Status.PENDING)
 
+    def live_digests(self, store: Store) -> dict[str, list[str]]:
+        """model -> the digests live hosts serve, as read with the slots (once a second)."""
+        self._live_slots(store)
+        return self._digests
+
     def _live_slots(self, store: Store) -> dict[str, int]:
         now = time.monotonic()
         if now - self._slots_read_at >= self.slots_ttl_s:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import Counter
@@ -20,7 +20,6 @@ from prometheus_client import Counter
 from common.messages import HostPlacement, Placement, WorkerStatus, utcnow
 from common.placement import BROADCAST
 from common.settings import get_settings
-from orchestrator import cache
 from orchestrator.broadcast import Broadcaster
 from orchestrator.catalog import WorkflowCache
 from orchestrator.db.store import Store
@@ -114,8 +113,8 @@ def _num_ctx(store: Store, workflows: WorkflowCache, workflow_id: int, actor: st
 class Placer:
     """Placement, run by serve between its turns."""
 
-    def __init__(self, broadcaster: Broadcaster, *, every_s: float = EVERY_S, repeat_s: float = REPEAT_S,
-                 wait_s: float | None = None, idle_release_s: float | None = None) -> None:
+    def __init__(self, broadcaster: Broadcaster, workflows: WorkflowCache, *, every_s: float = EVERY_S,
+                 repeat_s: float = REPEAT_S, wait_s: float | None = None, idle_release_s: float | None = None) -> None:
         settings = get_settings()
         self.broadcaster = broadcaster
         self.every_s = every_s
@@ -123,7 +122,7 @@ class Placer:
         self.wait_s = settings.residency_wait_s if wait_s is None else wait_s
         self.idle_release_s = settings.residency_idle_s if idle_release_s is None else idle_release_s
         self.state = PlacementState()
-        self.workflows = WorkflowCache()
+        self.workflows = workflows  # serve's: a version is parsed once per process
         self.last: Placement | None = None
         self._looked_at = float("-inf")
         self._said_at = float("-inf")
@@ -143,7 +142,8 @@ class Placer:
                 if s.placed is None or told.get((s.machine or s.name, s.server or "")) != sorted(s.placed):
                     self._due = True
 
-    def place_if_due(self, store: Store) -> None:
+    def place_if_due(self, store: Store, live_digests: Callable[[], dict[str, list[str]]]) -> None:
+        """`live_digests`: model -> the digests live hosts serve (the dispatcher's reading)."""
         now = time.monotonic()
         if now - self._looked_at < self.every_s and not self._due:
             return
@@ -154,10 +154,10 @@ class Placer:
             if not any(h.capacity is not None for h in hosts):
                 self.last = None
                 return  # no host serve places models on: nothing to say
-            digests = sorted({d for ds in cache.live_digests(store, STALE_S).values() for d in ds})
+            digests = sorted({d for ds in live_digests().values() for d in ds})
             rows = store.all("model_backlog", {"digests": digests}, _Backlog)
             demands = demands_of(store, rows, self.workflows)
-        self._resume_from(hosts, by_key)
+        self._resume_from(hosts, by_key, now)
         self.state, switches = plan(demands, hosts, self.state, now=now, wait_s=self.wait_s,
                                     idle_release_s=self.idle_release_s)
         for s in switches:
@@ -175,7 +175,7 @@ class Placer:
                 return
             self.last, self._said_at = placement, now
 
-    def _resume_from(self, hosts: Sequence[Host], by_key: dict[HostKey, list[_Worker]]) -> None:
+    def _resume_from(self, hosts: Sequence[Host], by_key: dict[HostKey, list[_Worker]], now: float) -> None:
         """A host this serve has not placed yet keeps what its workers say serve placed on
         it before (a restarted serve), else what it has loaded (placement.py)."""
         for h in hosts:
@@ -183,7 +183,7 @@ class Placer:
                 continue
             before = next((w.placed for w in by_key[h.key] if w.placed is not None), None)
             if before is not None:
-                self.state.hosts[h.key] = {m: Placed(since=time.monotonic() - self.wait_s)
+                self.state.hosts[h.key] = {m: Placed(since=now - self.wait_s)
                                            for m in before if m in h.models}
 
 

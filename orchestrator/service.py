@@ -49,8 +49,8 @@ class Service:
         self.dispatcher = Dispatcher(app, window_factor=window_factor)
         self.broadcaster = Broadcaster(app)
         self.holds = Announcer(app, broadcaster=self.broadcaster)
-        self.placer = Placer(self.broadcaster)
         self.cache = WorkflowCache()
+        self.placer = Placer(self.broadcaster, self.cache)
         self.policy = RetryPolicy.from_settings()
         self.batch_size = batch_size
         self.sweep_every_s = sweep_every_s
@@ -171,7 +171,8 @@ class Service:
         """Placement's round, when due. A bug in it must not stop the turn: the hosts keep
         the last placement they heard, and the work goes on."""
         try:
-            self.placer.place_if_due(self._connection())
+            store = self._connection()
+            self.placer.place_if_due(store, lambda: self.dispatcher.live_digests(store))
         except (*DB_ERRORS, BrokerError):
             raise
         except Exception:

@@ -32,6 +32,7 @@ from requests.auth import AuthBase
 from common.errors import WavefarmError
 from common import storable
 from common.messages import AiTask, Failure, FailureClass, TaskResult, Usage, utcnow
+from common.queues import spellings
 from common.redact import scrub, secrets_of
 from common.structured import InvalidOutput, parse_answer
 
@@ -63,10 +64,7 @@ def model_identities(backend: ModelBackend) -> dict[str, str]:
 
 def identity_of(identities: dict[str, str], model: str) -> str | None:
     """The identity of `model` among a server's: `gemma3` is `gemma3:latest` to Ollama."""
-    found = identities.get(model)
-    if found is None and ":" not in model.rsplit("/", 1)[-1]:
-        found = identities.get(f"{model}:latest")
-    return found
+    return next((identities[name] for name in spellings(model) if name in identities), None)
 
 
 class BackendError(WavefarmError):
