@@ -72,6 +72,8 @@ def hosts(workers: list[WorkerRow]) -> list[dict[str, Any]]:
             "machine": w.machine or w.name, "server": w.server or "", "max_loaded": w.max_loaded, "workers": [],
             "resident": [], "placed": None, "queues": []})
         h["workers"].append(w.name)
+        if w.max_loaded is not None:  # what placement takes: the least its workers say
+            h["max_loaded"] = min(h["max_loaded"] or w.max_loaded, w.max_loaded)
         h["resident"] = sorted({*h["resident"], *(r.get("model", "?") for r in w.resident)})
         if w.placed is not None:
             h["placed"] = sorted({*(h["placed"] or []), *w.placed})

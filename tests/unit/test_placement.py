@@ -206,3 +206,22 @@ def test_models_out_of_work_give_their_spots_to_a_backlog_after_a_grace():
     state, switches = step(later, hosts, state, now=16)
     assert sum(B in placed(state, f"h{i}") for i in range(4)) == 4
     assert {s.reason for s in switches} == {"idle"}
+
+
+def test_status_shows_a_host_holding_what_placement_takes_for_it():
+    """Two workers on one server that disagree on --max-loaded: placement takes the least
+    (orchestrator/residency.py hosts_of), and so does `status`."""
+    from datetime import datetime, timezone
+
+    from orchestrator.db.rows import WorkerRow
+    from orchestrator.overview import hosts as shown
+
+    now = datetime.now(timezone.utc)
+
+    def worker(name: str, max_loaded: int) -> WorkerRow:
+        return WorkerRow(name=name, kind="ai", queues=["ai.a-latest"], concurrency=4, server="127.0.0.1:11434",
+                         models=[A], circuit="closed", stopping=False, first_seen=now, last_seen=now, live=True,
+                         machine="box", max_loaded=max_loaded, resident=[{"model": A}], placed=[A])
+
+    (host_shown,) = shown([worker("gpu-2@box:11434", 1000), worker("gpu@box:11434", 2)])
+    assert host_shown["max_loaded"] == 2 and host_shown["workers"] == ["gpu-2@box:11434", "gpu@box:11434"]
